@@ -1,0 +1,41 @@
+"""async-semantic-llm-cache: serve a stored LLM answer when a new prompt means the same as an answered one."""
+
+from semantic_llm_cache.backends.memory import MemoryBackend
+from semantic_llm_cache.cache import CacheHit, Resolution, SemanticCache
+from semantic_llm_cache.config import DEFAULT_THRESHOLD, CacheConfig, CacheEntry
+from semantic_llm_cache.decorators import cached
+from semantic_llm_cache.embeddings import CallableEmbedder, Embedder, LocalEmbedder, as_embedder
+from semantic_llm_cache.errors import (
+    CacheBackendError,
+    ConfigurationError,
+    EmbeddingError,
+    InvalidInputError,
+    SemanticCacheError,
+)
+from semantic_llm_cache.scope import Scope
+from semantic_llm_cache.storage import StorageBackend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "CacheBackendError",
+    "CacheConfig",
+    "CacheEntry",
+    "CacheHit",
+    "CallableEmbedder",
+    "ConfigurationError",
+    "Embedder",
+    "EmbeddingError",
+    "InvalidInputError",
+    "LocalEmbedder",
+    "MemoryBackend",
+    "Resolution",
+    "Scope",
+    "SemanticCache",
+    "SemanticCacheError",
+    "StorageBackend",
+    "__version__",
+    "as_embedder",
+    "cached",
+]

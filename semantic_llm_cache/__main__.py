@@ -1,0 +1,23 @@
+"""`python -m semantic_llm_cache demo` (and, with the CLI installed, every other command)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    """Run the command line; `demo` works even without the CLI's optional dependencies."""
+    try:
+        from semantic_llm_cache.cli import app
+    except ImportError:
+        if sys.argv[1:2] == ["demo"]:
+            from semantic_llm_cache.demo import main as demo
+
+            demo()
+            return
+        raise SystemExit("usage: python -m semantic_llm_cache demo")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,439 @@
+"""SemanticCache: exact lookup by hash, then semantic lookup inside one partition, single-flight misses."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+import math
+import sys
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from semantic_llm_cache.backends.memory import MemoryBackend
+from semantic_llm_cache.config import CacheConfig, CacheEntry, OnError, Vector, validate_threshold, validate_ttl
+from semantic_llm_cache.embeddings.adapters import as_embedder
+from semantic_llm_cache.embeddings.base import Embedder
+from semantic_llm_cache.embeddings.local import LocalEmbedder
+from semantic_llm_cache.errors import CacheBackendError, EmbeddingError, InvalidInputError, SemanticCacheError
+from semantic_llm_cache.guard import guard_refusal
+from semantic_llm_cache.scope import Scope, exact_key, normalize_prompt, partition_id
+from semantic_llm_cache.serialization import check_json_value
+from semantic_llm_cache.stats import CacheStats
+from semantic_llm_cache.storage import StorageBackend
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _deadline
+else:  # pragma: no cover - Python 3.10
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def _deadline(seconds: float):  # type: ignore[no-untyped-def]
+        task = asyncio.current_task()
+        assert task is not None
+        handle = asyncio.get_running_loop().call_later(seconds, task.cancel)
+        try:
+            yield
+        except asyncio.CancelledError as exc:
+            raise TimeoutError from exc
+        finally:
+            handle.cancel()
+
+
+logger = logging.getLogger("semantic_llm_cache")
+T = TypeVar("T")
+_FAILED: Any = object()
+_LEADER_CANCELLED: Any = object()
+_default_embedder: LocalEmbedder | None = None
+
+
+def default_embedder() -> LocalEmbedder:
+    """The process-wide bundled-model embedder (one model in memory however many caches use it)."""
+    global _default_embedder
+    if _default_embedder is None:
+        _default_embedder = LocalEmbedder()
+    return _default_embedder
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    """A served answer: the response, how it matched (`kind`, `similarity`), what it matched and how old it is."""
+
+    response: Any
+    similarity: float
+    kind: Literal["exact", "semantic"]
+    prompt: str
+    age: float
+    key: str
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What `resolve` did: the response, the hit that served it (None when computed), and who computed it."""
+
+    response: Any
+    hit: CacheHit | None
+    computed: bool
+    shared: bool = False
+
+
+class SemanticCache:
+    """An async cache that answers a prompt with a stored answer to the same or an equivalent prompt.
+
+    Every argument is optional: an in-memory backend, the bundled all-MiniLM-L6-v2 model, and the calibrated
+    threshold. `namespace` is the tenant for calls whose Scope names none. See CacheConfig for the options.
+    """
+
+    def __init__(
+        self,
+        backend: StorageBackend | None = None,
+        embedder: Any = None,
+        threshold: float | None = None,
+        ttl: float | None = None,
+        namespace: str | None = None,
+        *,
+        config: CacheConfig | None = None,
+        answer_guard: bool | None = None,
+        on_error: OnError | None = None,
+        timeout: float | None = None,
+        max_entries: int | None = None,
+        candidates: int | None = None,
+    ) -> None:
+        overrides = {
+            "threshold": threshold,
+            "ttl": ttl,
+            "namespace": namespace,
+            "answer_guard": answer_guard,
+            "on_error": on_error,
+            "timeout": timeout,
+            "max_entries": max_entries,
+            "candidates": candidates,
+        }
+        self.config = dataclasses.replace(
+            config or CacheConfig(), **{name: value for name, value in overrides.items() if value is not None}
+        )
+        self.backend: StorageBackend = backend if backend is not None else MemoryBackend(self.config.max_entries)
+        self.embedder: Embedder = default_embedder() if embedder is None else as_embedder(embedder)
+        self.stats = CacheStats()
+        self._flights: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._partition_of_default_scope: str | None = None
+
+    # -- public API -------------------------------------------------------------------------------------
+
+    async def lookup(self, prompt: str, scope: Scope | None = None) -> CacheHit | None:
+        """Return the stored answer for `prompt` (exact, else semantic within its partition), or None."""
+        text = normalize_prompt(prompt)
+        hit, _ = await self._lookup(text, self.partition_for(scope))
+        return hit
+
+    async def store(
+        self,
+        prompt: str,
+        response: Any,
+        scope: Scope | None = None,
+        ttl: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        compute_seconds: float | None = None,
+        tokens: int | None = None,
+    ) -> str | None:
+        """Store `response` (a JSON value) for `prompt`; returns the entry's key (None if the backend failed).
+
+        `compute_seconds` and `tokens` say what the answer cost; each later hit adds them to the savings.
+        """
+        text = normalize_prompt(prompt)
+        self._check_payload(response, metadata, ttl, compute_seconds, tokens)
+        partition = self.partition_for(scope)
+        vector = await self._embed(text)
+        return await self._write(text, response, partition, self._namespace(scope), vector, ttl, metadata,
+                                 compute_seconds, tokens)  # fmt: skip
+
+    async def get_or_compute(
+        self,
+        prompt: str,
+        compute: Callable[[], Any],
+        scope: Scope | None = None,
+        *,
+        ttl: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Any:
+        """Return the cached answer, or call `compute()` (sync or async), store its result and return it.
+
+        Concurrent callers with the same prompt and scope share one `compute()` call; if it raises, nothing is
+        stored and every one of them gets the exception.
+        """
+        return (await self.resolve(prompt, compute, scope, ttl=ttl, metadata=metadata)).response
+
+    async def resolve(
+        self,
+        prompt: str,
+        compute: Callable[[], Any],
+        scope: Scope | None = None,
+        *,
+        ttl: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Resolution:
+        """Like get_or_compute, but says whether the answer came from the cache and how (for adapters)."""
+        text = normalize_prompt(prompt)
+        self._check_payload(None, metadata, ttl, None, None)
+        partition = self.partition_for(scope)
+        key = exact_key(partition, text)
+        flights = self._flights.setdefault(asyncio.get_running_loop(), {})
+        while True:
+            shared = await self._join_flight(flights, key)
+            if shared is _LEADER_CANCELLED:
+                continue
+            if shared is not _FAILED:
+                return shared  # type: ignore[no-any-return]
+            hit, vector = await self._lookup(text, partition)
+            if hit is not None:
+                return Resolution(hit.response, hit, computed=False)
+            if key not in flights:  # no await between this check and claiming the key below
+                break
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        flights[key] = future
+        try:
+            started = time.perf_counter()
+            result = compute()
+            if inspect.isawaitable(result):
+                result = await result
+            elapsed = time.perf_counter() - started
+            check_json_value(result)
+            await self._write(text, result, partition, self._namespace(scope), vector, ttl, metadata, elapsed, None)
+        except asyncio.CancelledError:
+            future.set_result(_LEADER_CANCELLED)
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: with no waiters, asyncio must not warn about it
+            raise
+        else:
+            future.set_result(result)
+            return Resolution(result, None, computed=True)
+        finally:
+            flights.pop(key, None)
+
+    async def feedback(self, hit: CacheHit, correct: bool) -> None:
+        """Report whether a served hit was right.
+
+        correct=False: the entry never again serves a query as far from it as this one or farther (its own
+        threshold is raised just above this similarity); a wrong exact hit deletes the entry.
+        correct=True: counted, and recorded on the entry for later calibration.
+        """
+        self.stats.count("feedback_correct" if correct else "feedback_wrong")
+        entry = await self._guarded(self.backend.get(hit.key), "backend", default=None)
+        if entry is None:
+            return
+        feedback = dict(entry.metadata.get("feedback") or {})
+        if correct:
+            feedback["correct"] = int(feedback.get("correct", 0)) + 1
+            feedback["lowest_correct_similarity"] = min(float(feedback.get("lowest_correct_similarity", 1.0)),
+                                                        hit.similarity)  # fmt: skip
+        elif hit.kind == "exact":
+            await self._guarded(self.backend.delete(hit.key), "backend", default=False)
+            return
+        else:
+            feedback["wrong"] = int(feedback.get("wrong", 0)) + 1
+            entry.min_similarity = max(entry.min_similarity, min(1.0, math.nextafter(hit.similarity, 2.0)))
+        entry.metadata = {**entry.metadata, "feedback": feedback}
+        await self._guarded(self.backend.set(hit.key, entry), "backend", default=None)
+
+    async def delete(self, prompt: str, scope: Scope | None = None) -> bool:
+        """Delete the exact entry for `prompt` in its partition; True if there was one."""
+        key = exact_key(self.partition_for(scope), normalize_prompt(prompt))
+        return bool(await self._guarded(self.backend.delete(key), "backend", default=False))
+
+    async def clear(self, namespace: str | None = None) -> None:
+        """Delete every entry of the backend, or only those of `namespace`."""
+        await self._guarded(self.backend.clear(namespace), "backend", default=None)
+
+    async def get_stats(self) -> dict[str, Any]:
+        """The engine's counters and the backend's statistics."""
+        backend_stats = await self._guarded(self.backend.get_stats(), "backend", default={})
+        return {**self.stats.snapshot(), "threshold": self.config.threshold, "embedder": self.embedder.name,
+                "backend": backend_stats}  # fmt: skip
+
+    async def warmup(self) -> None:
+        """Load the embedding model now (it otherwise loads on first use), without the call timeout."""
+        await self.embedder.embed(["warm up"])
+
+    async def close(self) -> None:
+        """Close the backend. The embedder is left running (it may be shared)."""
+        await self.backend.close()
+
+    async def __aenter__(self) -> SemanticCache:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def partition_for(self, scope: Scope | None) -> str:
+        """The partition id of `scope` under this cache's namespace and embedder."""
+        if scope is None:
+            if self._partition_of_default_scope is None:
+                self._partition_of_default_scope = partition_id(Scope(), self.config.namespace, self.embedder.name)
+            return self._partition_of_default_scope
+        return partition_id(scope, self.config.namespace, self.embedder.name)
+
+    # -- internals --------------------------------------------------------------------------------------
+
+    def _namespace(self, scope: Scope | None) -> str:
+        return scope.namespace if scope is not None and scope.namespace is not None else self.config.namespace
+
+    @staticmethod
+    def _check_payload(
+        response: Any,
+        metadata: dict[str, Any] | None,
+        ttl: float | None,
+        compute_seconds: float | None,
+        tokens: int | None,
+    ) -> None:
+        check_json_value(response)
+        if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise InvalidInputError(f"metadata must be a dict, got {type(metadata).__name__}")
+            check_json_value(metadata, "metadata")
+        try:
+            validate_ttl(ttl)
+        except SemanticCacheError as exc:
+            raise InvalidInputError(str(exc)) from exc
+        if compute_seconds is not None and (not isinstance(compute_seconds, (int, float)) or compute_seconds < 0):
+            raise InvalidInputError(f"compute_seconds must be a non-negative number, got {compute_seconds!r}")
+        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0):
+            raise InvalidInputError(f"tokens must be a non-negative integer, got {tokens!r}")
+
+    async def _join_flight(self, flights: dict[str, asyncio.Future[Any]], key: str) -> Any:
+        """Wait for a computation of `key` already under way; _FAILED when there is none."""
+        future = flights.get(key)
+        if future is None:
+            return _FAILED
+        result = await asyncio.shield(future)
+        if result is _LEADER_CANCELLED:
+            return _LEADER_CANCELLED
+        self.stats.count("shared_computations")
+        return Resolution(result, None, computed=False, shared=True)
+
+    async def _guarded(self, call: Awaitable[T], component: Literal["backend", "embedder"], default: T) -> T:
+        """Await `call` under the timeout; on failure log, count, and return `default` (or raise, if asked to)."""
+        try:
+            async with _deadline(self.config.timeout):
+                return await call
+        except InvalidInputError:
+            raise
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            self.stats.count("timeouts")
+            error: Exception = exc
+        except Exception as exc:
+            error = exc
+        self.stats.count("errors")
+        self.stats.count(f"{component}_errors")
+        if self.config.on_error == "raise":
+            if isinstance(error, SemanticCacheError):
+                raise error
+            wrapper = CacheBackendError if component == "backend" else EmbeddingError
+            raise wrapper(f"{component} failed: {type(error).__name__}: {error}") from error
+        logger.warning("semantic cache %s failed, treating it as a miss: %s: %s", component,
+                       type(error).__name__, error)  # fmt: skip
+        return default
+
+    async def _embed(self, text: str) -> Vector | None:
+        matrix = await self._guarded(self.embedder.embed([text]), "embedder", default=None)
+        return None if matrix is None else matrix[0]
+
+    async def _lookup(self, text: str, partition: str) -> tuple[CacheHit | None, Vector | None]:
+        started = time.perf_counter()
+        try:
+            return await self._search(text, partition)
+        finally:
+            self.stats.observe_lookup(time.perf_counter() - started)
+
+    async def _search(self, text: str, partition: str) -> tuple[CacheHit | None, Vector | None]:
+        key = exact_key(partition, text)
+        entry = await self._guarded(self.backend.get(key), "backend", default=None)
+        if entry is not None and entry.prompt == text:
+            return await self._served(key, entry, 1.0, "exact"), None
+        vector = await self._embed(text)
+        if vector is None:
+            self.stats.count("misses")
+            return None, None
+        matches = await self._guarded(
+            self.backend.find_nearest(vector, self.config.threshold, self.config.candidates, partition=partition),
+            "backend",
+            default=[],
+        )
+        for match_key, match, similarity in matches:
+            if match.partition_id != partition:  # a backend that broke the wall must not leak across it
+                self.stats.count("partition_violations")
+                continue
+            if similarity < match.min_similarity:
+                self.stats.count("feedback_refusals")
+                continue
+            if self.config.answer_guard and guard_refusal(text, match.prompt) is not None:
+                self.stats.count("guard_refusals")
+                continue
+            return await self._served(match_key, match, similarity, "semantic"), vector
+        self.stats.count("misses")
+        return None, vector
+
+    async def _served(
+        self, key: str, entry: CacheEntry, similarity: float, kind: Literal["exact", "semantic"]
+    ) -> CacheHit:
+        self.stats.count("exact_hits" if kind == "exact" else "semantic_hits")
+        self.stats.add_savings(entry.compute_seconds, entry.tokens)
+        await self._guarded(self.backend.record_hit(key), "backend", default=None)
+        return CacheHit(
+            response=entry.response,
+            similarity=similarity,
+            kind=kind,
+            prompt=entry.prompt,
+            age=max(0.0, time.time() - entry.created_at),
+            key=key,
+            metadata=entry.metadata,
+        )
+
+    async def _write(
+        self,
+        text: str,
+        response: Any,
+        partition: str,
+        namespace: str,
+        vector: Vector | None,
+        ttl: float | None,
+        metadata: dict[str, Any] | None,
+        compute_seconds: float | None,
+        tokens: int | None,
+    ) -> str | None:
+        lifetime = ttl if ttl is not None else self.config.ttl
+        now = time.time()
+        entry = CacheEntry(
+            prompt=text,
+            response=response,
+            partition_id=partition,
+            namespace=namespace,
+            embedding=vector,
+            embedder=self.embedder.name,
+            created_at=now,
+            expires_at=None if lifetime is None else now + lifetime,
+            metadata=dict(metadata or {}),
+            compute_seconds=compute_seconds,
+            tokens=tokens,
+        )
+        key = exact_key(partition, text)
+        done = await self._guarded(self.backend.set(key, entry), "backend", default=_FAILED)
+        if done is _FAILED:
+            return None
+        self.stats.count("stores")
+        return key
+
+
+__all__ = ["CacheHit", "Resolution", "SemanticCache", "default_embedder", "validate_threshold"]

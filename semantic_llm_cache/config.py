@@ -1,0 +1,152 @@
+"""CacheEntry (one stored answer) and CacheConfig (the engine's options), both validated on construction."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from semantic_llm_cache.errors import ConfigurationError, InvalidInputError
+
+#: Cosine similarity at or above which a stored prompt may answer a new one. Calibrated on the Quora
+#: question pairs in ../shared/data/qqp_dev.jsonl with the bundled model and the answer guard on
+#: (`python benchmarks/quality.py` reproduces it; the README states its precision and hit rate).
+DEFAULT_THRESHOLD = 0.86
+
+Vector = npt.NDArray[np.float32]
+OnError = Literal["log", "raise"]
+
+
+def validate_threshold(value: float, name: str = "threshold") -> float:
+    """Return `value` as a float if it is a cosine similarity in [0, 1], else raise ConfigurationError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ConfigurationError(
+            f"{name} must be a cosine similarity between 0 and 1 inclusive (higher = stricter), got {value!r}"
+        )
+    return float(value)
+
+
+def validate_ttl(value: float | None, name: str = "ttl") -> float | None:
+    """Return `value` if it is None (never expires) or a positive finite number of seconds."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number of seconds or None (never expire), got {value!r}")
+    return float(value)
+
+
+def as_unit_vector(values: Any, *, dimension: int | None = None) -> Vector:
+    """Check a vector (finite, 1-D, non-zero, of the expected dimension) and return it L2-normalised as float32."""
+    try:
+        vector = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"embedding must be a sequence of numbers: {exc}") from exc
+    if vector.ndim != 1 or vector.size == 0:
+        raise InvalidInputError(f"embedding must be a non-empty 1-D vector, got shape {vector.shape}")
+    if dimension is not None and vector.size != dimension:
+        raise InvalidInputError(f"embedding has dimension {vector.size}, expected {dimension}")
+    if not np.all(np.isfinite(vector)):
+        raise InvalidInputError("embedding contains NaN or infinite values")
+    norm = float(np.linalg.norm(vector))
+    if norm == 0.0:
+        raise InvalidInputError("embedding is the zero vector; it has no direction to compare")
+    return np.ascontiguousarray(vector / norm, dtype=np.float32)
+
+
+@dataclass
+class CacheEntry:
+    """One cached answer.
+
+    `response` is any JSON value. `embedding` is the L2-normalised vector of the prompt text that was embedded
+    (None for an exact-only entry). `embedder` names the model that made it: vectors of different embedders are
+    never compared. `min_similarity` is raised by negative feedback so the entry stops serving a neighbourhood.
+    """
+
+    prompt: str
+    response: Any
+    partition_id: str
+    namespace: str = "default"
+    embedding: Vector | None = None
+    embedder: str | None = None
+    created_at: float = field(default_factory=time.time)
+    expires_at: float | None = None
+    hits: int = 0
+    last_hit_at: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    compute_seconds: float | None = None
+    tokens: int | None = None
+    min_similarity: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise InvalidInputError(f"prompt must be a string, got {type(self.prompt).__name__}")
+        if not isinstance(self.partition_id, str) or not self.partition_id:
+            raise InvalidInputError("partition_id must be a non-empty string")
+        if not isinstance(self.namespace, str) or not self.namespace:
+            raise InvalidInputError("namespace must be a non-empty string")
+        if self.embedding is not None:
+            self.embedding = as_unit_vector(self.embedding)
+        if self.expires_at is not None and not math.isfinite(self.expires_at):
+            raise InvalidInputError("expires_at must be a finite timestamp or None")
+        if not isinstance(self.metadata, dict):
+            raise InvalidInputError("metadata must be a dict")
+        self.min_similarity = validate_threshold(self.min_similarity, "min_similarity")
+
+    @property
+    def dimension(self) -> int | None:
+        """The embedding's dimension, or None for an entry without a vector."""
+        return None if self.embedding is None else int(self.embedding.size)
+
+    def is_expired(self, now: float | None = None) -> bool:
+        """True once the entry's expiry time has passed."""
+        return self.expires_at is not None and (time.time() if now is None else now) >= self.expires_at
+
+    def ttl_remaining(self, now: float | None = None) -> float | None:
+        """Seconds until expiry (None: never expires)."""
+        if self.expires_at is None:
+            return None
+        return self.expires_at - (time.time() if now is None else now)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Options of a SemanticCache, checked when the object is built.
+
+    threshold: cosine similarity in [0, 1]; a stored prompt answers when similarity >= threshold.
+    ttl: default seconds an entry lives (None: until evicted or deleted).
+    max_entries: bound for the default in-memory backend (LRU eviction); None for unbounded.
+    namespace: tenant used when a call's Scope names none.
+    answer_guard: refuse semantic hits whose prompts differ in numbers, negation or names.
+    on_error: "log" (fail open: a backend or embedder failure is a miss) or "raise".
+    timeout: seconds a backend or embedder call may take before it counts as a failure.
+    candidates: how many nearest entries a semantic lookup considers (the guard may refuse the closest).
+    """
+
+    threshold: float = DEFAULT_THRESHOLD
+    ttl: float | None = None
+    max_entries: int | None = 100_000
+    namespace: str = "default"
+    answer_guard: bool = True
+    on_error: OnError = "log"
+    timeout: float = 10.0
+    candidates: int = 4
+
+    def __post_init__(self) -> None:
+        validate_threshold(self.threshold)
+        validate_ttl(self.ttl)
+        if self.max_entries is not None and (
+            isinstance(self.max_entries, bool) or not isinstance(self.max_entries, int) or self.max_entries <= 0
+        ):
+            raise ConfigurationError(f"max_entries must be a positive integer or None, got {self.max_entries!r}")
+        if not isinstance(self.namespace, str) or not self.namespace.strip():
+            raise ConfigurationError(f"namespace must be a non-empty string, got {self.namespace!r}")
+        if self.on_error not in ("log", "raise"):
+            raise ConfigurationError(f'on_error must be "log" or "raise", got {self.on_error!r}')
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or not self.timeout > 0:
+            raise ConfigurationError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
+            raise ConfigurationError(f"candidates must be an integer >= 1, got {self.candidates!r}")

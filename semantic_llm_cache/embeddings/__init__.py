@@ -1,0 +1,17 @@
+"""Embedders: the protocol, the bundled local model, and adapters for user-supplied ones."""
+
+from semantic_llm_cache.embeddings.adapters import CallableEmbedder, LangChainEmbedder, LlamaIndexEmbedder, as_embedder
+from semantic_llm_cache.embeddings.base import Embedder, normalized_matrix
+from semantic_llm_cache.embeddings.local import BUNDLED_MODEL_NAME, LocalEmbedder, bundled_model_path
+
+__all__ = [
+    "BUNDLED_MODEL_NAME",
+    "CallableEmbedder",
+    "Embedder",
+    "LangChainEmbedder",
+    "LlamaIndexEmbedder",
+    "LocalEmbedder",
+    "as_embedder",
+    "bundled_model_path",
+    "normalized_matrix",
+]

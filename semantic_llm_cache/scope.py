@@ -1,0 +1,90 @@
+"""Scope -> partition id, and (partition, prompt) -> exact key. Hashing and whitespace normalisation only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from semantic_llm_cache.errors import InvalidInputError
+
+_WHITESPACE = re.compile(r"\s+")
+PARTITION_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What must match exactly before two prompts may share an answer.
+
+    namespace: the tenant (defaults to the cache's namespace).
+    model: the model's identity, e.g. "openai:gpt-4o-mini".
+    params: call parameters that change answers (temperature, max_tokens, stop, tools...), any JSON values.
+    context: the conversation around the prompt (system prompt, earlier turns), any JSON value.
+    Each distinct Scope is a partition; semantic search never looks outside the caller's partition.
+    """
+
+    namespace: str | None = None
+    model: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    context: Any = None
+
+    def with_namespace(self, namespace: str) -> Scope:
+        """A copy with `namespace` filled in when this scope names none."""
+        if self.namespace is not None:
+            return self
+        return Scope(namespace=namespace, model=self.model, params=self.params, context=self.context)
+
+
+def canonical_json(value: Any, what: str = "value") -> str:
+    """Deterministic JSON (sorted keys, no spaces); raises InvalidInputError for values JSON cannot hold."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(
+            f"{what} must be JSON-serialisable (str, numbers, bool, None, lists, dicts): {exc}"
+        ) from exc
+
+
+def partition_id(scope: Scope, default_namespace: str, embedder_name: str) -> str:
+    """The 32-hex-digit id of the partition `scope` falls in, for vectors of `embedder_name`."""
+    namespace = scope.namespace if scope.namespace is not None else default_namespace
+    if not isinstance(namespace, str) or not namespace:
+        raise InvalidInputError(f"namespace must be a non-empty string, got {namespace!r}")
+    if scope.model is not None and not isinstance(scope.model, str):
+        raise InvalidInputError(f"Scope.model must be a string or None, got {type(scope.model).__name__}")
+    identity = {
+        "version": PARTITION_VERSION,
+        "namespace": namespace,
+        "model": scope.model,
+        "params": dict(scope.params),
+        "context": scope.context,
+        "embedder": embedder_name,
+    }
+    return hashlib.sha256(canonical_json(identity, "Scope").encode()).hexdigest()[:32]
+
+
+def normalize_prompt(prompt: object) -> str:
+    """Collapse runs of whitespace and trim the ends; nothing else (never drop words or change case)."""
+    if not isinstance(prompt, str):
+        raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}")
+    normalized = _WHITESPACE.sub(" ", prompt).strip()
+    if not normalized:
+        raise InvalidInputError("prompt is empty (or only whitespace); there is nothing to cache")
+    return normalized
+
+
+def exact_key(partition: str, normalized_prompt: str) -> str:
+    """Key of the exact entry for a prompt: "<partition id>:<hash of the normalised prompt>"."""
+    digest = hashlib.sha256(f"{partition}\x1f{normalized_prompt}".encode()).hexdigest()[:32]
+    return f"{partition}:{digest}"
+
+
+def partition_of_key(key: str) -> str:
+    """The partition id an exact key belongs to."""
+    partition, _, digest = key.partition(":")
+    if not partition or not digest:
+        raise InvalidInputError(f"not a cache key: {key!r}")
+    return partition

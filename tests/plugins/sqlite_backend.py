@@ -1,0 +1,1 @@
+"""The SQLite backend's contract factory (issue #6)."""
