@@ -1,0 +1,94 @@
+"""Fake LangChain models and embeddings for the integration tests: they count how often they are really called,
+so a test that expects a hit asserts that the count did not move."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import FakeListChatModel, FakeListLLM, GenericFakeChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from tests.fakes import BagOfWordsEmbedder
+
+
+class CountingChatModel(FakeListChatModel):
+    """FakeListChatModel that counts the calls that reached the model (invoke and stream alike)."""
+
+    calls: int = 0
+
+    def _call(self, *args: Any, **kwargs: Any) -> str:
+        self.calls += 1
+        return super()._call(*args, **kwargs)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        self.calls += 1
+        yield from super()._stream(messages, stop, run_manager, **kwargs)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        self.calls += 1
+        async for chunk in super()._astream(messages, stop, run_manager, **kwargs):
+            yield chunk
+
+
+class CountingLLM(FakeListLLM):
+    calls: int = 0
+
+    def _call(self, *args: Any, **kwargs: Any) -> str:
+        self.calls += 1
+        return super()._call(*args, **kwargs)
+
+    async def _acall(self, *args: Any, **kwargs: Any) -> str:
+        self.calls += 1
+        return await super()._acall(*args, **kwargs)
+
+
+class ToolCallingFakeChatModel(GenericFakeChatModel):
+    """GenericFakeChatModel (scripted AIMessages, tool calls included) that counts calls and can bind tools."""
+
+    calls: int = 0
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.calls += 1
+        return super()._generate(messages, stop, run_manager, **kwargs)
+
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any) -> Runnable[Any, Any]:
+        return self.bind(tools=[convert_to_openai_tool(tool) for tool in tools], **kwargs)
+
+
+class BagOfWordsEmbeddings(Embeddings):
+    """A LangChain `Embeddings` over the shared bag-of-words fake (sync methods only, as many providers have)."""
+
+    def __init__(self) -> None:
+        self.fake = BagOfWordsEmbedder(name="bag-of-words-embeddings")
+        self.documents: list[str] = []
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        self.documents.extend(texts)
+        return [self.fake.vector(text).tolist() for text in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.fake.vector(text).tolist()

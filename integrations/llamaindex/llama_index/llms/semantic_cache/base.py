@@ -1,0 +1,485 @@
+"""SemanticCacheLLM: a LlamaIndex LLM that answers from a semantic cache and asks the wrapped LLM on a miss."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
+from contextvars import ContextVar
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+)
+from llama_index.core.bridge.pydantic import Field, SerializeAsAny
+from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]  # no __all__ there
+from llama_index.core.llms import LLM
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
+from llama_index.core.types import Model, TokenAsyncGen, TokenGen
+from llama_index.llms.semantic_cache._codecs import CHAT, COMPLETION, Codec, R, with_info
+from llama_index.llms.semantic_cache._keys import Bypass, Request, TemplateKey, chat_request, completion_request
+from llama_index.llms.semantic_cache.events import CacheOutcome
+
+from semantic_llm_cache import ConfigurationError, InvalidInputError, SemanticCache
+from semantic_llm_cache._sync import run_sync
+
+if TYPE_CHECKING:
+    from llama_index.core.chat_engine.types import AgentChatResponse
+    from llama_index.core.program.utils import FlexibleModel
+    from llama_index.core.tools.types import BaseTool
+
+dispatcher = get_dispatcher(__name__)
+T = TypeVar("T")
+
+# Set by predict/apredict/stream/astream around the one LLM call they make for a prompt template.
+_TEMPLATE_KEY: ContextVar[TemplateKey | None] = ContextVar("semantic_cache_template_key", default=None)
+
+# The wrapper copies these from the wrapped LLM: predict() formats prompts with them before calling chat/complete.
+_FORMATTING_FIELDS = (
+    "system_prompt",
+    "messages_to_prompt",
+    "completion_to_prompt",
+    "output_parser",
+    "pydantic_program_mode",
+    "query_wrapper_prompt",
+)
+
+
+class _Uncacheable(Exception):
+    """Raised out of `compute` when JSON cannot hold the answer: nothing is stored, and the answer travels with it.
+
+    TODO(engine): resolve() has no way for compute to say "share this answer with the waiters, but do not store
+    it"; the exception does both (the engine stores nothing and re-raises it to every waiter).
+    """
+
+    def __init__(self, response: Any) -> None:
+        super().__init__("the answer cannot be stored as JSON")
+        self.response = response
+
+
+def _off_loop(call: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    """`call` as an async compute that runs in a worker thread, in the caller's context (spans, template keys).
+
+    TODO(engine): resolve() runs a sync compute on the event loop, which for run_sync callers is the one shared
+    background loop: a slow LLM call there would stall every other sync caller. The engine should run sync
+    computes in a worker thread with the caller's contextvars (or offer a resolve_sync).
+    """
+    context = contextvars.copy_context()
+
+    async def compute() -> T:
+        return await asyncio.to_thread(context.run, call)
+
+    return compute
+
+
+class SemanticCacheLLM(LLM):
+    """A LlamaIndex LLM that serves the wrapped LLM's earlier answers to prompts that mean the same.
+
+    Use it wherever an LLM goes: `Settings.llm = SemanticCacheLLM(llm=OpenAI(...))`, `index.as_query_engine(llm=...)`.
+    All eight call methods are cached (streams replay a cached answer as deltas; a streamed miss is stored when it
+    completes). Partitions: the wrapped LLM's class, model and settings and the call's arguments, plus for chats
+    every message but the last user message, must match exactly; only the question is embedded. A prompt template
+    with a `question_variable` ("query_str", as in query engines) is keyed by that variable alone, the rest of the
+    formatted prompt (retrieved context included) exactly. Responses say how they were answered in
+    `additional_kwargs["semantic_cache"]`, and each call dispatches a `SemanticCacheEvent`.
+    Anything else (metadata, tool calling, attributes such as `model`) is the wrapped LLM's.
+    """
+
+    llm: SerializeAsAny[LLM] = Field(description="The LLM whose answers are cached.")
+    cache: SemanticCache = Field(exclude=True, description="The semantic cache holding the answers.")
+    namespace: str | None = Field(default=None, description="Tenant of the entries (default: the cache's).")
+    ttl: float | None = Field(default=None, description="Seconds an answer stays valid (default: the cache's).")
+    question_variable: str | None = Field(
+        default="query_str",
+        description="Template variable holding the question in predict() calls; None keys the whole prompt.",
+    )
+
+    def __init__(
+        self,
+        llm: LLM,
+        cache: SemanticCache | None = None,
+        *,
+        embed_model: BaseEmbedding | None = None,
+        namespace: str | None = None,
+        ttl: float | None = None,
+        question_variable: str | None = "query_str",
+        **kwargs: Any,
+    ) -> None:
+        """Wrap `llm`. `cache` defaults to `SemanticCache(embedder=embed_model)` (the bundled model if None)."""
+        if not isinstance(llm, LLM):
+            raise ConfigurationError(f"llm must be a LlamaIndex LLM, got {type(llm).__name__}")
+        if cache is not None and embed_model is not None:
+            raise ConfigurationError("pass either cache or embed_model (the embedder of a new cache), not both")
+        if namespace is not None and (not isinstance(namespace, str) or not namespace):
+            raise ConfigurationError(f"namespace must be a non-empty string, got {namespace!r}")
+        for name in _FORMATTING_FIELDS:
+            kwargs.setdefault(name, getattr(llm, name))
+        fields: dict[str, Any] = {
+            "llm": llm,
+            "cache": cache if cache is not None else SemanticCache(embedder=embed_model),
+            "namespace": namespace,
+            "ttl": ttl,
+            "question_variable": question_variable,
+        }
+        super().__init__(**fields, **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SemanticCacheLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return self.llm.metadata
+
+    def to_payload(self) -> dict[str, Any]:
+        return {**self.llm.to_payload(), "class_name": self.class_name(), "wrapped_class_name": self.llm.class_name()}
+
+    if not TYPE_CHECKING:  # hidden from type checkers, as pydantic hides its own __getattr__
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                wrapped = self.__dict__.get("llm")
+                if name.startswith("_") or wrapped is None:
+                    raise
+                return getattr(wrapped, name)
+
+    # -- the eight call methods -------------------------------------------------------------------------
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        call = partial(self.llm.complete, prompt, formatted=formatted, **kwargs)
+        return self._serve("complete", self._completion_request(prompt, formatted, kwargs), call, COMPLETION)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        call = partial(self.llm.acomplete, prompt, formatted=formatted, **kwargs)
+        return await self._aserve("acomplete", self._completion_request(prompt, formatted, kwargs), call, COMPLETION)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        call = partial(self.llm.stream_complete, prompt, formatted=formatted, **kwargs)
+        return self._stream("stream_complete", self._completion_request(prompt, formatted, kwargs), call, COMPLETION)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        call = partial(self.llm.astream_complete, prompt, formatted=formatted, **kwargs)
+        request = self._completion_request(prompt, formatted, kwargs)
+        return await self._astream("astream_complete", request, call, COMPLETION)
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        call = partial(self.llm.chat, messages, **kwargs)
+        return self._serve("chat", self._chat_request(messages, kwargs), call, CHAT)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        call = partial(self.llm.achat, messages, **kwargs)
+        return await self._aserve("achat", self._chat_request(messages, kwargs), call, CHAT)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        call = partial(self.llm.stream_chat, messages, **kwargs)
+        return self._stream("stream_chat", self._chat_request(messages, kwargs), call, CHAT)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        call = partial(self.llm.astream_chat, messages, **kwargs)
+        return await self._astream("astream_chat", self._chat_request(messages, kwargs), call, CHAT)
+
+    # -- prompt templates: key by the question, match the rest exactly ----------------------------------
+
+    def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        token = _TEMPLATE_KEY.set(self._template_key(prompt, prompt_args))
+        try:
+            return super().predict(prompt, **prompt_args)
+        finally:
+            _TEMPLATE_KEY.reset(token)
+
+    async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        token = _TEMPLATE_KEY.set(self._template_key(prompt, prompt_args))
+        try:
+            return await super().apredict(prompt, **prompt_args)
+        finally:
+            _TEMPLATE_KEY.reset(token)
+
+    def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenGen:
+        token = _TEMPLATE_KEY.set(self._template_key(prompt, prompt_args))
+        try:  # the base class opens the stream (our stream_chat/stream_complete read the key) before returning
+            return super().stream(prompt, **prompt_args)
+        finally:
+            _TEMPLATE_KEY.reset(token)
+
+    async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenAsyncGen:
+        token = _TEMPLATE_KEY.set(self._template_key(prompt, prompt_args))
+        try:
+            return await super().astream(prompt, **prompt_args)
+        finally:
+            _TEMPLATE_KEY.reset(token)
+
+    # -- tool calling and structured output: a function-calling LLM does them itself (uncached) ---------
+
+    def _calls_functions(self) -> bool:
+        # Those code paths require a FunctionCallingLLM instance, and tool-call answers are not plain JSON.
+        return isinstance(self.llm, FunctionCallingLLM)
+
+    def structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        if self._calls_functions():
+            return cast(Model, self.llm.structured_predict(output_cls, prompt, llm_kwargs, **prompt_args))
+        return cast(Model, super().structured_predict(output_cls, prompt, llm_kwargs, **prompt_args))
+
+    async def astructured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        if self._calls_functions():
+            return cast(Model, await self.llm.astructured_predict(output_cls, prompt, llm_kwargs, **prompt_args))
+        return cast(Model, await super().astructured_predict(output_cls, prompt, llm_kwargs, **prompt_args))
+
+    def stream_structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Generator[Model | FlexibleModel, None, None]:
+        if self._calls_functions():
+            return self.llm.stream_structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        return super().stream_structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+
+    async def astream_structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> AsyncGenerator[Model | FlexibleModel, None]:
+        if self._calls_functions():
+            return await self.llm.astream_structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        return await super().astream_structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+
+    def predict_and_call(
+        self,
+        tools: list[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        **kwargs: Any,
+    ) -> AgentChatResponse:
+        if self._calls_functions():
+            return self.llm.predict_and_call(tools, user_msg, chat_history, verbose, **kwargs)
+        return super().predict_and_call(tools, user_msg, chat_history, verbose, **kwargs)
+
+    async def apredict_and_call(
+        self,
+        tools: list[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        **kwargs: Any,
+    ) -> AgentChatResponse:
+        if self._calls_functions():
+            return await self.llm.apredict_and_call(tools, user_msg, chat_history, verbose, **kwargs)
+        return await super().apredict_and_call(tools, user_msg, chat_history, verbose, **kwargs)
+
+    # -- keying -----------------------------------------------------------------------------------------
+
+    def _template_key(self, prompt: BasePromptTemplate, prompt_args: dict[str, Any]) -> TemplateKey | None:
+        """The key for the one call predict() makes with this template, when the template holds the question."""
+        name = self.question_variable
+        if name is None:
+            return None
+        question = {**prompt.kwargs, **prompt_args}.get(name)
+        if not isinstance(question, str) or not question.strip():
+            return None
+        masked_args = {**prompt_args, name: f"\u27e6{name}\u27e7"}
+        try:
+            if self.metadata.is_chat_model:
+                messages = self._get_messages(prompt, **prompt_args)
+                masked = self._get_messages(prompt, **masked_args)
+                if masked == messages:
+                    return None
+                context = {"messages": [message.model_dump(mode="json") for message in masked]}
+                return TemplateKey(id(self), question, context, messages=messages)
+            formatted = self._get_prompt(prompt, **prompt_args)
+            masked_prompt = self._get_prompt(prompt, **masked_args)
+        except Exception:  # the template cannot be split around the question: key the whole prompt instead
+            return None
+        if masked_prompt == formatted:
+            return None
+        return TemplateKey(id(self), question, {"prompt": masked_prompt}, prompt=formatted)
+
+    def _completion_request(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> Request | Bypass:
+        key = _TEMPLATE_KEY.get()
+        template = key if key is not None and key.owner == id(self) and formatted and key.prompt == prompt else None
+        return self._checked(completion_request(self.llm, prompt, formatted, kwargs, self.namespace, template))
+
+    def _chat_request(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> Request | Bypass:
+        key = _TEMPLATE_KEY.get()
+        template = key if key is not None and key.owner == id(self) and key.messages == list(messages) else None
+        return self._checked(chat_request(self.llm, messages, kwargs, self.namespace, template))
+
+    def _checked(self, request: Request | Bypass) -> Request | Bypass:
+        if isinstance(request, Request):
+            try:
+                self.cache.partition_for(request.scope)
+            except InvalidInputError:
+                return Bypass("the call's arguments or messages are not JSON-serialisable")
+        return request
+
+    # -- serving ----------------------------------------------------------------------------------------
+
+    def _deliver(self, method: str, response: R, outcome: CacheOutcome) -> R:
+        dispatcher.event(outcome.event(method))  # here, in the caller's context: the event carries its span
+        return with_info(response, outcome)
+
+    async def _resolve(
+        self, request: Request, call: Callable[[], Awaitable[R]], codec: Codec[R]
+    ) -> tuple[R | None, CacheOutcome]:
+        """The answer and how it came; (None, bypass) if the entry found is unreadable (then call the LLM)."""
+        computed: list[R] = []
+
+        async def compute() -> Any:
+            response = await call()
+            computed.append(response)
+            payload = codec.encode(response)
+            if payload is None:
+                raise _Uncacheable(response)
+            return payload
+
+        try:
+            resolution = await self.cache.resolve(request.prompt, compute, request.scope, ttl=self.ttl)
+        except _Uncacheable as uncacheable:
+            return cast(R, uncacheable.response), CacheOutcome(
+                "miss" if computed else "shared", request.prompt, reason=str(uncacheable)
+            )
+        if resolution.computed:
+            return computed[0], CacheOutcome("miss", request.prompt)
+        response = codec.decode(resolution.response)
+        if response is None:
+            return None, CacheOutcome("bypass", request.prompt, reason="the cached entry is not a LlamaIndex answer")
+        return response, CacheOutcome("hit" if resolution.hit else "shared", request.prompt, hit=resolution.hit)
+
+    def _serve(self, method: str, request: Request | Bypass, call: Callable[[], R], codec: Codec[R]) -> R:
+        if isinstance(request, Bypass):
+            return self._deliver(method, call(), CacheOutcome("bypass", reason=request.reason))
+        response, outcome = run_sync(self._resolve(request, _off_loop(call), codec))
+        return self._deliver(method, call() if response is None else response, outcome)
+
+    async def _aserve(
+        self, method: str, request: Request | Bypass, call: Callable[[], Awaitable[R]], codec: Codec[R]
+    ) -> R:
+        if isinstance(request, Bypass):
+            return self._deliver(method, await call(), CacheOutcome("bypass", reason=request.reason))
+        response, outcome = await self._resolve(request, call, codec)
+        return self._deliver(method, await call() if response is None else response, outcome)
+
+    def _stream(
+        self, method: str, request: Request | Bypass, open_stream: Callable[[], Iterable[R]], codec: Codec[R]
+    ) -> Generator[R, None, None]:
+        if isinstance(request, Bypass):
+            outcome = CacheOutcome("bypass", reason=request.reason)
+            dispatcher.event(outcome.event(method))
+            return _tagged(open_stream(), outcome)
+        hit = run_sync(self.cache.lookup(request.prompt, request.scope))
+        chunks = None if hit is None else codec.replay(hit.response)
+        if chunks is not None:
+            outcome = CacheOutcome("hit", request.prompt, hit=hit)
+            dispatcher.event(outcome.event(method))
+            return _tagged(chunks, outcome)
+        outcome = CacheOutcome("miss", request.prompt)
+        dispatcher.event(outcome.event(method))
+        return self._recorded(open_stream(), request, outcome, codec)
+
+    async def _astream(
+        self,
+        method: str,
+        request: Request | Bypass,
+        open_stream: Callable[[], Awaitable[AsyncIterator[R]]],
+        codec: Codec[R],
+    ) -> AsyncGenerator[R, None]:
+        if isinstance(request, Bypass):
+            outcome = CacheOutcome("bypass", reason=request.reason)
+            dispatcher.event(outcome.event(method))
+            return _atagged(await open_stream(), outcome)
+        hit = await self.cache.lookup(request.prompt, request.scope)
+        chunks = None if hit is None else codec.replay(hit.response)
+        if chunks is not None:
+            outcome = CacheOutcome("hit", request.prompt, hit=hit)
+            dispatcher.event(outcome.event(method))
+            return _replayed(chunks, outcome)
+        outcome = CacheOutcome("miss", request.prompt)
+        dispatcher.event(outcome.event(method))
+        return self._arecorded(await open_stream(), request, outcome, codec)
+
+    def _recorded(
+        self, chunks: Iterable[R], request: Request, outcome: CacheOutcome, codec: Codec[R]
+    ) -> Generator[R, None, None]:
+        """Pass the stream through; store the answer once it has been read to the end (never a partial one)."""
+        started = time.perf_counter()
+        deltas: list[str | None] = []
+        last: R | None = None
+        for chunk in chunks:
+            deltas.append(chunk.delta)
+            last = chunk
+            yield with_info(chunk, outcome)
+        payload = codec.assemble(deltas, last)
+        if payload is not None:
+            run_sync(
+                self.cache.store(
+                    request.prompt, payload, request.scope, ttl=self.ttl, compute_seconds=time.perf_counter() - started
+                )
+            )
+
+    async def _arecorded(
+        self, chunks: AsyncIterator[R], request: Request, outcome: CacheOutcome, codec: Codec[R]
+    ) -> AsyncGenerator[R, None]:
+        started = time.perf_counter()
+        deltas: list[str | None] = []
+        last: R | None = None
+        async for chunk in chunks:
+            deltas.append(chunk.delta)
+            last = chunk
+            yield with_info(chunk, outcome)
+        payload = codec.assemble(deltas, last)
+        if payload is not None:
+            await self.cache.store(
+                request.prompt, payload, request.scope, ttl=self.ttl, compute_seconds=time.perf_counter() - started
+            )
+
+
+def _tagged(chunks: Iterable[R], outcome: CacheOutcome) -> Generator[R, None, None]:
+    for chunk in chunks:
+        yield with_info(chunk, outcome)
+
+
+async def _replayed(chunks: Iterable[R], outcome: CacheOutcome) -> AsyncGenerator[R, None]:
+    for chunk in chunks:
+        yield with_info(chunk, outcome)
+
+
+async def _atagged(chunks: AsyncIterator[R], outcome: CacheOutcome) -> AsyncGenerator[R, None]:
+    async for chunk in chunks:
+        yield with_info(chunk, outcome)

@@ -1,0 +1,474 @@
+"""SemanticCacheLLM over a call-counting LLM and the bag-of-words embedder (the real model only where marked).
+
+No conftest.py in this folder: other test folders import from theirs by the bare name `conftest`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from llama_index.core import Document, Settings, VectorStoreIndex
+from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, MessageRole
+from llama_index.core.bridge.pydantic import BaseModel
+from llama_index.core.chat_engine import SimpleChatEngine
+from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.instrumentation import root_dispatcher  # type: ignore[attr-defined]
+from llama_index.core.llms import LLM, MockLLM
+from llama_index.core.llms.mock import MockFunctionCallingLLM
+from llama_index.core.prompts import PromptTemplate
+from llama_index.llms.semantic_cache import CACHE_INFO_KEY, SemanticCacheEvent, SemanticCacheLLM
+from llamaindex_fakes import BagOfWordsEmbedding, CountingLLM, EventRecorder
+
+from semantic_llm_cache import ConfigurationError, SemanticCache
+from tests.fakes import BagOfWordsEmbedder
+from tests.plugins.backends import BACKEND_FACTORIES
+
+QUESTION = "Tell me the capital city of France"
+PARAPHRASE = "Tell me the capital of France"  # 6 of 7 words shared: cosine 0.93 under the bag of words
+OTHER = "How many people live in Brazil today"
+
+COMPLETION_METHODS = ["complete", "acomplete", "stream_complete", "astream_complete"]
+CHAT_METHODS = ["chat", "achat", "stream_chat", "astream_chat"]
+
+
+async def ask(llm: LLM, method: str, text: str, history: list[ChatMessage] | None = None) -> tuple[str, list[dict]]:
+    """Call `method` of `llm` with `text` (as the last user message for chats); the answer and each chunk's info."""
+    if method in COMPLETION_METHODS:
+        argument: Any = text
+    else:
+        argument = [*(history or []), ChatMessage(role=MessageRole.USER, content=text)]
+    result = getattr(llm, method)(argument)
+    if method.startswith("a"):
+        result = await result
+    if method.startswith("astream"):
+        chunks = [chunk async for chunk in result]
+    elif method.startswith("stream"):
+        chunks = list(result)
+    else:
+        return _text(result), [result.additional_kwargs[CACHE_INFO_KEY]]
+    assert chunks, "a stream yielded nothing"
+    return "".join(chunk.delta for chunk in chunks), [chunk.additional_kwargs[CACHE_INFO_KEY] for chunk in chunks]
+
+
+def _text(response: CompletionResponse | ChatResponse) -> str:
+    return response.text if isinstance(response, CompletionResponse) else response.message.content or ""
+
+
+# Every test that uses `cache` runs over the in-memory backend and real Redis servers (client-side index and
+# server-side vector search), started by the shared Redis plugin.
+BACKENDS = [
+    pytest.param(name, marks=[pytest.mark.redis] if name.startswith("redis") else [], id=name)
+    for name in ("memory", "redis-plain", "redis-search")
+    if name in BACKEND_FACTORIES
+]
+
+
+@pytest.fixture(params=BACKENDS)
+async def cache(request: pytest.FixtureRequest, embedder: BagOfWordsEmbedder) -> AsyncIterator[SemanticCache]:
+    """Overrides the shared `cache` (same options: bag of words, threshold 0.8, on_error='raise') per backend."""
+    async with (
+        BACKEND_FACTORIES[request.param](request) as backend,
+        SemanticCache(backend=backend, embedder=embedder, threshold=0.8, on_error="raise") as instance,
+    ):
+        yield instance
+
+
+@pytest.fixture
+def inner() -> CountingLLM:
+    return CountingLLM()
+
+
+@pytest.fixture
+def recorder() -> Iterator[EventRecorder]:
+    """An event handler attached to the root dispatcher for the test's duration."""
+    handler = EventRecorder()
+    root_dispatcher.add_event_handler(handler)
+    try:
+        yield handler
+    finally:
+        root_dispatcher.event_handlers.remove(handler)
+
+
+@pytest.fixture
+def llm(inner: CountingLLM, cache: SemanticCache) -> SemanticCacheLLM:
+    return SemanticCacheLLM(llm=inner, cache=cache)
+
+
+# -- it is an LLM ------------------------------------------------------------------------------------------
+
+
+def test_is_an_llm_that_delegates_to_the_wrapped_one(llm: SemanticCacheLLM, inner: CountingLLM) -> None:
+    assert isinstance(llm, LLM)
+    assert llm.metadata == inner.metadata
+    assert llm.metadata.model_name == "counting-model"
+    assert llm.temperature == 0.0  # attributes of the wrapped LLM are reachable through the wrapper
+    assert llm.class_name() == "SemanticCacheLLM"
+    previous = Settings._llm
+    try:
+        Settings.llm = llm
+        assert Settings.llm is llm
+    finally:
+        Settings._llm = previous
+
+
+def test_serialises_without_the_cache(llm: SemanticCacheLLM) -> None:
+    data = llm.to_dict()
+    assert data["class_name"] == "SemanticCacheLLM"
+    assert data["llm"]["model_name"] == "counting-model"
+    assert "cache" not in data
+    payload = llm.to_payload()  # what instrumentation events show as the model
+    assert payload["class_name"] == "SemanticCacheLLM" and payload["wrapped_class_name"] == llm.llm.class_name()
+    assert payload["model_name"] == "counting-model"
+
+
+def test_refuses_both_a_cache_and_an_embed_model(inner: CountingLLM, cache: SemanticCache) -> None:
+    with pytest.raises(ConfigurationError):
+        SemanticCacheLLM(llm=inner, cache=cache, embed_model=MockEmbedding(embed_dim=8))
+
+
+# -- hits, misses, and all eight methods -------------------------------------------------------------------
+
+
+async def test_paraphrase_is_served_from_the_cache(llm: SemanticCacheLLM, inner: CountingLLM) -> None:
+    first = llm.complete(QUESTION)
+    second = llm.complete(PARAPHRASE)
+    assert len(inner.calls) == 1
+    assert first.text == second.text == f"answer 1 to: {QUESTION}"
+    assert first.additional_kwargs[CACHE_INFO_KEY] == {"hit": False, "outcome": "miss"}
+    info = second.additional_kwargs[CACHE_INFO_KEY]
+    assert info["hit"] is True and info["kind"] == "semantic"
+    assert 0.8 <= info["similarity"] < 1.0
+    assert info["matched_prompt"] == QUESTION
+
+
+async def test_exact_repeat_is_an_exact_hit(llm: SemanticCacheLLM, inner: CountingLLM) -> None:
+    llm.complete(QUESTION)
+    again = llm.complete(f"  {QUESTION} ")
+    assert len(inner.calls) == 1
+    assert again.additional_kwargs[CACHE_INFO_KEY]["kind"] == "exact"
+    assert again.additional_kwargs[CACHE_INFO_KEY]["similarity"] == 1.0
+
+
+async def test_a_different_question_is_a_miss(llm: SemanticCacheLLM, inner: CountingLLM) -> None:
+    llm.complete(QUESTION)
+    other = llm.complete(OTHER)
+    assert len(inner.calls) == 2
+    assert other.text == f"answer 2 to: {OTHER}"
+    assert other.additional_kwargs[CACHE_INFO_KEY]["hit"] is False
+
+
+@pytest.mark.parametrize("second", COMPLETION_METHODS)
+@pytest.mark.parametrize("first", COMPLETION_METHODS)
+async def test_completion_methods_store_and_serve(
+    llm: SemanticCacheLLM, inner: CountingLLM, first: str, second: str
+) -> None:
+    """Any completion method's answer (streamed ones too) is served to any other, streams replayed as deltas."""
+    answer, infos = await ask(llm, first, QUESTION)
+    assert inner.calls == [(first, QUESTION)]
+    assert answer == f"answer 1 to: {QUESTION}"
+    assert all(info["outcome"] == "miss" for info in infos)
+
+    served, infos = await ask(llm, second, PARAPHRASE)
+    assert len(inner.calls) == 1
+    assert served == answer
+    assert all(info["hit"] and info["kind"] == "semantic" for info in infos)
+    if "stream" in second:
+        assert len(infos) == len(answer.split())  # replayed word by word, not in one piece
+
+
+@pytest.mark.parametrize("second", CHAT_METHODS)
+@pytest.mark.parametrize("first", CHAT_METHODS)
+async def test_chat_methods_store_and_serve(llm: SemanticCacheLLM, inner: CountingLLM, first: str, second: str) -> None:
+    answer, infos = await ask(llm, first, QUESTION)
+    assert inner.calls == [(first, QUESTION)]
+    assert answer == f"answer 1 to: {QUESTION}"
+    assert all(info["outcome"] == "miss" for info in infos)
+
+    served, infos = await ask(llm, second, PARAPHRASE)
+    assert len(inner.calls) == 1
+    assert served == answer
+    assert all(info["hit"] and info["kind"] == "semantic" for info in infos)
+    if "stream" in second:
+        assert len(infos) == len(answer.split())
+
+
+async def test_chat_hit_restores_the_assistant_message(llm: SemanticCacheLLM) -> None:
+    first = llm.chat([ChatMessage(role="user", content=QUESTION)])
+    second = llm.chat([ChatMessage(role="user", content=PARAPHRASE)])
+    assert second.message == first.message
+    assert second.message.role == MessageRole.ASSISTANT
+
+
+async def test_an_unfinished_stream_is_not_stored(llm: SemanticCacheLLM, inner: CountingLLM) -> None:
+    stream = llm.stream_complete(QUESTION)
+    next(stream)
+    stream.close()  # the reader stopped after one chunk
+    answer = llm.complete(QUESTION)
+    assert len(inner.calls) == 2
+    assert answer.additional_kwargs[CACHE_INFO_KEY]["outcome"] == "miss"
+
+
+# -- partitions --------------------------------------------------------------------------------------------
+
+
+async def test_chat_context_partitions_and_only_the_last_user_message_is_embedded(
+    llm: SemanticCacheLLM, inner: CountingLLM, embedder: BagOfWordsEmbedder
+) -> None:
+    pirate = [ChatMessage(role="system", content="You are a pirate.")]
+    poet = [ChatMessage(role="system", content="You are a poet.")]
+    await ask(llm, "chat", QUESTION, pirate)
+    assert embedder.texts == [QUESTION]  # neither the system prompt nor anything else is embedded
+
+    answer, infos = await ask(llm, "chat", QUESTION, poet)  # same question, another system prompt
+    assert len(inner.calls) == 2 and infos[0]["hit"] is False and answer == f"answer 2 to: {QUESTION}"
+
+    earlier = [*pirate, ChatMessage(role="user", content="Hi"), ChatMessage(role="assistant", content="Arr")]
+    await ask(llm, "chat", QUESTION, earlier)  # same system prompt, but earlier turns
+    assert len(inner.calls) == 3
+
+    answer, infos = await ask(llm, "chat", PARAPHRASE, pirate)  # the first conversation again, paraphrased
+    assert len(inner.calls) == 3
+    assert infos[0]["kind"] == "semantic" and answer == f"answer 1 to: {QUESTION}"
+
+
+async def test_model_identity_and_call_arguments_partition(cache: SemanticCache) -> None:
+    cold, warm = CountingLLM(temperature=0.0), CountingLLM(temperature=0.9)
+    other_model = CountingLLM(model_name="another-model")
+    for inner in (cold, warm, other_model):
+        SemanticCacheLLM(llm=inner, cache=cache).complete(QUESTION)
+        assert len(inner.calls) == 1, "a wrapped LLM with other settings must not be served another's answers"
+    wrapper = SemanticCacheLLM(llm=cold, cache=cache)
+    wrapper.complete(QUESTION, max_tokens=5)  # other call arguments: another partition
+    assert len(cold.calls) == 2
+    wrapper.complete(QUESTION, max_tokens=5)
+    assert len(cold.calls) == 2
+
+
+async def test_namespaces_partition(inner: CountingLLM, cache: SemanticCache) -> None:
+    SemanticCacheLLM(llm=inner, cache=cache, namespace="tenant-a").complete(QUESTION)
+    SemanticCacheLLM(llm=inner, cache=cache, namespace="tenant-b").complete(QUESTION)
+    assert len(inner.calls) == 2
+
+
+async def test_formatted_prompts_are_keyed_as_given(
+    llm: SemanticCacheLLM, inner: CountingLLM, embedder: BagOfWordsEmbedder
+) -> None:
+    formatted = "<s>[INST] Tell me the capital city of France [/INST]"
+    llm.complete(formatted, formatted=True)
+    assert embedder.texts == [formatted]
+    assert inner.calls == [("complete", formatted)]
+    llm.complete(formatted, formatted=True)
+    assert len(inner.calls) == 1
+    llm.complete(formatted)  # unformatted: the wrapped LLM would format it, so it is another partition
+    assert len(inner.calls) == 2
+
+
+# -- calls the cache cannot key go straight through ----------------------------------------------------------
+
+
+async def test_uncacheable_calls_bypass_the_cache(
+    llm: SemanticCacheLLM, inner: CountingLLM, recorder: EventRecorder
+) -> None:
+    assert llm.complete("   ").additional_kwargs[CACHE_INFO_KEY]["outcome"] == "bypass"
+    llm.complete(QUESTION, callback=object())
+    llm.complete(QUESTION, callback=object())
+    assert len(inner.calls) == 3
+    events = [event for event in recorder.events if isinstance(event, SemanticCacheEvent)]
+    assert [event.outcome for event in events] == ["bypass"] * 3
+    assert events[1].reason is not None and "JSON" in events[1].reason
+
+
+async def test_an_answer_json_cannot_hold_is_returned_but_not_stored(cache: SemanticCache) -> None:
+    class ObjectAnswerLLM(CountingLLM):
+        def chat(self, messages: Any, **kwargs: Any) -> ChatResponse:
+            response = super().chat(messages, **kwargs)
+            response.message.additional_kwargs["tool_calls"] = [object()]
+            return response
+
+    inner = ObjectAnswerLLM()
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+    first = llm.chat([ChatMessage(role="user", content=QUESTION)])
+    second = llm.chat([ChatMessage(role="user", content=QUESTION)])
+    assert len(inner.calls) == 2
+    assert first.message.additional_kwargs["tool_calls"]  # the wrapped LLM's own answer, untouched
+    assert second.additional_kwargs[CACHE_INFO_KEY]["outcome"] == "miss"
+
+
+# -- concurrency -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["acomplete", "achat"])
+async def test_concurrent_identical_calls_reach_the_llm_once(cache: SemanticCache, method: str) -> None:
+    inner = CountingLLM(delay=0.05)
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+    results = await asyncio.gather(*(ask(llm, method, QUESTION) for _ in range(8)))
+    assert len(inner.calls) == 1
+    assert {answer for answer, _ in results} == {f"answer 1 to: {QUESTION}"}
+    outcomes = sorted(infos[0]["outcome"] for _, infos in results)
+    assert outcomes.count("miss") == 1 and set(outcomes) <= {"miss", "shared", "hit"}
+
+
+def test_concurrent_sync_calls_from_threads_reach_the_llm_once(cache: SemanticCache) -> None:
+    import time
+
+    class SlowLLM(CountingLLM):
+        def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+            time.sleep(0.1)
+            return super().complete(prompt, formatted, **kwargs)
+
+    inner = SlowLLM()
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: llm.complete(QUESTION).text, range(6)))
+    assert len(inner.calls) == 1
+    assert set(answers) == {f"answer 1 to: {QUESTION}"}
+
+
+# -- observability -----------------------------------------------------------------------------------------
+
+
+async def test_hits_and_misses_reach_instrumentation_handlers(llm: SemanticCacheLLM, recorder: EventRecorder) -> None:
+    llm.complete(QUESTION)
+    llm.complete(PARAPHRASE)
+    list(llm.stream_chat([ChatMessage(role="user", content=OTHER)]))
+    await llm.achat([ChatMessage(role="user", content=OTHER)])
+    events = [event for event in recorder.events if isinstance(event, SemanticCacheEvent)]
+    assert [(event.method, event.outcome) for event in events] == [
+        ("complete", "miss"),
+        ("complete", "hit"),
+        ("stream_chat", "miss"),
+        ("achat", "hit"),
+    ]
+    hit = events[1]
+    assert hit.kind == "semantic" and hit.similarity is not None and hit.similarity >= 0.8
+    assert hit.prompt == PARAPHRASE and hit.matched_prompt == QUESTION
+    # Dispatched inside the wrapper call's span (also for sync calls, whose cache work runs on another thread).
+    assert all(event.span_id and event.span_id.startswith(f"SemanticCacheLLM.{event.method}-") for event in events)
+    assert events[3].model_dump()["class_name"] == "SemanticCacheEvent"
+
+
+# -- inside LlamaIndex -------------------------------------------------------------------------------------
+
+DOCUMENTS = [Document(text="Paris is the capital of France. Berlin is the capital of Germany.")]
+
+
+@pytest.mark.parametrize("is_chat", [False, True], ids=["completion-model", "chat-model"])
+async def test_query_engine_asks_the_llm_once_per_question(
+    cache: SemanticCache, embedder: BagOfWordsEmbedder, is_chat: bool
+) -> None:
+    inner = CountingLLM(is_chat=is_chat)
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+    index = VectorStoreIndex.from_documents(DOCUMENTS, embed_model=MockEmbedding(embed_dim=8))
+    engine = index.as_query_engine(llm=llm)
+
+    first = engine.query(QUESTION)
+    second = engine.query(QUESTION)
+    assert len(inner.calls) == 1
+    assert str(second) == str(first) and str(first).startswith("answer 1 to:")
+    assert "Paris is the capital of France" in inner.calls[0][1]  # the LLM did see the retrieved context
+
+    assert str(await engine.aquery(PARAPHRASE)) == str(first)  # same context, paraphrased question
+    assert len(inner.calls) == 1
+    # Only the question is embedded; the template and the retrieved context partition exactly.
+    assert set(embedder.texts) == {QUESTION, PARAPHRASE}
+
+    engine.query(OTHER)  # the same retrieved context does not make another question a hit
+    assert len(inner.calls) == 2
+
+    streaming = index.as_query_engine(llm=llm, streaming=True)
+    assert "".join(streaming.query(QUESTION).response_gen) == str(first)
+    assert len(inner.calls) == 2
+
+
+async def test_settings_llm_serves_query_engines(cache: SemanticCache, inner: CountingLLM) -> None:
+    previous = Settings._llm
+    try:
+        Settings.llm = SemanticCacheLLM(llm=inner, cache=cache)
+        engine = VectorStoreIndex.from_documents(DOCUMENTS, embed_model=MockEmbedding(embed_dim=8)).as_query_engine()
+        engine.query(QUESTION)
+        engine.query(QUESTION)
+    finally:
+        Settings._llm = previous
+    assert len(inner.calls) == 1
+
+
+async def test_chat_engine_is_served_from_the_cache(llm: SemanticCacheLLM, inner: CountingLLM) -> None:
+    engine = SimpleChatEngine.from_defaults(llm=llm, system_prompt="Answer briefly.")
+    first = engine.chat(QUESTION)
+    engine.reset()
+    second = engine.chat(PARAPHRASE)
+    assert len(inner.calls) == 1
+    assert str(second) == str(first)
+    follow_up = engine.chat(QUESTION)  # now with the previous turn as context: another partition
+    assert len(inner.calls) == 2
+    assert str(follow_up) == f"answer 2 to: {QUESTION}"
+
+
+@pytest.mark.parametrize("question_variable", ["query_str", None])
+async def test_templates_are_keyed_by_their_question_variable(
+    inner: CountingLLM, cache: SemanticCache, embedder: BagOfWordsEmbedder, question_variable: str | None
+) -> None:
+    llm = SemanticCacheLLM(llm=inner, cache=cache, question_variable=question_variable)
+    template = PromptTemplate("Context: {context_str}\nQuestion: {query_str}\nAnswer:")
+    llm.predict(template, context_str="Paris is in France.", query_str=QUESTION)
+    llm.predict(template, context_str="Paris is in France.", query_str=QUESTION)
+    assert len(inner.calls) == 1
+    whole_prompt = f"Context: Paris is in France. Question: {QUESTION} Answer:"  # whitespace-normalised
+    assert embedder.texts == [QUESTION if question_variable else whole_prompt]
+    # The streaming and async template calls share the entry.
+    assert "".join(llm.stream(template, context_str="Paris is in France.", query_str=QUESTION)).startswith("answer 1")
+    tokens = await llm.astream(template, context_str="Paris is in France.", query_str=QUESTION)
+    assert "".join([token async for token in tokens]).startswith("answer 1")
+    assert (await llm.apredict(template, context_str="Paris is in France.", query_str=QUESTION)).startswith("answer 1")
+    assert len(inner.calls) == 1
+    llm.predict(template, context_str="Berlin is in Germany.", query_str=QUESTION)  # other context: a miss
+    assert len(inner.calls) == 2
+
+
+async def test_any_llamaindex_embedding_can_embed(inner: CountingLLM) -> None:
+    llm = SemanticCacheLLM(llm=inner, embed_model=BagOfWordsEmbedding())
+    assert llm.cache.embedder.name.startswith("llamaindex:")
+    llm.complete(QUESTION)
+    assert llm.complete(PARAPHRASE).additional_kwargs[CACHE_INFO_KEY]["kind"] == "semantic"
+    llm.complete(OTHER)
+    assert len(inner.calls) == 2
+
+
+async def test_mock_llm_round_trip(cache: SemanticCache) -> None:
+    llm = SemanticCacheLLM(llm=MockLLM(max_tokens=4), cache=cache)
+    assert llm.complete(QUESTION).text == "text text text text"
+    hit = llm.complete(PARAPHRASE)
+    assert hit.text == "text text text text" and hit.additional_kwargs[CACHE_INFO_KEY]["hit"] is True
+
+
+def test_function_calling_llms_do_tool_calls_and_structured_output_themselves(cache: SemanticCache) -> None:
+    class City(BaseModel):
+        name: str
+
+    class ToolCallingLLM(MockFunctionCallingLLM):
+        def structured_predict(self, output_cls: Any, prompt: Any, llm_kwargs: Any = None, **prompt_args: Any) -> Any:
+            return output_cls(name="Paris")
+
+    inner = ToolCallingLLM()
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+    assert llm.structured_predict(City, PromptTemplate("Capital of {country}?"), country="France") == City(name="Paris")
+    assert llm.get_tool_calls_from_response.__self__ is inner  # FunctionCallingLLM methods reach the wrapped LLM
+
+
+# -- the real bundled model ----------------------------------------------------------------------------------
+
+
+@pytest.mark.model
+async def test_real_model_serves_paraphrases_and_not_other_questions(inner: CountingLLM) -> None:
+    llm = SemanticCacheLLM(llm=inner)  # the default cache: in memory, bundled model, calibrated threshold
+    llm.complete("What is the capital of France?")
+    paraphrase = await llm.acomplete("Which city is the capital of France?")
+    assert len(inner.calls) == 1
+    assert paraphrase.text == "answer 1 to: What is the capital of France?"
+    assert paraphrase.additional_kwargs[CACHE_INFO_KEY]["kind"] == "semantic"
+    llm.complete("What is the capital of Germany?")
+    assert len(inner.calls) == 2

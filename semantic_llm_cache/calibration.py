@@ -1,0 +1,212 @@
+"""Calibrate the similarity threshold on labeled prompt pairs (the format of ../shared/data/qqp_dev.jsonl).
+
+Protocol (the data folder's README): store each distinct `text_a` once, query with each `text_b`, and count
+a correct hit when the pair is labeled 1 and the entry returned is that pair's `text_a`; any other hit (another
+entry, or any hit for a label-0 pair) is wrong. Precision = correct / hits; hit rate = hits / queries;
+recall = correct / label-1 pairs. The sweep reproduces the engine's lookup exactly: an exact text match is a hit,
+else the nearest `candidates` entries at or above the threshold are tried in order and, with the answer guard
+on, the first the guard allows is served.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from semantic_llm_cache.embeddings.base import Embedder
+from semantic_llm_cache.errors import InvalidInputError
+from semantic_llm_cache.guard import guard_refusal
+from semantic_llm_cache.scope import normalize_prompt
+
+Progress = Callable[[int, int], None]
+DEFAULT_THRESHOLDS = tuple(round(0.60 + 0.005 * step, 3) for step in range(81))
+
+
+@dataclass(frozen=True)
+class LabeledPair:
+    """Two prompts and whether they mean the same (1) or not (0)."""
+
+    text_a: str
+    text_b: str
+    label: int
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """Quality of one threshold, with or without the answer guard."""
+
+    threshold: float
+    guard: bool
+    queries: int
+    hits: int
+    correct_hits: int
+    wrong_hits: int
+    precision: float
+    hit_rate: float
+    recall: float
+    f1: float
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """All sweep rows, plus the sample it was measured on."""
+
+    rows: list[SweepRow]
+    pairs: int
+    positives: int
+    stored: int
+    embedder: str
+
+    def row(self, threshold: float, guard: bool = True) -> SweepRow:
+        """The row measured at `threshold` (nearest swept value)."""
+        candidates = [row for row in self.rows if row.guard == guard]
+        return min(candidates, key=lambda row: abs(row.threshold - threshold))
+
+    def recommend(self, target_precision: float = 0.9, guard: bool = True) -> SweepRow | None:
+        """The lowest threshold from which every stricter threshold keeps precision >= target (None if none)."""
+        rows = sorted((row for row in self.rows if row.guard == guard), key=lambda row: row.threshold)
+        best: SweepRow | None = None
+        for row in reversed(rows):
+            if row.hits and row.precision < target_precision:
+                break
+            if row.hits:
+                best = row
+        return best
+
+
+def load_pairs(path: str | Path, limit: int | None = None) -> list[LabeledPair]:
+    """Read labeled pairs from JSON lines; a malformed line raises InvalidInputError naming its number."""
+    source = Path(path)
+    if not source.is_file():
+        raise InvalidInputError(f"no such file: {source}")
+    pairs: list[LabeledPair] = []
+    with source.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                pair = LabeledPair(str(record["text_a"]), str(record["text_b"]), int(record["label"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InvalidInputError(
+                    f"{source}:{number}: expected {{\"text_a\": str, \"text_b\": str, \"label\": 0 or 1}}: {exc}"
+                ) from exc
+            if pair.label not in (0, 1):
+                raise InvalidInputError(f"{source}:{number}: label must be 0 or 1, got {pair.label}")
+            pairs.append(pair)
+            if limit is not None and len(pairs) >= limit:
+                break
+    if not pairs:
+        raise InvalidInputError(f"{source} holds no labeled pairs")
+    return pairs
+
+
+async def embed_texts(
+    texts: Sequence[str], embedder: Embedder, batch_size: int = 256, progress: Progress | None = None
+) -> np.ndarray:
+    """Embed `texts` in batches, reporting progress as (texts done, total)."""
+    blocks = []
+    for start in range(0, len(texts), batch_size):
+        blocks.append(await embedder.embed(list(texts[start : start + batch_size])))
+        if progress is not None:
+            progress(min(start + batch_size, len(texts)), len(texts))
+    return np.concatenate(blocks).astype(np.float32)
+
+
+def nearest_candidates(queries: np.ndarray, stored: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k stored rows per query by inner product: (indices, similarities), best first."""
+    k = min(k, stored.shape[0])
+    indices = np.empty((queries.shape[0], k), dtype=np.int64)
+    scores = np.empty((queries.shape[0], k), dtype=np.float32)
+    for start in range(0, queries.shape[0], chunk):
+        block = queries[start : start + chunk] @ stored.T
+        top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+        top_scores = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        indices[start : start + chunk] = np.take_along_axis(top, order, axis=1)
+        scores[start : start + chunk] = np.take_along_axis(top_scores, order, axis=1)
+    return indices, scores
+
+
+def _row(threshold: float, guard: bool, served: np.ndarray, expected: np.ndarray, labels: np.ndarray) -> SweepRow:
+    hit = served >= 0
+    correct = hit & (labels == 1) & (served == expected)
+    hits, correct_hits = int(hit.sum()), int(correct.sum())
+    positives = int((labels == 1).sum())
+    precision = correct_hits / hits if hits else 1.0
+    recall = correct_hits / positives if positives else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return SweepRow(threshold, guard, len(labels), hits, correct_hits, hits - correct_hits, precision,
+                    hits / len(labels), recall, f1)  # fmt: skip
+
+
+async def sweep(
+    pairs: Sequence[LabeledPair],
+    embedder: Embedder,
+    thresholds: Iterable[float] | None = None,
+    progress: Progress | None = None,
+    candidates: int = 4,
+) -> CalibrationReport:
+    """Measure precision, hit rate, recall and F1 at each threshold, with and without the answer guard."""
+    stored_texts = list(dict.fromkeys(normalize_prompt(pair.text_a) for pair in pairs))
+    position = {text: row for row, text in enumerate(stored_texts)}
+    queries = [normalize_prompt(pair.text_b) for pair in pairs]
+    expected = np.array([position[normalize_prompt(pair.text_a)] for pair in pairs])
+    labels = np.array([pair.label for pair in pairs])
+    distinct = list(dict.fromkeys(stored_texts + queries))
+    vectors = await embed_texts(distinct, embedder, progress=progress)
+    row_of = {text: row for row, text in enumerate(distinct)}
+    stored = vectors[[row_of[text] for text in stored_texts]]
+    query_vectors = vectors[[row_of[text] for text in queries]]
+    indices, scores = nearest_candidates(query_vectors, stored, candidates)
+    exact = np.array([position.get(text, -1) for text in queries])
+    allowed = np.array(
+        [[guard_refusal(query, stored_texts[j]) is None for j in row] for query, row in zip(queries, indices)]
+    )
+    first_allowed = np.where(allowed.any(axis=1), allowed.argmax(axis=1), -1)
+    rows: list[SweepRow] = []
+    for threshold in thresholds or DEFAULT_THRESHOLDS:
+        for guard in (False, True):
+            column = first_allowed if guard else np.zeros(len(queries), dtype=np.int64)
+            valid = column >= 0
+            picked = np.where(valid, column, 0)
+            served_scores = scores[np.arange(len(queries)), picked]
+            served = np.where(valid & (served_scores >= threshold), indices[np.arange(len(queries)), picked], -1)
+            served = np.where(exact >= 0, exact, served)
+            rows.append(_row(float(threshold), guard, served, expected, labels))
+    return CalibrationReport(rows, len(pairs), int((labels == 1).sum()), len(stored_texts), embedder.name)
+
+
+def plot_report(report: CalibrationReport, path: str | Path, target_precision: float | None = None) -> Path:
+    """Write a PNG of precision and hit rate against threshold, with and without the guard."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for guard, style in ((False, "--"), (True, "-")):
+        rows = sorted((row for row in report.rows if row.guard == guard), key=lambda row: row.threshold)
+        label = "guard on" if guard else "guard off"
+        axes.plot([r.threshold for r in rows], [r.precision for r in rows], style, color="tab:blue",
+                  label=f"precision ({label})")  # fmt: skip
+        axes.plot([r.threshold for r in rows], [r.hit_rate for r in rows], style, color="tab:orange",
+                  label=f"hit rate ({label})")  # fmt: skip
+    if target_precision is not None:
+        axes.axhline(target_precision, color="grey", linewidth=0.8)
+        chosen = report.recommend(target_precision)
+        if chosen is not None:
+            axes.axvline(chosen.threshold, color="tab:green", linewidth=0.8, label=f"recommended {chosen.threshold}")
+    axes.set_xlabel("threshold (cosine similarity, >=)")
+    axes.set_ylabel("fraction")
+    axes.set_title(f"{report.embedder}: {report.pairs} labeled pairs, {report.stored} stored prompts")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower left", fontsize=8)
+    output = Path(path)
+    figure.savefig(output, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return output
