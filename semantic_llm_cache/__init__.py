@@ -1,7 +1,8 @@
 """async-semantic-llm-cache: serve a stored LLM answer when a new prompt means the same as an answered one."""
 
+from semantic_llm_cache._sync import run_sync
 from semantic_llm_cache.backends.memory import MemoryBackend
-from semantic_llm_cache.cache import CacheHit, Resolution, SemanticCache
+from semantic_llm_cache.cache import CacheHit, Computed, Resolution, SemanticCache
 from semantic_llm_cache.config import DEFAULT_THRESHOLD, CacheConfig, CacheEntry
 from semantic_llm_cache.decorators import cached
 from semantic_llm_cache.embeddings import CallableEmbedder, Embedder, LocalEmbedder, as_embedder
@@ -24,6 +25,7 @@ __all__ = [
     "CacheEntry",
     "CacheHit",
     "CallableEmbedder",
+    "Computed",
     "ConfigurationError",
     "Embedder",
     "EmbeddingError",
@@ -38,4 +40,5 @@ __all__ = [
     "__version__",
     "as_embedder",
     "cached",
+    "run_sync",
 ]

@@ -9,14 +9,18 @@ import logging
 import math
 import sys
 import time
+import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
+from semantic_llm_cache._sync import run_sync
 from semantic_llm_cache.backends.memory import MemoryBackend
-from semantic_llm_cache.config import CacheConfig, CacheEntry, OnError, Vector, validate_threshold, validate_ttl
+from semantic_llm_cache.config import CacheConfig, CacheEntry, OnError, Vector, validate_ttl
 from semantic_llm_cache.embeddings.adapters import as_embedder
 from semantic_llm_cache.embeddings.base import Embedder
 from semantic_llm_cache.embeddings.local import LocalEmbedder
@@ -50,6 +54,8 @@ T = TypeVar("T")
 _FAILED: Any = object()
 _LEADER_CANCELLED: Any = object()
 _default_embedder: LocalEmbedder | None = None
+MODEL_LOAD_TIMEOUT = 300.0  # seconds a first embedding call may take while the model loads
+_RECENT_VECTORS = 1024  # vectors kept between a miss's lookup and the store that follows it
 
 
 def default_embedder() -> LocalEmbedder:
@@ -71,6 +77,20 @@ class CacheHit:
     age: float
     key: str
     metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Computed:
+    """What a `compute` callable may return instead of a bare value, to say more about it.
+
+    value: the answer returned to every caller. tokens: what it cost, credited to savings on later hits.
+    store: False shares the answer with concurrent callers but keeps it out of the cache (e.g. an answer the
+    adapter cannot serialise faithfully).
+    """
+
+    value: Any
+    tokens: int | None = None
+    store: bool = True
 
 
 @dataclass(frozen=True)
@@ -125,6 +145,9 @@ class SemanticCache:
             weakref.WeakKeyDictionary()
         )
         self._partition_of_default_scope: str | None = None
+        self._recent_vectors: OrderedDict[str, Vector] = OrderedDict()
+        self._sync_flights: dict[str, Future[Any]] = {}
+        self._sync_flights_lock = threading.Lock()
 
     # -- public API -------------------------------------------------------------------------------------
 
@@ -165,10 +188,12 @@ class SemanticCache:
         ttl: float | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Any:
-        """Return the cached answer, or call `compute()` (sync or async), store its result and return it.
+        """Return the cached answer, or call `compute()`, store its result and return it.
 
+        `compute` is a zero-argument async function, or a sync one (run in a worker thread with the caller's
+        context). It may return a `Computed` to report tokens or to keep its answer out of the cache.
         Concurrent callers with the same prompt and scope share one `compute()` call; if it raises, nothing is
-        stored and every one of them gets the exception.
+        stored and every one of them gets the exception. An answer JSON cannot hold is returned but not stored.
         """
         return (await self.resolve(prompt, compute, scope, ttl=ttl, metadata=metadata)).response
 
@@ -201,13 +226,7 @@ class SemanticCache:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         flights[key] = future
         try:
-            started = time.perf_counter()
-            result = compute()
-            if inspect.isawaitable(result):
-                result = await result
-            elapsed = time.perf_counter() - started
-            check_json_value(result)
-            await self._write(text, result, partition, self._namespace(scope), vector, ttl, metadata, elapsed, None)
+            result = await self._compute_and_store(text, compute, partition, scope, vector, ttl, metadata)
         except asyncio.CancelledError:
             future.set_result(_LEADER_CANCELLED)
             raise
@@ -220,6 +239,105 @@ class SemanticCache:
             return Resolution(result, None, computed=True)
         finally:
             flights.pop(key, None)
+
+    def resolve_sync(
+        self,
+        prompt: str,
+        compute: Callable[[], Any],
+        scope: Scope | None = None,
+        *,
+        ttl: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Resolution:
+        """`resolve` for sync code: `compute()` runs in the calling thread; concurrent threads asking the same
+        prompt and scope share one call. Lookups and stores go through the shared background loop."""
+        text = normalize_prompt(prompt)
+        self._check_payload(None, metadata, ttl, None, None)
+        partition = self.partition_for(scope)
+        key = exact_key(partition, text)
+        while True:
+            with self._sync_flights_lock:
+                running = self._sync_flights.get(key)
+            if running is not None:
+                result = running.result()
+                if result is _LEADER_CANCELLED:
+                    continue
+                self.stats.count("shared_computations")
+                return Resolution(result, None, computed=False, shared=True)
+            hit, vector = run_sync(self._lookup(text, partition))
+            if hit is not None:
+                return Resolution(hit.response, hit, computed=False)
+            with self._sync_flights_lock:
+                if key in self._sync_flights:
+                    continue
+                future: Future[Any] = Future()
+                self._sync_flights[key] = future
+            break
+        try:
+            started = time.perf_counter()
+            outcome = compute()
+            elapsed = time.perf_counter() - started
+            result = run_sync(self._store_computed(text, outcome, elapsed, partition, scope, vector, ttl, metadata))
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        else:
+            future.set_result(result)
+            return Resolution(result, None, computed=True)
+        finally:
+            with self._sync_flights_lock:
+                self._sync_flights.pop(key, None)
+
+    async def _compute_and_store(
+        self,
+        text: str,
+        compute: Callable[[], Any],
+        partition: str,
+        scope: Scope | None,
+        vector: Vector | None,
+        ttl: float | None,
+        metadata: dict[str, Any] | None,
+    ) -> Any:
+        """Run `compute` (a sync one in a worker thread, with the caller's context), store its answer, return it."""
+        started = time.perf_counter()
+        if inspect.iscoroutinefunction(compute):
+            outcome = await compute()
+        else:
+            outcome = await asyncio.to_thread(compute)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+        elapsed = time.perf_counter() - started
+        return await self._store_computed(text, outcome, elapsed, partition, scope, vector, ttl, metadata)
+
+    async def _store_computed(
+        self,
+        text: str,
+        outcome: Any,
+        elapsed: float,
+        partition: str,
+        scope: Scope | None,
+        vector: Vector | None,
+        ttl: float | None,
+        metadata: dict[str, Any] | None,
+    ) -> Any:
+        """Store a computed answer unless told not to or JSON cannot hold it (then log, count, and still return it)."""
+        computed = outcome if isinstance(outcome, Computed) else Computed(outcome)
+        if not computed.store:
+            self.stats.count("not_stored")
+            return computed.value
+        try:
+            check_json_value(computed.value)
+        except InvalidInputError as exc:
+            self.stats.count("unstorable_answers")
+            if self.config.on_error == "raise":
+                raise
+            logger.warning("semantic cache: answer not stored (%s); returned to the caller uncached", exc)
+            return computed.value
+        if vector is None:
+            vector = await self._embed(text)
+        await self._write(text, computed.value, partition, self._namespace(scope), vector, ttl, metadata, elapsed,
+                          computed.tokens)  # fmt: skip
+        return computed.value
 
     async def feedback(self, hit: CacheHit, correct: bool) -> None:
         """Report whether a served hit was right.
@@ -324,9 +442,16 @@ class SemanticCache:
         return Resolution(result, None, computed=False, shared=True)
 
     async def _guarded(self, call: Awaitable[T], component: Literal["backend", "embedder"], default: T) -> T:
-        """Await `call` under the timeout; on failure log, count, and return `default` (or raise, if asked to)."""
+        """Await `call` under the timeout; on failure log, count, and return `default` (or raise, if asked to).
+
+        An embedder that is still loading its model (`loaded` False) gets MODEL_LOAD_TIMEOUT instead: a cold
+        start must not be mistaken for a failure.
+        """
+        seconds = self.config.timeout
+        if component == "embedder" and not getattr(self.embedder, "loaded", True):
+            seconds = max(seconds, MODEL_LOAD_TIMEOUT)
         try:
-            async with _deadline(self.config.timeout):
+            async with _deadline(seconds):
                 return await call
         except InvalidInputError:
             raise
@@ -347,8 +472,20 @@ class SemanticCache:
         return default
 
     async def _embed(self, text: str) -> Vector | None:
+        """The vector of `text`: from the small recent-vectors memory (a miss's lookup then store embed the
+        same text once), else from the embedder."""
+        recent = self._recent_vectors.get(text)
+        if recent is not None:
+            self._recent_vectors.move_to_end(text)
+            return recent
         matrix = await self._guarded(self.embedder.embed([text]), "embedder", default=None)
-        return None if matrix is None else matrix[0]
+        if matrix is None:
+            return None
+        vector = matrix[0]
+        self._recent_vectors[text] = vector
+        if len(self._recent_vectors) > _RECENT_VECTORS:
+            self._recent_vectors.popitem(last=False)
+        return vector
 
     async def _lookup(self, text: str, partition: str) -> tuple[CacheHit | None, Vector | None]:
         started = time.perf_counter()
@@ -436,4 +573,4 @@ class SemanticCache:
         return key
 
 
-__all__ = ["CacheHit", "Resolution", "SemanticCache", "default_embedder", "validate_threshold"]
+__all__ = ["CacheHit", "Computed", "Resolution", "SemanticCache", "default_embedder"]

@@ -1,16 +1,23 @@
 """Calibrate the similarity threshold on labeled prompt pairs (the format of ../shared/data/qqp_dev.jsonl).
 
-Protocol (the data folder's README): store each distinct `text_a` once, query with each `text_b`, and count
-a correct hit when the pair is labeled 1 and the entry returned is that pair's `text_a`; any other hit (another
-entry, or any hit for a label-0 pair) is wrong. Precision = correct / hits; hit rate = hits / queries;
-recall = correct / label-1 pairs. The sweep reproduces the engine's lookup exactly: an exact text match is a hit,
-else the nearest `candidates` entries at or above the threshold are tried in order and, with the answer guard
-on, the first the guard allows is served.
+Protocol (after the data folder's README): store each distinct `text_a` once and query with each `text_b`. The
+sweep reproduces the engine's lookup: an exact text match is a hit, else the nearest `candidates` entries at or
+above the threshold are tried in order and, with the answer guard on, the first the guard allows is served.
+
+A served entry is judged by what the data says about (query, served prompt):
+- the same text (ignoring case and punctuation): correct;
+- a pair the data labels (in either order): its label (1 correct, 0 wrong);
+- anything else is *unlabeled*: nobody said whether it is the same question.
+`precision` is correct / labeled hits; `strict_precision` also counts every unlabeled hit as wrong (the
+README's "any other entry returned is wrong"), a lower bound. Hit rate = hits / queries; recall = correct hits
+on the query's own label-1 pair / label-1 pairs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,7 @@ from semantic_llm_cache.guard import guard_refusal
 from semantic_llm_cache.scope import normalize_prompt
 
 Progress = Callable[[int, int], None]
+_NOT_WORD = re.compile(r"[\W_]+")
 DEFAULT_THRESHOLDS = tuple(round(0.60 + 0.005 * step, 3) for step in range(81))
 
 
@@ -49,6 +57,8 @@ class SweepRow:
     hit_rate: float
     recall: float
     f1: float
+    unlabeled_hits: int = 0
+    strict_precision: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,7 @@ class CalibrationReport:
         return min(candidates, key=lambda row: abs(row.threshold - threshold))
 
     def recommend(self, target_precision: float = 0.9, guard: bool = True) -> SweepRow | None:
-        """The lowest threshold from which every stricter threshold keeps precision >= target (None if none)."""
+        """The lowest threshold from which every stricter threshold keeps (labeled) precision >= target."""
         rows = sorted((row for row in self.rows if row.guard == guard), key=lambda row: row.threshold)
         best: SweepRow | None = None
         for row in reversed(rows):
@@ -93,7 +103,7 @@ def load_pairs(path: str | Path, limit: int | None = None) -> list[LabeledPair]:
                 pair = LabeledPair(str(record["text_a"]), str(record["text_b"]), int(record["label"]))
             except (ValueError, KeyError, TypeError) as exc:
                 raise InvalidInputError(
-                    f"{source}:{number}: expected {{\"text_a\": str, \"text_b\": str, \"label\": 0 or 1}}: {exc}"
+                    f'{source}:{number}: expected {{"text_a": str, "text_b": str, "label": 0 or 1}}: {exc}'
                 ) from exc
             if pair.label not in (0, 1):
                 raise InvalidInputError(f"{source}:{number}: label must be 0 or 1, got {pair.label}")
@@ -106,18 +116,40 @@ def load_pairs(path: str | Path, limit: int | None = None) -> list[LabeledPair]:
 
 
 async def embed_texts(
-    texts: Sequence[str], embedder: Embedder, batch_size: int = 256, progress: Progress | None = None
+    texts: Sequence[str],
+    embedder: Embedder,
+    batch_size: int = 256,
+    progress: Progress | None = None,
+    cache_dir: str | Path | None = None,
 ) -> np.ndarray:
-    """Embed `texts` in batches, reporting progress as (texts done, total)."""
+    """Embed `texts` in batches, reporting progress as (texts done, total).
+
+    With `cache_dir`, the matrix is saved there (as .npy, named by a hash of the embedder and the texts) and
+    read back by later runs over the same texts.
+    """
+    cached: Path | None = None
+    if cache_dir is not None:
+        digest = hashlib.sha256("\n".join([embedder.name, *texts]).encode()).hexdigest()[:24]
+        cached = Path(cache_dir) / f"vectors-{digest}.npy"
+        if cached.is_file():
+            if progress is not None:
+                progress(len(texts), len(texts))
+            return np.load(cached)
     blocks = []
     for start in range(0, len(texts), batch_size):
         blocks.append(await embedder.embed(list(texts[start : start + batch_size])))
         if progress is not None:
             progress(min(start + batch_size, len(texts)), len(texts))
-    return np.concatenate(blocks).astype(np.float32)
+    matrix = np.concatenate(blocks).astype(np.float32)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cached, matrix)
+    return matrix
 
 
-def nearest_candidates(queries: np.ndarray, stored: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def nearest_candidates(
+    queries: np.ndarray, stored: np.ndarray, k: int, chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k stored rows per query by inner product: (indices, similarities), best first."""
     k = min(k, stored.shape[0])
     indices = np.empty((queries.shape[0], k), dtype=np.int64)
@@ -132,16 +164,24 @@ def nearest_candidates(queries: np.ndarray, stored: np.ndarray, k: int, chunk: i
     return indices, scores
 
 
-def _row(threshold: float, guard: bool, served: np.ndarray, expected: np.ndarray, labels: np.ndarray) -> SweepRow:
-    hit = served >= 0
-    correct = hit & (labels == 1) & (served == expected)
-    hits, correct_hits = int(hit.sum()), int(correct.sum())
+def _identity(text: str) -> str:
+    return _NOT_WORD.sub(" ", text.casefold()).strip()
+
+
+def _row(threshold: float, guard: bool, verdicts: np.ndarray, own_pair: np.ndarray, labels: np.ndarray) -> SweepRow:
+    """verdicts: per query 1 correct, 0 wrong, -1 unlabeled, -2 no hit; own_pair: hit on its own label-1 pair."""
+    hit = verdicts > -2
+    hits = int(hit.sum())
+    correct_hits = int((verdicts == 1).sum())
+    wrong_hits = int((verdicts == 0).sum())
+    unlabeled = int((verdicts == -1).sum())
     positives = int((labels == 1).sum())
-    precision = correct_hits / hits if hits else 1.0
-    recall = correct_hits / positives if positives else 0.0
+    labeled = correct_hits + wrong_hits
+    precision = correct_hits / labeled if labeled else 1.0
+    recall = int(own_pair.sum()) / positives if positives else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return SweepRow(threshold, guard, len(labels), hits, correct_hits, hits - correct_hits, precision,
-                    hits / len(labels), recall, f1)  # fmt: skip
+    return SweepRow(threshold, guard, len(labels), hits, correct_hits, wrong_hits, precision, hits / len(labels),
+                    recall, f1, unlabeled, correct_hits / hits if hits else 1.0)  # fmt: skip
 
 
 async def sweep(
@@ -150,6 +190,7 @@ async def sweep(
     thresholds: Iterable[float] | None = None,
     progress: Progress | None = None,
     candidates: int = 4,
+    cache_dir: str | Path | None = None,
 ) -> CalibrationReport:
     """Measure precision, hit rate, recall and F1 at each threshold, with and without the answer guard."""
     stored_texts = list(dict.fromkeys(normalize_prompt(pair.text_a) for pair in pairs))
@@ -157,27 +198,42 @@ async def sweep(
     queries = [normalize_prompt(pair.text_b) for pair in pairs]
     expected = np.array([position[normalize_prompt(pair.text_a)] for pair in pairs])
     labels = np.array([pair.label for pair in pairs])
+    known = {frozenset((_identity(pair.text_a), _identity(pair.text_b))): pair.label for pair in pairs}
     distinct = list(dict.fromkeys(stored_texts + queries))
-    vectors = await embed_texts(distinct, embedder, progress=progress)
+    vectors = await embed_texts(distinct, embedder, progress=progress, cache_dir=cache_dir)
     row_of = {text: row for row, text in enumerate(distinct)}
     stored = vectors[[row_of[text] for text in stored_texts]]
     query_vectors = vectors[[row_of[text] for text in queries]]
     indices, scores = nearest_candidates(query_vectors, stored, candidates)
     exact = np.array([position.get(text, -1) for text in queries])
+
+    def verdict(query: str, served: int) -> int:
+        served_text = stored_texts[served]
+        if _identity(served_text) == _identity(query):
+            return 1
+        return known.get(frozenset((_identity(served_text), _identity(query))), -1)
+
+    judged = np.array([[verdict(query, int(j)) for j in row] for query, row in zip(queries, indices, strict=True)])
     allowed = np.array(
-        [[guard_refusal(query, stored_texts[j]) is None for j in row] for query, row in zip(queries, indices)]
+        [
+            [guard_refusal(query, stored_texts[j]) is None for j in row]
+            for query, row in zip(queries, indices, strict=True)
+        ]
     )
     first_allowed = np.where(allowed.any(axis=1), allowed.argmax(axis=1), -1)
+    everyone = np.arange(len(queries))
     rows: list[SweepRow] = []
     for threshold in thresholds or DEFAULT_THRESHOLDS:
         for guard in (False, True):
             column = first_allowed if guard else np.zeros(len(queries), dtype=np.int64)
             valid = column >= 0
             picked = np.where(valid, column, 0)
-            served_scores = scores[np.arange(len(queries)), picked]
-            served = np.where(valid & (served_scores >= threshold), indices[np.arange(len(queries)), picked], -1)
-            served = np.where(exact >= 0, exact, served)
-            rows.append(_row(float(threshold), guard, served, expected, labels))
+            served = valid & (scores[everyone, picked] >= threshold)
+            verdicts = np.where(served, judged[everyone, picked], -2)
+            own_pair = served & (labels == 1) & (indices[everyone, picked] == expected)
+            verdicts = np.where(exact >= 0, 1, verdicts)  # an exact text match is always served, and right
+            own_pair = np.where(exact >= 0, (labels == 1) & (exact == expected), own_pair)
+            rows.append(_row(float(threshold), guard, verdicts, own_pair, labels))
     return CalibrationReport(rows, len(pairs), int((labels == 1).sum()), len(stored_texts), embedder.name)
 
 

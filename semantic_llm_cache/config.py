@@ -15,7 +15,7 @@ from semantic_llm_cache.errors import ConfigurationError, InvalidInputError
 #: Cosine similarity at or above which a stored prompt may answer a new one. Calibrated on the Quora
 #: question pairs in ../shared/data/qqp_dev.jsonl with the bundled model and the answer guard on
 #: (`python benchmarks/quality.py` reproduces it; the README states its precision and hit rate).
-DEFAULT_THRESHOLD = 0.86
+DEFAULT_THRESHOLD = 0.94
 
 Vector = npt.NDArray[np.float32]
 OnError = Literal["log", "raise"]

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from semantic_llm_cache._sync import run_sync
 from semantic_llm_cache.cache import SemanticCache
 from semantic_llm_cache.errors import InvalidInputError
 from semantic_llm_cache.scope import Scope
@@ -27,8 +25,8 @@ def cached(
 
     The prompt is the argument named `prompt_arg` (default: the first parameter). Every other argument is
     part of the partition, so `answer("hi", temperature=0)` and `answer("hi", temperature=1)` never share an
-    answer. Concurrent identical calls run the function once. Sync functions are run through the cache's
-    shared background loop (no event loop is created per call); call them from sync code.
+    answer. Concurrent identical calls run the function once. A sync function runs in the calling thread; its
+    lookups and stores go through one shared background loop (no event loop is created per call).
     """
 
     def decorate(function: F) -> F:
@@ -55,15 +53,16 @@ def cached(
             @functools.wraps(function)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 prompt, call_scope = key_of(args, kwargs)
-                return await cache.get_or_compute(prompt, lambda: function(*args, **kwargs), call_scope, ttl=ttl)
+                compute = functools.partial(function, *args, **kwargs)
+                return await cache.get_or_compute(prompt, compute, call_scope, ttl=ttl)
 
             return cast(F, async_wrapper)
 
         @functools.wraps(function)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             prompt, call_scope = key_of(args, kwargs)
-            compute = functools.partial(asyncio.to_thread, function, *args, **kwargs)
-            return run_sync(cache.get_or_compute(prompt, compute, call_scope, ttl=ttl))
+            compute = functools.partial(function, *args, **kwargs)
+            return cache.resolve_sync(prompt, compute, call_scope, ttl=ttl).response
 
         return cast(F, sync_wrapper)
 

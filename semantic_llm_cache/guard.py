@@ -21,6 +21,14 @@ _NEGATION_WORDS = frozenset(
         "couldnt", "havent", "hasnt", "hadnt", "mustnt",
     }
 )  # fmt: skip
+# Counting words are numbers too ("three sentences" vs "one sentence"); "one" is left out: it is also a pronoun.
+_NUMBER_WORDS = frozenset(
+    {
+        "zero", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+        "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety", "hundred", "thousand",
+        "million", "billion", "trillion", "half", "double", "triple",
+    }
+)  # fmt: skip
 _NOT_NAMES = frozenset({"i", "i'm", "i’m", "i've", "i’ve", "i'd", "i’d", "i'll", "i’ll"})
 
 
@@ -46,7 +54,7 @@ def prompt_features(text: str) -> PromptFeatures:
         token = match.group(0)
         lower = token.lower()
         words.add(lower)
-        if any(char.isdigit() for char in token):
+        if lower in _NUMBER_WORDS or any(char.isdigit() for char in token):
             numbers.add(lower)
         if lower in _NEGATION_WORDS or lower.endswith(("n't", "n’t")):
             negated = True

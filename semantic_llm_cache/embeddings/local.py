@@ -87,6 +87,11 @@ class LocalEmbedder:
         return self._name
 
     @property
+    def loaded(self) -> bool:
+        """True once the model is in memory (the first call loads it and may take seconds)."""
+        return self._model is not None
+
+    @property
     def dimension(self) -> int | None:
         return self._dimension
 
@@ -125,9 +130,11 @@ class LocalEmbedder:
     def _load_model(self) -> Any:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
+        import transformers
         from sentence_transformers import SentenceTransformer
 
         torch.set_num_threads(self.torch_threads)
+        transformers.logging.disable_progress_bar()  # a "Loading weights" bar on every start is noise
         path = self._model_path or bundled_model_path()
         model = SentenceTransformer(path, device=self.device, local_files_only=True)
         get_dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
