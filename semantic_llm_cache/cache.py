@@ -8,8 +8,8 @@ import inspect
 import logging
 import math
 import sys
-import time
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -125,7 +125,7 @@ class SemanticCache:
         max_entries: int | None = None,
         candidates: int | None = None,
     ) -> None:
-        overrides = {
+        overrides: dict[str, Any] = {
             "threshold": threshold,
             "ttl": ttl,
             "namespace": namespace,
@@ -481,7 +481,7 @@ class SemanticCache:
         matrix = await self._guarded(self.embedder.embed([text]), "embedder", default=None)
         if matrix is None:
             return None
-        vector = matrix[0]
+        vector: Vector = matrix[0]
         self._recent_vectors[text] = vector
         if len(self._recent_vectors) > _RECENT_VECTORS:
             self._recent_vectors.popitem(last=False)

@@ -134,7 +134,8 @@ async def embed_texts(
         if cached.is_file():
             if progress is not None:
                 progress(len(texts), len(texts))
-            return np.load(cached)
+            loaded: np.ndarray = np.load(cached)
+            return loaded
     blocks = []
     for start in range(0, len(texts), batch_size):
         blocks.append(await embedder.embed(list(texts[start : start + batch_size])))

@@ -39,9 +39,8 @@ class CallableEmbedder:
         qualified = getattr(function, "__qualname__", None) or type(function).__qualname__
         self._name = name or f"{getattr(function, '__module__', None) or 'callable'}.{qualified}"
         self._dimension = dimension
-        self._is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
-            getattr(function, "__call__", None)
-        )
+        call_method = getattr(type(function), "__call__", None)  # noqa: B004 - an instance's async __call__
+        self._is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call_method)
         self._run_in_thread = run_in_thread
 
     @property
