@@ -22,7 +22,7 @@ from semantic_llm_cache._sync import run_sync
 from semantic_llm_cache.backends.memory import MemoryBackend
 from semantic_llm_cache.config import CacheConfig, CacheEntry, OnError, Vector, validate_ttl
 from semantic_llm_cache.embeddings.adapters import as_embedder
-from semantic_llm_cache.embeddings.base import Embedder
+from semantic_llm_cache.embeddings.base import Embedder, normalized_matrix
 from semantic_llm_cache.embeddings.local import LocalEmbedder
 from semantic_llm_cache.errors import CacheBackendError, EmbeddingError, InvalidInputError, SemanticCacheError
 from semantic_llm_cache.guard import guard_refusal
@@ -360,7 +360,7 @@ class SemanticCache:
             return
         else:
             feedback["wrong"] = int(feedback.get("wrong", 0)) + 1
-            entry.min_similarity = max(entry.min_similarity, min(1.0, math.nextafter(hit.similarity, 2.0)))
+            entry.min_similarity = max(entry.min_similarity, math.nextafter(min(hit.similarity, 1.0), 2.0))
         entry.metadata = {**entry.metadata, "feedback": feedback}
         await self._guarded(self.backend.set(hit.key, entry), "backend", default=None)
 
@@ -478,7 +478,7 @@ class SemanticCache:
         if recent is not None:
             self._recent_vectors.move_to_end(text)
             return recent
-        matrix = await self._guarded(self.embedder.embed([text]), "embedder", default=None)
+        matrix = await self._guarded(self._embed_checked(text), "embedder", default=None)
         if matrix is None:
             return None
         vector: Vector = matrix[0]
@@ -486,6 +486,11 @@ class SemanticCache:
         if len(self._recent_vectors) > _RECENT_VECTORS:
             self._recent_vectors.popitem(last=False)
         return vector
+
+    async def _embed_checked(self, text: str) -> Vector:
+        """One embedding, checked (one finite, non-zero row of the embedder's dimension) and normalised: a
+        user-supplied Embedder's bad output is an EmbeddingError, never a stored vector."""
+        return normalized_matrix(await self.embedder.embed([text]), 1, self.embedder.dimension)
 
     async def _lookup(self, text: str, partition: str) -> tuple[CacheHit | None, Vector | None]:
         started = time.perf_counter()
@@ -511,6 +516,8 @@ class SemanticCache:
         for match_key, match, similarity in matches:
             if match.partition_id != partition:  # a backend that broke the wall must not leak across it
                 self.stats.count("partition_violations")
+                continue
+            if similarity < self.config.threshold:  # a backend comparing in float32 may round up to it
                 continue
             if similarity < match.min_similarity:
                 self.stats.count("feedback_refusals")

@@ -63,7 +63,8 @@ class CacheEntry:
 
     `response` is any JSON value. `embedding` is the L2-normalised vector of the prompt text that was embedded
     (None for an exact-only entry). `embedder` names the model that made it: vectors of different embedders are
-    never compared. `min_similarity` is raised by negative feedback so the entry stops serving a neighbourhood.
+    never compared. `min_similarity` is raised by negative feedback so the entry stops serving a neighbourhood
+    (above 1: the entry serves only exact hits).
     """
 
     prompt: str
@@ -94,7 +95,15 @@ class CacheEntry:
             raise InvalidInputError("expires_at must be a finite timestamp or None")
         if not isinstance(self.metadata, dict):
             raise InvalidInputError("metadata must be a dict")
-        self.min_similarity = validate_threshold(self.min_similarity, "min_similarity")
+        if (
+            isinstance(self.min_similarity, bool)
+            or not isinstance(self.min_similarity, (int, float))
+            or not 0.0 <= self.min_similarity <= 2.0
+        ):
+            raise InvalidInputError(
+                f"min_similarity must be between 0 and 2 (above 1: exact hits only), got {self.min_similarity!r}"
+            )
+        self.min_similarity = float(self.min_similarity)
 
     @property
     def dimension(self) -> int | None:

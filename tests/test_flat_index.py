@@ -1,0 +1,182 @@
+"""FlatIndex: exact inner-product search that agrees with numpy brute force, through any sequence of edits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from semantic_llm_cache import InvalidInputError
+from semantic_llm_cache.index.flat import FlatIndex
+
+TOLERANCE = 1e-5
+
+
+def unit_rows(rng: np.random.Generator, count: int, dimension: int) -> np.ndarray:
+    rows = rng.standard_normal((count, dimension)).astype(np.float32)
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+@st.composite
+def matrices_and_query(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    dimension = draw(st.integers(1, 24))
+    count = draw(st.integers(1, 150))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rows = unit_rows(rng, count, dimension)
+    if draw(st.booleans()):  # duplicated rows make ties, which brute force must agree on by score
+        rows[rng.integers(0, count, size=count // 3)] = rows[0]
+    return rows, unit_rows(rng, 1, dimension)[0]
+
+
+@settings(max_examples=150, deadline=None)
+@given(matrices_and_query())
+def test_best_match_agrees_with_brute_force(case: tuple[np.ndarray, np.ndarray]) -> None:
+    rows, query = case
+    index = FlatIndex(rows.shape[1], initial_capacity=4)
+    for position, row in enumerate(rows):
+        index.add(f"k{position}", row)
+    scores = rows.astype(np.float64) @ query.astype(np.float64)
+    [(key, score)] = index.search(query, k=1)
+    assert score == pytest.approx(scores.max(), abs=TOLERANCE)
+    assert scores[int(key[1:])] == pytest.approx(scores.max(), abs=TOLERANCE)
+    ordered = np.sort(scores)[::-1]
+    if len(ordered) == 1 or ordered[0] - ordered[1] > TOLERANCE:
+        assert key == f"k{int(np.argmax(scores))}"
+
+
+@settings(max_examples=150, deadline=None)
+@given(matrices_and_query(), st.integers(1, 200))
+def test_top_k_agrees_with_brute_force(case: tuple[np.ndarray, np.ndarray], k: int) -> None:
+    rows, query = case
+    index = FlatIndex(rows.shape[1], initial_capacity=1)
+    for position, row in enumerate(rows):
+        index.add(f"k{position}", row)
+    scores = rows.astype(np.float64) @ query.astype(np.float64)
+    found = index.search(query, k=k)
+    expected = np.sort(scores)[::-1][:k]
+    assert len(found) == min(k, len(rows))
+    assert len({key for key, _ in found}) == len(found)
+    np.testing.assert_allclose([score for _, score in found], expected, atol=TOLERANCE)
+    for key, score in found:  # each reported score is that key's true score
+        assert score == pytest.approx(scores[int(key[1:])], abs=TOLERANCE)
+
+
+@settings(max_examples=100, deadline=None)
+@given(matrices_and_query(), st.floats(-1.0, 1.0))
+def test_threshold_filters_inclusively(case: tuple[np.ndarray, np.ndarray], threshold: float) -> None:
+    rows, query = case
+    index = FlatIndex(rows.shape[1])
+    for position, row in enumerate(rows):
+        index.add(f"k{position}", row)
+    found = index.search(query, k=len(rows), threshold=threshold)
+    scores = rows.astype(np.float64) @ query.astype(np.float64)
+    found_keys = {key for key, _ in found}
+    surely_in = {f"k{position}" for position in np.flatnonzero(scores >= threshold + TOLERANCE)}
+    maybe_in = {f"k{position}" for position in np.flatnonzero(scores >= threshold - TOLERANCE)}
+    assert surely_in <= found_keys <= maybe_in
+    assert all(score >= threshold - TOLERANCE for _, score in found)
+
+
+OPERATION = st.tuples(
+    st.sampled_from(["add", "add", "remove", "clear_rarely"]), st.integers(0, 30), st.integers(0, 10**6)
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 12), st.lists(OPERATION, max_size=120), st.integers(0, 2**32 - 1))
+def test_index_matches_a_dict_model_after_random_edits(
+    dimension: int, operations: list[tuple[str, int, int]], seed: int
+) -> None:
+    index = FlatIndex(dimension, initial_capacity=2)
+    model: dict[str, np.ndarray] = {}
+    for operation, key_number, vector_seed in operations:
+        key = f"key-{key_number}"
+        if operation == "add":  # insert, or replace an existing key's vector
+            vector = unit_rows(np.random.default_rng(vector_seed), 1, dimension)[0]
+            index.add(key, vector)
+            model[key] = vector
+        elif operation == "remove":
+            assert index.remove(key) is (key in model)
+            model.pop(key, None)
+        elif key_number == 0:
+            index.clear()
+            model.clear()
+        assert len(index) == len(model)
+    assert sorted(index.keys()) == sorted(model)
+    assert all(key in index for key in model)
+    assert f"key-{31}" not in index
+    if not model:
+        assert index.search(unit_rows(np.random.default_rng(seed), 1, dimension)[0], k=3) == []
+        return
+    keys = list(model)
+    matrix = np.stack([model[key] for key in keys]).astype(np.float64)
+    query = unit_rows(np.random.default_rng(seed), 1, dimension)[0]
+    found = index.search(query, k=len(model))
+    expected = {key: float(score) for key, score in zip(keys, matrix @ query.astype(np.float64), strict=True)}
+    assert {key for key, _ in found} == set(model)
+    for key, score in found:
+        assert score == pytest.approx(expected[key], abs=TOLERANCE)
+    assert [score for _, score in found] == sorted((score for _, score in found), reverse=True)
+    for key in keys:  # every stored vector is still found as its own best match
+        [(best_key, best_score)] = index.search(model[key], k=1)
+        assert best_score == pytest.approx(1.0, abs=TOLERANCE)
+        assert np.allclose(model[best_key], model[key], atol=1e-4)
+
+
+def test_growth_past_initial_capacity_keeps_every_vector() -> None:
+    rng = np.random.default_rng(0)
+    rows = unit_rows(rng, 100, 16)
+    index = FlatIndex(16, initial_capacity=2)
+    start_bytes = index.nbytes
+    for position, row in enumerate(rows):
+        index.add(f"k{position}", row)
+    assert len(index) == 100
+    assert index.nbytes >= 100 * 16 * 4 > start_bytes
+    assert index.nbytes <= 2 * 128 * 16 * 4  # doubling, not one allocation per add
+    for position in (0, 1, 2, 63, 64, 99):
+        [(key, score)] = index.search(rows[position], k=1)
+        assert key == f"k{position}" and score == pytest.approx(1.0, abs=TOLERANCE)
+
+
+def test_remove_moves_the_last_row_and_keeps_others_searchable() -> None:
+    rows = np.eye(5, dtype=np.float32)
+    index = FlatIndex(5)
+    for position, row in enumerate(rows):
+        index.add(f"k{position}", row)
+    assert index.remove("k1") is True
+    assert index.remove("k1") is False
+    assert index.keys() == ["k0", "k4", "k2", "k3"]  # the last row filled the hole
+    assert "k1" not in index
+    assert index.search(rows[1], k=1, threshold=0.5) == []
+    for position in (0, 2, 3, 4):
+        assert index.search(rows[position], k=1) == [(f"k{position}", pytest.approx(1.0))]
+    assert index.remove("k3") is True  # removing the last row
+    assert index.keys() == ["k0", "k4", "k2"]
+    assert index.search(rows[4], k=1) == [("k4", pytest.approx(1.0))]
+
+
+def test_replace_updates_the_vector_in_place() -> None:
+    index = FlatIndex(2)
+    index.add("a", np.array([1.0, 0.0], dtype=np.float32))
+    index.add("a", np.array([0.0, 1.0], dtype=np.float32))
+    assert len(index) == 1
+    assert index.search(np.array([0.0, 1.0], dtype=np.float32), k=1) == [("a", pytest.approx(1.0))]
+
+
+def test_edge_cases_and_bad_input() -> None:
+    with pytest.raises(InvalidInputError, match="dimension"):
+        FlatIndex(0)
+    index = FlatIndex(3)
+    query = np.array([1.0, 0.0, 0.0], dtype=np.float32)
+    assert index.search(query) == []
+    index.add("a", query)
+    assert index.search(query, k=0) == []
+    with pytest.raises(InvalidInputError, match="shape"):
+        index.add("b", np.array([1.0, 0.0], dtype=np.float32))
+    with pytest.raises(InvalidInputError, match="shape"):
+        index.search(np.array([1.0, 0.0], dtype=np.float32))
+    index.clear()
+    assert len(index) == 0 and index.search(query) == []
+    index.add("c", query)
+    assert index.search(query) == [("c", pytest.approx(1.0))]
