@@ -301,7 +301,10 @@ class RedisBackend(StorageBackend):
         behind resyncs its local index with SCAN.
     local_partitions: in client mode, how many partitions' local indexes one process keeps (least recently
         queried dropped first).
-    hnsw_m / hnsw_ef_construction / hnsw_ef_runtime: the search index's HNSW parameters.
+    hnsw_m / hnsw_ef_construction / hnsw_ef_runtime: the search index's HNSW parameters (used for partitions
+        large enough to be searched through the graph; smaller ones are searched exactly). EF_RUNTIME trades
+        latency for recall: on 100k random 384-d vectors, 20 finds the true neighbour 58% of the time (0.3 ms),
+        100 95% (0.7 ms), 200 99% (1.1 ms); real embeddings, being clustered, do better.
 
     The URL's query string may also carry ``prefix``, ``index`` and ``cluster`` (keyword arguments win); the rest
     of it goes to redis-py (e.g. ``?ssl_ca_certs=/path/ca.pem``).
@@ -327,7 +330,7 @@ class RedisBackend(StorageBackend):
         local_partitions: int = 1024,
         hnsw_m: int = 16,
         hnsw_ef_construction: int = 200,
-        hnsw_ef_runtime: int = 20,
+        hnsw_ef_runtime: int = 100,
     ) -> None:
         if isinstance(url, str):
             url, url_options = _own_url_options(url)
@@ -383,6 +386,9 @@ class RedisBackend(StorageBackend):
                 self._cluster = isinstance(url, RedisCluster)
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Client] = weakref.WeakKeyDictionary()
         self._connect_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
         self._rebuilds: weakref.WeakKeyDictionary[
@@ -484,8 +490,9 @@ class RedisBackend(StorageBackend):
         probe = self.breaker.before_call()
         settled = False
         try:
-            client = await self._ready()
-            result = await operation(client)
+            async with self._slot():
+                client = await self._ready()
+                result = await operation(client)
         except _CONNECTION_ERRORS as exc:
             settled = True
             self.breaker.failure()
@@ -504,6 +511,15 @@ class RedisBackend(StorageBackend):
         settled = True
         self.breaker.success()
         return result
+
+    def _slot(self) -> asyncio.Semaphore:
+        """At most `max_connections` operations in flight per event loop: a cluster client's pools do not wait
+        for a free connection, they fail (and a failure to connect must not open the circuit breaker)."""
+        loop = asyncio.get_running_loop()
+        slots = self._slots.get(loop)
+        if slots is None:
+            slots = self._slots[loop] = asyncio.Semaphore(self._client_options["max_connections"])
+        return slots
 
     @staticmethod
     async def _execute(pipe: Any) -> list[Any]:
@@ -1012,7 +1028,12 @@ class RedisBackend(StorageBackend):
             now = time.time()
             matches: list[Match] = []
             past_threshold = False  # rows come nearest first: once a valid one falls short, the rest do too
+            vector_field = f"v{dimension}".encode()
             for redis_key, row in rows:
+                similarity = _similarity_of_blob(row.get(vector_field), query)
+                if similarity is not None and similarity < threshold - 1e-6:  # (the exact test follows decoding)
+                    past_threshold = True  # decoding an entry that cannot match would be wasted work
+                    continue
                 parsed = self._parse_entry_key(redis_key)
                 fields = {name: value for name, value in row.items() if name != b"__distance"}
                 if parsed is None:
@@ -1346,6 +1367,17 @@ def _flag(value: str) -> bool:
 
 def _glob_escape(text: str) -> str:
     return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def _similarity_of_blob(blob: Any, query: Vector) -> float | None:
+    """Cosine similarity of a stored float32 blob with `query`; None when the blob is not a usable vector."""
+    if not isinstance(blob, bytes) or len(blob) != 4 * query.size:
+        return None
+    vector = np.frombuffer(blob, dtype="<f4")
+    norm = float(np.linalg.norm(vector))
+    if not norm > 0.0 or not np.isfinite(norm):
+        return None
+    return float(np.dot(vector, query)) / norm
 
 
 def _search_total(reply: Any) -> int:

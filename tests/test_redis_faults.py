@@ -1,0 +1,177 @@
+"""RedisBackend under faults and load: a killed or hung server, two OS processes, 1,000 concurrent tasks (#3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from semantic_llm_cache import SemanticCache
+from semantic_llm_cache.backends.redis import RedisBackend
+from tests.fakes import BagOfWordsEmbedder
+from tests.plugins.redis_servers import (
+    RedisServer,
+    fresh_backend,
+    start_plain_server,
+    start_search_server,
+    unique_prefix,
+)
+
+pytestmark = pytest.mark.redis
+ROOT = Path(__file__).resolve().parent.parent
+STARTERS: dict[str, Callable[[Path], RedisServer]] = {"client": start_plain_server, "search": start_search_server}
+
+
+def quick_failing_backend(server: RedisServer, mode: str, **options: Any) -> RedisBackend:
+    settings: dict[str, Any] = {"socket_timeout": 0.3, "connect_timeout": 0.3, "breaker_failures": 3,
+                                "breaker_cooldown": 0.5, **options}  # fmt: skip
+    return RedisBackend(server.url, prefix=unique_prefix(), index=mode, **settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["client", "search"])
+async def test_killed_server_every_call_returns_and_the_cache_recovers(tmp_path: Path, mode: str) -> None:
+    server = STARTERS[mode](tmp_path / "server")
+    try:
+        backend = quick_failing_backend(server, mode)
+        async with SemanticCache(backend=backend, embedder=BagOfWordsEmbedder(), threshold=0.8, timeout=5) as cache:
+            for number in range(10):
+                assert await cache.store(f"stored question number {number} about caching", {"n": number})
+            outcomes: list[Any] = []
+            durations: list[float] = []
+            for step in range(200):
+                if step == 50:
+                    server.kill()  # mid-run, with pooled connections open
+                started = time.perf_counter()
+                if step % 2:
+                    outcomes.append(await cache.lookup(f"stored question number {step % 10} about caching"))
+                else:
+                    outcomes.append(await cache.store(f"new question {step} about queues", {"step": step}))
+                durations.append(time.perf_counter() - started)
+            assert all(outcome is not None for outcome in outcomes[:50])
+            assert all(outcome is None for outcome in outcomes[51:])  # misses, and stores that report failure
+            counters = cache.stats.snapshot()
+            assert counters["backend_errors"] > 0 and counters["errors"] >= counters["backend_errors"]
+            assert backend.breaker.opened >= 1 and backend.breaker.short_circuits > 0
+            assert max(durations) < 2.0
+            assert sum(durations[60:]) < 5.0  # with the circuit open, calls do not wait on the dead server
+
+            server.start()  # same port, empty
+            await asyncio.sleep(0.7)  # past the cooldown: the next call probes and closes the circuit
+            key = await cache.store("what is the capital city of australia", {"answer": "Canberra"})
+            assert key is not None
+            hit = await cache.lookup("what is the capital of australia")
+            assert hit is not None and hit.kind == "semantic" and hit.response == {"answer": "Canberra"}
+            stats = await backend.get_stats()
+            assert stats["circuit"] == "closed" and stats["index"] == mode and stats["size"] == 1
+    finally:
+        server.stop()
+
+
+async def test_hung_server_costs_the_timeout_only_until_the_circuit_opens(tmp_path: Path) -> None:
+    server = start_plain_server(tmp_path / "server")
+    try:
+        backend = quick_failing_backend(server, "client", breaker_cooldown=30.0)
+        async with SemanticCache(backend=backend, embedder=BagOfWordsEmbedder(), threshold=0.8, timeout=5) as cache:
+            assert await cache.store("which port does redis listen on by default", {"answer": 6379})
+            server.pause()  # connections hang: every call would wait for its socket timeout
+            started = time.perf_counter()
+            for number in range(30):
+                assert await cache.lookup(f"which port does redis listen on {number}") is None
+            elapsed = time.perf_counter() - started
+            # without the breaker: 30 lookups x 2 backend calls x 2 attempts x 0.3 s = 36 s
+            assert elapsed < 8.0, elapsed
+            assert backend.breaker.state == "open"
+            started = time.perf_counter()
+            assert await cache.store("another question", {"answer": 1}) is None
+            assert time.perf_counter() - started < 0.2
+            server.resume()
+            backend.breaker.cooldown = 0.1
+            await asyncio.sleep(0.2)
+            hit = await cache.lookup("which port does redis listen on by default")
+            assert hit is not None and hit.response == {"answer": 6379}
+    finally:
+        server.stop()
+
+
+CHILD = """
+import asyncio, json, os, sys
+from semantic_llm_cache import SemanticCache
+from semantic_llm_cache.backends.redis import RedisBackend
+from tests.fakes import BagOfWordsEmbedder
+
+async def main(url, prefix, mode, action, prompt):
+    backend = RedisBackend(url, prefix=prefix, index=mode)
+    async with SemanticCache(backend=backend, embedder=BagOfWordsEmbedder(), threshold=0.8, on_error="raise") as cache:
+        if action == "store":
+            result = await cache.store(prompt, {"answer": "stored by", "pid": os.getpid()})
+        else:
+            hit = await cache.lookup(prompt)
+            result = None if hit is None else {"response": hit.response, "kind": hit.kind}
+        print(json.dumps({"result": result, "pid": os.getpid(), "index": (await backend.get_stats())["index"]}))
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def run_child(*arguments: str) -> dict[str, Any]:
+    completed = subprocess.run(
+        [sys.executable, "-c", CHILD, *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert completed.returncode == 0, completed.stderr
+    return json.loads(completed.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("mode", ["client", "search"])
+async def test_two_processes_share_answers_through_one_redis(request: Any, mode: str) -> None:
+    server: RedisServer = request.getfixturevalue("redis_plain_server" if mode == "client" else "redis_search_server")
+    async with (
+        fresh_backend(server.url, index=mode) as backend,
+        SemanticCache(backend=backend, embedder=BagOfWordsEmbedder(), threshold=0.8) as cache,
+    ):
+        assert await cache.lookup("how can i reset my router password") is None  # this process syncs first
+        child = run_child(server.url, backend.prefix, mode, "store", "how do i reset my router password")
+        assert child["index"] == mode and child["pid"] != os.getpid()
+        hit = await cache.lookup("how can i reset my router password")  # a paraphrase, in this process
+        assert hit is not None and hit.kind == "semantic"
+        assert hit.response == {"answer": "stored by", "pid": child["pid"]}
+
+        await cache.store("what is the capital city of australia", {"answer": "Canberra"})
+        other = run_child(server.url, backend.prefix, mode, "lookup", "what is the capital of australia")
+        assert other["result"] == {"response": {"answer": "Canberra"}, "kind": "semantic"}
+
+
+@pytest.mark.parametrize("fixture", ["redis_plain_server", "redis_search_server", "redis_cluster"])
+async def test_thousand_concurrent_tasks_lose_no_write_and_raise_nothing(request: Any, fixture: str) -> None:
+    server = request.getfixturevalue(fixture)
+    async with (
+        fresh_backend(server.url) as backend,
+        SemanticCache(
+            backend=backend, embedder=BagOfWordsEmbedder(), threshold=0.8, on_error="raise", timeout=60
+        ) as cache,
+    ):
+        rng = random.Random(11)
+        words = [f"w{number}" for number in range(5000)]
+        prompts = [" ".join(rng.sample(words, 6)) for _ in range(500)]
+        calls = [cache.store(prompt, {"number": number}) for number, prompt in enumerate(prompts)]
+        calls += [cache.lookup(rng.choice(prompts)) for _ in range(500)]
+        rng.shuffle(calls)
+        results = await asyncio.gather(*calls)  # an exception in any task fails the test
+        assert sum(isinstance(result, str) for result in results) == 500  # every store returned its key
+        assert (await backend.get_stats())["size"] == 500
+        for number, prompt in enumerate(prompts):
+            hit = await cache.lookup(prompt)
+            assert hit is not None and hit.kind == "exact" and hit.response == {"number": number}
