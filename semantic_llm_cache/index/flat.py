@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
+import threading
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
 import numpy as np
 
 from semantic_llm_cache.config import Vector
 from semantic_llm_cache.errors import InvalidInputError
+
+
+_controller: Any = None
+_controller_lock = threading.Lock()
+
+
+def single_threaded_blas() -> AbstractContextManager[Any]:
+    """Run the enclosed BLAS calls on one thread.
+
+    A search is one matrix-vector product: on a busy machine OpenBLAS's threads wait for cores, and a 10k-entry
+    search measured 12 ms p50 instead of 0.2 ms single-threaded. Entering and leaving costs about 4 µs.
+    """
+    global _controller
+    if _controller is None:
+        with _controller_lock:
+            if _controller is None:
+                try:
+                    from threadpoolctl import ThreadpoolController
+
+                    _controller = ThreadpoolController()
+                except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+                    _controller = False
+    if _controller is False:
+        return nullcontext()
+    limited: AbstractContextManager[Any] = _controller.limit(limits=1, user_api="blas")
+    return limited
 
 
 class FlatIndex:
@@ -79,7 +109,8 @@ class FlatIndex:
             return []
         if query.shape != (self.dimension,):
             raise InvalidInputError(f"query has shape {query.shape}, index dimension is {self.dimension}")
-        scores = self._matrix[:count] @ query
+        with single_threaded_blas():
+            scores = self._matrix[:count] @ query
         if k == 1:
             best = int(np.argmax(scores))
             top = [best]
