@@ -18,9 +18,8 @@ from langchain_semantic_cache._convert import (
     request_for_prompt,
     total_tokens,
 )
-from semantic_llm_cache import CacheBackendError, CacheHit, ConfigurationError, InvalidInputError
+from semantic_llm_cache import CacheBackendError, CacheHit, ConfigurationError, InvalidInputError, run_sync
 from semantic_llm_cache import SemanticCache as CoreSemanticCache
-from semantic_llm_cache._sync import run_sync
 
 logger = logging.getLogger("langchain_semantic_cache")
 

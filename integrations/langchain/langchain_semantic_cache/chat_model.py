@@ -27,11 +27,11 @@ from langchain_semantic_cache._convert import (
     mark_served,
     replay_chunks,
     request_for_messages,
+    total_tokens,
 )
 from langchain_semantic_cache.cache import SemanticCache
-from semantic_llm_cache import Resolution
+from semantic_llm_cache import Computed, Resolution, run_sync
 from semantic_llm_cache import SemanticCache as CoreSemanticCache
-from semantic_llm_cache._sync import run_sync
 
 
 def _inner_config() -> RunnableConfig:
@@ -51,8 +51,9 @@ class SemanticCacheChatModel(BaseChatModel):
     """A chat model that answers from the semantic cache and asks `model` only on a miss.
 
     Unlike `set_llm_cache`, it also serves `stream()`/`astream()` (a hit replays the cached message as chunks;
-    a streamed miss stores the assembled message) and makes identical concurrent async calls share one model
-    call. Entries are shared with `set_llm_cache(cache)` for the same model, parameters and conversation.
+    a streamed miss stores the assembled message) and makes identical concurrent calls (`ainvoke`/`abatch`/
+    `astream` tasks, `invoke`/`batch` threads) share one model call. Entries are shared with
+    `set_llm_cache(cache)` for the same model, parameters and conversation.
 
         chat = SemanticCacheChatModel(model=ChatOpenAI(...), cache=SemanticCache())
 
@@ -125,17 +126,25 @@ class SemanticCacheChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        produced: list[ChatGeneration] = []
+
+        def call_model() -> Computed:  # in this thread; identical concurrent sync calls (batch threads) wait for it
+            produced[:] = _chat_generations(self.model.generate([messages], stop=stop, **kwargs).generations[0])
+            return _computed(produced)
+
         request = self._request(messages, stop, kwargs)
-        served = None if request is None else self._sync_hit(request)
-        if served is not None:
-            return ChatResult(generations=served)
-        # TODO(engine): a sync single-flight `resolve` whose compute runs in the calling thread; until then
-        # identical concurrent *sync* misses each call the model (async calls share one call via resolve).
-        started = time.perf_counter()
-        generations = _chat_generations(self.model.generate([messages], stop=stop, **kwargs).generations[0])
-        if request is not None:
-            run_sync(self.cache.store_generations(request, generations, time.perf_counter() - started))
-        return ChatResult(generations=generations)
+        if request is None:
+            call_model()
+            return ChatResult(generations=produced)
+        resolution = self.cache.engine.resolve_sync(request.question, call_model, request.scope)
+        if resolution.computed:
+            return ChatResult(generations=produced)
+        served = self._resolved(resolution)
+        if served is None:  # an unreadable entry: answer as on a miss, and replace it
+            call_model()
+            run_sync(self.cache.store_generations(request, produced))
+            return ChatResult(generations=produced)
+        return ChatResult(generations=served)
 
     async def _agenerate(
         self,
@@ -146,10 +155,10 @@ class SemanticCacheChatModel(BaseChatModel):
     ) -> ChatResult:
         produced: list[ChatGeneration] = []
 
-        async def call_model() -> list[Any]:
+        async def call_model() -> Computed:
             result = await self.model.agenerate([messages], stop=stop, **kwargs)
             produced[:] = _chat_generations(result.generations[0])
-            return dump_generations(produced)
+            return _computed(produced)
 
         request = self._request(messages, stop, kwargs)
         if request is None:
@@ -205,12 +214,12 @@ class SemanticCacheChatModel(BaseChatModel):
         # through `live`. A hit, or a call that joined another caller's computation, replays the answer.
         live: asyncio.Queue[AIMessageChunk] = asyncio.Queue()
 
-        async def stream_model() -> list[Any]:
+        async def stream_model() -> Computed:
             chunks: list[AIMessageChunk] = []
             async for chunk in self._model_astream(messages, stop, kwargs):
                 chunks.append(chunk)
                 live.put_nowait(chunk)
-            return dump_generations([_assembled(chunks)]) if chunks else []
+            return _computed([_assembled(chunks)] if chunks else [])
 
         resolving = asyncio.ensure_future(self.cache.engine.resolve(request.question, stream_model, request.scope))
         next_chunk: asyncio.Future[AIMessageChunk] | None = None
@@ -284,6 +293,15 @@ class SemanticCacheChatModel(BaseChatModel):
             shared = self.cache.readable(resolution.response)
             served = None if shared is None else mark_served(shared, dict(SHARED_METADATA))
         return None if served is None else _chat_generations(served)
+
+
+def _computed(generations: Sequence[ChatGeneration]) -> Computed:
+    """A miss's answer for the engine: LangChain's JSON of it and the tokens it cost.
+
+    An empty answer is shared with concurrent identical calls but not stored. An answer JSON cannot hold (a NaN
+    in its metadata) the engine returns uncached, or raises with on_error="raise", as `store_generations` does.
+    """
+    return Computed(dump_generations(generations), tokens=total_tokens(generations), store=bool(generations))
 
 
 def _chat_generations(generations: Sequence[Generation]) -> list[ChatGeneration]:

@@ -1,5 +1,8 @@
 """Fixtures for the LangChain integration: the semantic BaseCache over the shared core `cache` settings, run
-against every backend below, and a factory of counting fake chat models."""
+against every backend below, and a factory of counting fake chat models.
+
+Only fixtures live here; helpers live in `langchain_fakes`, which test modules import (never `conftest`).
+"""
 
 from __future__ import annotations
 

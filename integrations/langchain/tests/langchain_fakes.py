@@ -1,8 +1,13 @@
 """Fake LangChain models and embeddings for the integration tests: they count how often they are really called,
-so a test that expects a hit asserts that the count did not move."""
+so a test that expects a hit asserts that the count did not move.
+
+Test modules import helpers from here, never from a conftest: `conftest` is the name of several modules (the
+root one and each test folder's), so `from conftest import ...` finds whichever was imported last.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -13,17 +18,27 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import PrivateAttr
 
 from tests.fakes import BagOfWordsEmbedder
 
 
 class CountingChatModel(FakeListChatModel):
-    """FakeListChatModel that counts the calls that reached the model (invoke and stream alike)."""
+    """FakeListChatModel that counts the calls that reached the model (invoke and stream alike).
+
+    `threads` lists the thread of each invoke-style call (private: public fields are part of the partition).
+    """
 
     calls: int = 0
+    _threads: list[int] = PrivateAttr(default_factory=list)
+
+    @property
+    def threads(self) -> list[int]:
+        return self._threads
 
     def _call(self, *args: Any, **kwargs: Any) -> str:
         self.calls += 1
+        self._threads.append(threading.get_ident())
         return super()._call(*args, **kwargs)
 
     def _stream(

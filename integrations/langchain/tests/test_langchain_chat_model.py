@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from langchain_core.language_models import BaseChatModel
@@ -14,6 +17,7 @@ from langchain_semantic_cache import CACHE_METADATA_KEY, SemanticCache, Semantic
 from langchain_semantic_cache._convert import request_for_messages
 from pydantic import BaseModel
 
+from semantic_llm_cache import InvalidInputError
 from semantic_llm_cache import SemanticCache as CoreSemanticCache
 from tests.fakes import BagOfWordsEmbedder
 
@@ -21,6 +25,7 @@ QUESTION = "What is the capital city of France?"
 PARAPHRASE = "what is the capital of France"
 OTHER = "How tall is Mount Everest in meters?"
 ANSWER = "The capital of France is Paris."
+SHARED = {"hit": False, "shared": True}  # the marker of an answer computed by a concurrent identical call
 
 
 def wrap(model: BaseChatModel, lc_cache: SemanticCache) -> SemanticCacheChatModel:
@@ -94,8 +99,35 @@ async def test_concurrent_identical_ainvoke_calls_the_model_once(
     assert inner.calls == 1
     markers = [served(answer) for answer in answers]
     assert markers.count(None) == 1  # the one that computed it
-    assert all(marker == {"hit": False, "shared": True} for marker in markers if marker is not None)
+    assert all(marker == SHARED for marker in markers if marker is not None)
     assert lc_cache.engine.stats["stores"] == 1
+
+
+def test_concurrent_identical_sync_invokes_call_the_model_once(
+    lc_cache: SemanticCache, chat_model: Callable[..., CountingChatModel]
+) -> None:
+    """Eight threads invoking one prompt at once (as batch() threads do) make one model call and share it."""
+    inner = chat_model(ANSWER, "second call", sleep=0.2)
+    chat = wrap(inner, lc_cache)
+    start = threading.Barrier(8)
+
+    def invoke(_: int) -> tuple[AIMessage, int]:
+        start.wait()
+        return chat.invoke(QUESTION), threading.get_ident()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(invoke, range(8)))
+    assert [answer.content for answer, _ in results] == [ANSWER] * 8
+    assert inner.calls == 1
+    markers = [served(answer) for answer, _ in results]
+    assert markers.count(None) == 1  # the call that computed it, in its own thread:
+    assert inner.threads == [thread for (_, thread), marker in zip(results, markers, strict=True) if marker is None]
+    assert all(marker == SHARED or marker["hit"] is True for marker in markers if marker is not None)
+    assert lc_cache.engine.stats["stores"] == 1
+
+    answers = chat.batch([OTHER] * 4, config={"max_concurrency": 4})
+    assert [answer.content for answer in answers] == ["second call"] * 4
+    assert inner.calls == 2
 
 
 async def test_concurrent_ainvoke_in_other_partitions_are_not_merged(
@@ -270,3 +302,37 @@ async def test_unreadable_entry_is_answered_by_the_model_and_replaced(
         await lenient.store(request.question, ["garbage"], request.scope)
         assert added([chunk async for chunk in chat.astream(PARAPHRASE)]).content == "streamed"
         assert inner.calls == 2
+
+
+async def test_reported_tokens_are_credited_to_later_hits(lc_cache: SemanticCache) -> None:
+    usage = {"input_tokens": 12, "output_tokens": 7, "total_tokens": 19}
+    inner = ToolCallingFakeChatModel(messages=iter([AIMessage("Paris.", usage_metadata=usage)] * 2))
+    chat = wrap(inner, lc_cache)
+    chat.invoke(QUESTION)  # a sync miss
+    chat.invoke(PARAPHRASE)
+    await chat.ainvoke(OTHER)  # an async miss
+    await chat.ainvoke(OTHER)
+    assert inner.calls == 2
+    assert lc_cache.engine.stats.saved_tokens == 2 * 19
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["invoke", "ainvoke"])
+async def test_an_answer_json_cannot_hold_is_served_but_not_stored(
+    lc_cache: SemanticCache, embedder: BagOfWordsEmbedder, sync: bool
+) -> None:
+    def unstorable() -> ToolCallingFakeChatModel:
+        odd = AIMessage("Paris.", response_metadata={"logprob": -math.inf})
+        return ToolCallingFakeChatModel(messages=iter([odd, AIMessage("again")]))
+
+    async def ask(chat: SemanticCacheChatModel) -> AIMessage:
+        return chat.invoke(QUESTION) if sync else await chat.ainvoke(QUESTION)
+
+    inner = unstorable()
+    async with CoreSemanticCache(embedder=embedder, threshold=0.8) as lenient:  # on_error="log"
+        chat = SemanticCacheChatModel(model=inner, cache=lenient)
+        assert (await ask(chat)).content == "Paris."
+        assert lenient.stats["unstorable_answers"] == 1 and lenient.stats["stores"] == 0
+        assert (await ask(chat)).content == "again"
+        assert inner.calls == 2
+    with pytest.raises(InvalidInputError):  # a cache asked to raise errors raises this one too
+        await ask(wrap(unstorable(), lc_cache))

@@ -1,11 +1,14 @@
 """SemanticCacheLLM over a call-counting LLM and the bag-of-words embedder (the real model only where marked).
 
-No conftest.py in this folder: other test folders import from theirs by the bare name `conftest`.
+Helpers come from `llamaindex_fakes`, never from a conftest: `conftest` is the name of several modules.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,6 +20,7 @@ from llama_index.core.bridge.pydantic import BaseModel
 from llama_index.core.chat_engine import SimpleChatEngine
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.instrumentation import root_dispatcher  # type: ignore[attr-defined]
+from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
 from llama_index.core.llms import LLM, MockLLM
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.prompts import PromptTemplate
@@ -282,20 +286,54 @@ async def test_uncacheable_calls_bypass_the_cache(
     assert events[1].reason is not None and "JSON" in events[1].reason
 
 
-async def test_an_answer_json_cannot_hold_is_returned_but_not_stored(cache: SemanticCache) -> None:
-    class ObjectAnswerLLM(CountingLLM):
-        def chat(self, messages: Any, **kwargs: Any) -> ChatResponse:
-            response = super().chat(messages, **kwargs)
-            response.message.additional_kwargs["tool_calls"] = [object()]
-            return response
+class ObjectAnswerLLM(CountingLLM):
+    """Answers with a provider object in the message (JSON cannot hold it), slowly if asked to."""
 
+    def chat(self, messages: Any, **kwargs: Any) -> ChatResponse:
+        time.sleep(self.delay)
+        response = super().chat(messages, **kwargs)
+        response.message.additional_kwargs["tool_calls"] = [object()]
+        return response
+
+    async def achat(self, messages: Any, **kwargs: Any) -> ChatResponse:
+        response = await super().achat(messages, **kwargs)
+        response.message.additional_kwargs["tool_calls"] = [object()]
+        return response
+
+
+async def test_an_answer_json_cannot_hold_is_returned_but_not_stored(cache: SemanticCache) -> None:
     inner = ObjectAnswerLLM()
     llm = SemanticCacheLLM(llm=inner, cache=cache)
     first = llm.chat([ChatMessage(role="user", content=QUESTION)])
     second = llm.chat([ChatMessage(role="user", content=QUESTION)])
-    assert len(inner.calls) == 2
+    third = await llm.achat([ChatMessage(role="user", content=QUESTION)])
+    assert len(inner.calls) == 3
     assert first.message.additional_kwargs["tool_calls"]  # the wrapped LLM's own answer, untouched
-    assert second.additional_kwargs[CACHE_INFO_KEY]["outcome"] == "miss"
+    assert second.additional_kwargs[CACHE_INFO_KEY]["outcome"] == third.additional_kwargs[CACHE_INFO_KEY]["outcome"]
+    assert third.additional_kwargs[CACHE_INFO_KEY] == {
+        "hit": False,
+        "outcome": "miss",
+        "reason": "the answer cannot be stored as JSON",
+    }
+    assert cache.stats["stores"] == 0
+
+
+@pytest.mark.parametrize("method", ["chat", "achat"])
+async def test_concurrent_calls_share_an_answer_json_cannot_hold(cache: SemanticCache, method: str) -> None:
+    """Not stored, but still computed once for concurrent identical calls (sync threads and async tasks)."""
+    inner = ObjectAnswerLLM(delay=0.1)
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+    messages = [ChatMessage(role="user", content=QUESTION)]
+    if method == "chat":
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda _: llm.chat(messages), range(6)))
+    else:
+        responses = await asyncio.gather(*(llm.achat(messages) for _ in range(6)))
+    assert len(inner.calls) == 1
+    assert all(response.message.additional_kwargs["tool_calls"] for response in responses)
+    outcomes = sorted(response.additional_kwargs[CACHE_INFO_KEY]["outcome"] for response in responses)
+    assert outcomes == ["miss"] + ["shared"] * 5
+    assert cache.stats["stores"] == 0
 
 
 # -- concurrency -------------------------------------------------------------------------------------------
@@ -313,19 +351,29 @@ async def test_concurrent_identical_calls_reach_the_llm_once(cache: SemanticCach
 
 
 def test_concurrent_sync_calls_from_threads_reach_the_llm_once(cache: SemanticCache) -> None:
-    import time
+    answered_in: list[int] = []
 
     class SlowLLM(CountingLLM):
         def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+            answered_in.append(threading.get_ident())
             time.sleep(0.1)
             return super().complete(prompt, formatted, **kwargs)
 
     inner = SlowLLM()
     llm = SemanticCacheLLM(llm=inner, cache=cache)
+
+    def ask_sync(_: int) -> tuple[str, str, int]:
+        response = llm.complete(QUESTION)
+        return response.text, response.additional_kwargs[CACHE_INFO_KEY]["outcome"], threading.get_ident()
+
     with ThreadPoolExecutor(6) as pool:
-        answers = list(pool.map(lambda _: llm.complete(QUESTION).text, range(6)))
+        results = list(pool.map(ask_sync, range(6)))
     assert len(inner.calls) == 1
-    assert set(answers) == {f"answer 1 to: {QUESTION}"}
+    assert {text for text, _, _ in results} == {f"answer 1 to: {QUESTION}"}
+    outcomes = [outcome for _, outcome, _ in results]
+    assert outcomes.count("miss") == 1 and set(outcomes) <= {"miss", "shared", "hit"}
+    # The wrapped LLM ran in the calling thread of the call that missed (no hop to another thread).
+    assert answered_in == [thread for _, outcome, thread in results if outcome == "miss"]
 
 
 # -- observability -----------------------------------------------------------------------------------------
@@ -349,6 +397,56 @@ async def test_hits_and_misses_reach_instrumentation_handlers(llm: SemanticCache
     # Dispatched inside the wrapper call's span (also for sync calls, whose cache work runs on another thread).
     assert all(event.span_id and event.span_id.startswith(f"SemanticCacheLLM.{event.method}-") for event in events)
     assert events[3].model_dump()["class_name"] == "SemanticCacheEvent"
+
+
+@pytest.mark.parametrize("method", ["complete", "acomplete", "chat", "achat"])
+async def test_the_wrapped_llm_runs_inside_the_wrapper_span(
+    llm: SemanticCacheLLM, inner: CountingLLM, method: str
+) -> None:
+    """On a miss the wrapped LLM's span is a child of the wrapper call's span (the caller's context reaches it)."""
+    spans = SimpleSpanHandler()
+    root_dispatcher.add_span_handler(spans)
+    try:
+        await ask(llm, method, QUESTION)
+    finally:
+        root_dispatcher.span_handlers.remove(spans)
+    assert len(inner.calls) == 1
+    completed = {span.id_: span for span in spans.completed_spans}
+    (outer,) = [span for span in completed.values() if span.id_.startswith(f"SemanticCacheLLM.{method}-")]
+    (wrapped,) = [span for span in completed.values() if span.id_.startswith(f"CountingLLM.{method}-")]
+    assert wrapped.parent_id == outer.id_
+
+
+@pytest.mark.parametrize("method", ["complete", "acomplete", "chat", "achat"])
+async def test_reported_tokens_are_credited_to_later_hits(cache: SemanticCache, method: str) -> None:
+    class TokenReportingLLM(CountingLLM):
+        def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+            response = super().complete(prompt, formatted, **kwargs)
+            response.raw = {"usage": {"prompt_tokens": 12, "completion_tokens": 7}}
+            return response
+
+        async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+            return self.complete(prompt, formatted, **kwargs)
+
+        def chat(self, messages: Any, **kwargs: Any) -> ChatResponse:
+            response = super().chat(messages, **kwargs)
+            response.additional_kwargs.update(prompt_tokens=12, completion_tokens=7, total_tokens=19)
+            return response
+
+        async def achat(self, messages: Any, **kwargs: Any) -> ChatResponse:
+            return self.chat(messages, **kwargs)
+
+    llm = SemanticCacheLLM(llm=TokenReportingLLM(), cache=cache)
+    await ask(llm, method, QUESTION)
+    await ask(llm, method, PARAPHRASE)
+    await ask(llm, method, PARAPHRASE)
+    assert cache.stats.saved_tokens == 2 * 19
+
+
+async def test_an_llm_without_usage_reports_no_tokens(llm: SemanticCacheLLM, cache: SemanticCache) -> None:
+    llm.complete(QUESTION)
+    llm.complete(PARAPHRASE)
+    assert cache.stats["semantic_hits"] == 1 and cache.stats.saved_tokens == 0
 
 
 # -- inside LlamaIndex -------------------------------------------------------------------------------------
@@ -432,6 +530,8 @@ async def test_templates_are_keyed_by_their_question_variable(
 async def test_any_llamaindex_embedding_can_embed(inner: CountingLLM) -> None:
     llm = SemanticCacheLLM(llm=inner, embed_model=BagOfWordsEmbedding())
     assert llm.cache.embedder.name.startswith("llamaindex:")
+    # The default threshold is calibrated for the bundled model; the bag of words needs the tests' own.
+    llm.cache.config = dataclasses.replace(llm.cache.config, threshold=0.8)
     llm.complete(QUESTION)
     assert llm.complete(PARAPHRASE).additional_kwargs[CACHE_INFO_KEY]["kind"] == "semantic"
     llm.complete(OTHER)

@@ -23,6 +23,51 @@ def with_info(response: R, outcome: CacheOutcome) -> R:
     )
 
 
+# Where providers put token counts: LlamaIndex's own token counter reads the same keys.
+_TOKEN_KEYS = (
+    ("total_tokens",),
+    ("prompt_tokens", "input_tokens", "prompt_token_count"),
+    ("completion_tokens", "output_tokens", "candidates_token_count"),
+)
+
+
+def reported_tokens(response: CompletionResponse | ChatResponse) -> int | None:
+    """The tokens the wrapped LLM reported for `response` (its raw usage, else its additional_kwargs); None if none.
+
+    Only non-negative integers count: an odd value from a provider must never reach the cache's savings.
+    """
+    try:
+        raw = response.raw
+        usage = (
+            (raw.get("usage") or raw.get("usage_metadata")) if isinstance(raw, dict) else getattr(raw, "usage", None)
+        )
+        for source in (_as_dict(usage), response.additional_kwargs):
+            total, prompt, completion = (
+                next((source[key] for key in keys if _is_count(source.get(key))), None) for keys in _TOKEN_KEYS
+            )
+            if total is not None:
+                return int(total)
+            if prompt is not None or completion is not None:
+                return int(prompt or 0) + int(completion or 0)
+    except Exception:  # a usage report of an unexpected shape: the answer is still served and stored
+        return None
+    return None
+
+
+def _as_dict(usage: Any) -> dict[str, Any]:
+    """A usage report as a dict: as is, or a pydantic model's fields, or a plain object's attributes."""
+    if isinstance(usage, dict):
+        return usage
+    if hasattr(usage, "model_dump"):
+        dumped = usage.model_dump()
+        return dumped if isinstance(dumped, dict) else {}
+    return dict(vars(usage)) if hasattr(usage, "__dict__") else {}
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _streamed_text(deltas: Sequence[str | None], last_text: str | None) -> str:
     # Consumers of a stream read its deltas, so the deltas are what was answered; `text` only if none came.
     if any(delta is not None for delta in deltas):

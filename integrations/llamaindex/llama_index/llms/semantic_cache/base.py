@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
 from contextvars import ContextVar
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.llms.types import (
@@ -28,12 +26,11 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
 from llama_index.core.types import Model, TokenAsyncGen, TokenGen
-from llama_index.llms.semantic_cache._codecs import CHAT, COMPLETION, Codec, R, with_info
+from llama_index.llms.semantic_cache._codecs import CHAT, COMPLETION, Codec, R, reported_tokens, with_info
 from llama_index.llms.semantic_cache._keys import Bypass, Request, TemplateKey, chat_request, completion_request
 from llama_index.llms.semantic_cache.events import CacheOutcome
 
-from semantic_llm_cache import ConfigurationError, InvalidInputError, SemanticCache
-from semantic_llm_cache._sync import run_sync
+from semantic_llm_cache import Computed, ConfigurationError, InvalidInputError, Resolution, SemanticCache, run_sync
 
 if TYPE_CHECKING:
     from llama_index.core.chat_engine.types import AgentChatResponse
@@ -41,7 +38,6 @@ if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
 
 dispatcher = get_dispatcher(__name__)
-T = TypeVar("T")
 
 # Set by predict/apredict/stream/astream around the one LLM call they make for a prompt template.
 _TEMPLATE_KEY: ContextVar[TemplateKey | None] = ContextVar("semantic_cache_template_key", default=None)
@@ -57,31 +53,16 @@ _FORMATTING_FIELDS = (
 )
 
 
-class _Uncacheable(Exception):
-    """Raised out of `compute` when JSON cannot hold the answer: nothing is stored, and the answer travels with it.
-
-    TODO(engine): resolve() has no way for compute to say "share this answer with the waiters, but do not store
-    it"; the exception does both (the engine stores nothing and re-raises it to every waiter).
-    """
-
-    def __init__(self, response: Any) -> None:
-        super().__init__("the answer cannot be stored as JSON")
-        self.response = response
+_NOT_STORED = "the answer cannot be stored as JSON"
 
 
-def _off_loop(call: Callable[[], T]) -> Callable[[], Awaitable[T]]:
-    """`call` as an async compute that runs in a worker thread, in the caller's context (spans, template keys).
-
-    TODO(engine): resolve() runs a sync compute on the event loop, which for run_sync callers is the one shared
-    background loop: a slow LLM call there would stall every other sync caller. The engine should run sync
-    computes in a worker thread with the caller's contextvars (or offer a resolve_sync).
-    """
-    context = contextvars.copy_context()
-
-    async def compute() -> T:
-        return await asyncio.to_thread(context.run, call)
-
-    return compute
+def _computed(response: R, codec: Codec[R]) -> Computed:
+    """What a compute hands the engine: the answer's payload and the tokens it cost; or, when JSON cannot hold the
+    answer, the answer itself, shared with concurrent identical calls but not stored."""
+    payload = codec.encode(response)
+    if payload is None:
+        return Computed(response, store=False)
+    return Computed(payload, tokens=reported_tokens(response))
 
 
 class SemanticCacheLLM(LLM):
@@ -355,28 +336,17 @@ class SemanticCacheLLM(LLM):
         dispatcher.event(outcome.event(method))  # here, in the caller's context: the event carries its span
         return with_info(response, outcome)
 
-    async def _resolve(
-        self, request: Request, call: Callable[[], Awaitable[R]], codec: Codec[R]
+    def _answer(
+        self, request: Request, resolution: Resolution, computed: list[R], codec: Codec[R]
     ) -> tuple[R | None, CacheOutcome]:
         """The answer and how it came; (None, bypass) if the entry found is unreadable (then call the LLM)."""
-        computed: list[R] = []
-
-        async def compute() -> Any:
-            response = await call()
-            computed.append(response)
-            payload = codec.encode(response)
-            if payload is None:
-                raise _Uncacheable(response)
-            return payload
-
-        try:
-            resolution = await self.cache.resolve(request.prompt, compute, request.scope, ttl=self.ttl)
-        except _Uncacheable as uncacheable:
-            return cast(R, uncacheable.response), CacheOutcome(
-                "miss" if computed else "shared", request.prompt, reason=str(uncacheable)
-            )
+        # A payload is JSON; a response object is an answer the compute kept out of the cache (see _computed).
+        not_stored = isinstance(resolution.response, (CompletionResponse, ChatResponse))
+        reason = _NOT_STORED if not_stored else None
         if resolution.computed:
-            return computed[0], CacheOutcome("miss", request.prompt)
+            return computed[0], CacheOutcome("miss", request.prompt, reason=reason)
+        if not_stored:
+            return cast(R, resolution.response), CacheOutcome("shared", request.prompt, reason=reason)
         response = codec.decode(resolution.response)
         if response is None:
             return None, CacheOutcome("bypass", request.prompt, reason="the cached entry is not a LlamaIndex answer")
@@ -385,7 +355,14 @@ class SemanticCacheLLM(LLM):
     def _serve(self, method: str, request: Request | Bypass, call: Callable[[], R], codec: Codec[R]) -> R:
         if isinstance(request, Bypass):
             return self._deliver(method, call(), CacheOutcome("bypass", reason=request.reason))
-        response, outcome = run_sync(self._resolve(request, _off_loop(call), codec))
+        computed: list[R] = []
+
+        def compute() -> Computed:  # runs in this thread (spans, template keys), once for concurrent threads
+            computed.append(call())
+            return _computed(computed[0], codec)
+
+        resolution = self.cache.resolve_sync(request.prompt, compute, request.scope, ttl=self.ttl)
+        response, outcome = self._answer(request, resolution, computed, codec)
         return self._deliver(method, call() if response is None else response, outcome)
 
     async def _aserve(
@@ -393,7 +370,14 @@ class SemanticCacheLLM(LLM):
     ) -> R:
         if isinstance(request, Bypass):
             return self._deliver(method, await call(), CacheOutcome("bypass", reason=request.reason))
-        response, outcome = await self._resolve(request, call, codec)
+        computed: list[R] = []
+
+        async def compute() -> Computed:  # awaited in this task (spans, template keys), once for concurrent calls
+            computed.append(await call())
+            return _computed(computed[0], codec)
+
+        resolution = await self.cache.resolve(request.prompt, compute, request.scope, ttl=self.ttl)
+        response, outcome = self._answer(request, resolution, computed, codec)
         return self._deliver(method, await call() if response is None else response, outcome)
 
     def _stream(
