@@ -20,12 +20,6 @@ Bytes per entry: MEMORY USAGE of the entry keys (mean of a sample), and the grow
 
 from __future__ import annotations
 
-import os
-
-# Single-threaded BLAS: on a busy machine a multi-threaded matrix-vector product waits for a second core and
-# turns a 0.3 ms local search into several milliseconds. Must be set before numpy is imported.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import argparse
 import asyncio
 import gc
@@ -343,8 +337,8 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
-    print(f"\nRedis backend, {DIMENSION}-dimension vectors, threshold {THRESHOLD}, one client on loopback, "
-          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}\n(search = the backend's similarity "
+    print(f"\nRedis backend, {DIMENSION}-dimension vectors, threshold {THRESHOLD}, one client on loopback"
+          "\n(search = the backend's similarity "
           "search; lookup = the whole cache lookup: exact, then semantic, then the hit counter):\n")  # fmt: skip
     print(render(rows))
 
