@@ -50,13 +50,22 @@ P1, P2 = "a" * 32, "b" * 32
 
 
 async def test_set_then_get_round_trips_every_field(backend: StorageBackend) -> None:
-    entry = make_entry("hello", basis(0), partition=P1, metadata={"source": "test"}, compute_seconds=1.5, tokens=42)
+    entry = make_entry(
+        "hello",
+        basis(0),
+        partition=P1,
+        metadata={"source": "test"},
+        compute_seconds=1.5,
+        tokens=42,
+        min_similarity=0.97,
+    )
     await backend.set(key(P1, "k1"), entry)
     got = await backend.get(key(P1, "k1"))
     assert got is not None
     assert got.prompt == "hello" and got.response == entry.response
     assert got.partition_id == P1 and got.namespace == "default" and got.embedder == "test"
     assert got.metadata == {"source": "test"} and got.compute_seconds == 1.5 and got.tokens == 42
+    assert got.min_similarity == pytest.approx(0.97)  # negative feedback must survive every backend
     assert got.embedding is not None and entry.embedding is not None
     np.testing.assert_allclose(got.embedding, entry.embedding, rtol=0, atol=1e-6)
     assert abs(got.created_at - entry.created_at) < 1e-3
@@ -148,6 +157,15 @@ async def test_expired_entries_are_never_returned(backend: StorageBackend) -> No
 async def test_vectors_of_another_dimension_are_never_compared(backend: StorageBackend) -> None:
     await backend.set(key(P2, "wide"), make_entry("wide", basis(0, dimension=16), partition=P2))
     assert await backend.find_similar(unit(basis(0)), 0.0) is None
+
+
+async def test_feedback_threshold_survives_an_update_and_a_search(backend: StorageBackend) -> None:
+    entry = make_entry("k", basis(0), partition=P1)
+    await backend.set(key(P1, "k"), entry)
+    entry.min_similarity = 1.5
+    await backend.set(key(P1, "k"), entry)
+    match = await backend.find_similar(unit(basis(0)), 0.5, partition=P1)
+    assert match is not None and match[1].min_similarity == pytest.approx(1.5)
 
 
 async def test_record_hit_counts_hits(backend: StorageBackend) -> None:
