@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 import inspect
 import logging
 import math
@@ -59,10 +60,18 @@ _RECENT_VECTORS = 1024  # vectors kept between a miss's lookup and the store tha
 
 
 def default_embedder() -> LocalEmbedder:
-    """The process-wide bundled-model embedder (one model in memory however many caches use it)."""
+    """The process-wide bundled-model embedder (one model in memory however many caches use it).
+
+    onnxruntime (fp32, 2-2.5x faster than torch on one thread, the same vectors) when it is installed, else torch.
+    """
     global _default_embedder
     if _default_embedder is None:
-        _default_embedder = LocalEmbedder()
+        if importlib.util.find_spec("onnxruntime") is not None:
+            from semantic_llm_cache.embeddings.onnx import OnnxEmbedder
+
+            _default_embedder = OnnxEmbedder()
+        else:
+            _default_embedder = LocalEmbedder()
     return _default_embedder
 
 

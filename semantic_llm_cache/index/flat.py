@@ -11,7 +11,6 @@ import numpy as np
 from semantic_llm_cache.config import Vector
 from semantic_llm_cache.errors import InvalidInputError
 
-
 _controller: Any = None
 _controller_lock = threading.Lock()
 
