@@ -490,3 +490,31 @@ async def test_local_indexes_are_bounded(redis_plain_server: RedisServer) -> Non
             assert await backend.find_similar(unit(basis(0)), 0.9, partition=partition) is not None
         assert (await backend.get_stats())["local_partitions"] == 3
         assert await backend.find_similar(unit(basis(0)), 0.9, partition=partitions[0]) is not None  # rebuilt
+
+
+async def test_client_mode_moves_a_large_local_partition_to_hnsw_and_finds_the_same(
+    redis_plain_server: RedisServer,
+) -> None:
+    from semantic_llm_cache.backends.memory import MemoryBackend
+    from semantic_llm_cache.index.auto import AutoIndex
+
+    partition = "c" * 32
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((20, 32))
+    vectors = [unit(list(centres[row % 20] + 0.3 * rng.standard_normal(32))) for row in range(300)]
+    reference = MemoryBackend(hnsw_threshold=None)
+    async with fresh_backend(redis_plain_server.url, index="client", local_hnsw_threshold=50) as backend:
+        for row, vector in enumerate(vectors):
+            entry = CacheEntry(prompt=f"p{row}", response=row, partition_id=partition, embedding=vector)
+            await backend.set(f"{partition}:{row:032x}", entry)
+            await reference.set(f"{partition}:{row:032x}", entry)
+        await backend.find_similar(vectors[0], 0.99, partition=partition)  # builds the local index
+        (state,) = backend._local.values()
+        assert isinstance(state.index, AutoIndex)
+        state.index.wait(timeout=60)
+        assert state.index.kind == "hnsw" and len(state.index) == 300
+        for row in range(0, 300, 7):
+            query = unit(list(vectors[row] + 0.05 * rng.standard_normal(32)))
+            got = await backend.find_nearest(query, 0.5, 1, partition=partition)
+            want = await reference.find_nearest(query, 0.5, 1, partition=partition)
+            assert [key for key, _, _ in got] == [key for key, _, _ in want]

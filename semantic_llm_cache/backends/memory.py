@@ -1,4 +1,4 @@
-"""In-process backend: a dict in LRU order, a flat vector index per partition, TTL by expiry heap."""
+"""In-process backend: a dict in LRU order, a vector index per partition (flat, HNSW when large), TTL by heap."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import numpy as np
 
 from semantic_llm_cache.config import CacheEntry, as_unit_vector, validate_threshold
 from semantic_llm_cache.errors import ConfigurationError, InvalidInputError
-from semantic_llm_cache.index.flat import FlatIndex
+from semantic_llm_cache.index import VectorIndex
+from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, partition_index_factory
 from semantic_llm_cache.storage import Match, StorageBackend
 
 _ENTRY_OVERHEAD_BYTES = 400  # dataclass, dict slots and index bookkeeping, measured roughly with tracemalloc
@@ -25,15 +26,19 @@ class MemoryBackend(StorageBackend):
 
     Thread-safe: every method runs under one lock and never awaits while holding it, so the backend can be
     shared by several event loops (e.g. a sync wrapper's loop thread and the application's loop).
+
+    hnsw_threshold: a partition holding more vectors than this moves from the exact flat index to an HNSW
+        graph, built in the background (needs the `hnsw` extra); None keeps every partition exact.
     """
 
-    def __init__(self, max_entries: int | None = None) -> None:
+    def __init__(self, max_entries: int | None = None, *, hnsw_threshold: int | None = DEFAULT_HNSW_THRESHOLD) -> None:
         if max_entries is not None and (isinstance(max_entries, bool) or max_entries <= 0):
             raise ConfigurationError(f"max_entries must be a positive integer or None, got {max_entries!r}")
         self.max_entries = max_entries
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._entry_bytes: dict[str, int] = {}
-        self._indexes: dict[str, FlatIndex] = {}
+        self._index_factory = partition_index_factory(hnsw_threshold)
+        self._indexes: dict[str, VectorIndex] = {}
         self._partition_namespace: dict[str, str] = {}
         self._expiry_heap: list[tuple[float, str]] = []
         self._lock = threading.Lock()
@@ -106,7 +111,7 @@ class MemoryBackend(StorageBackend):
             if entry.embedding is not None:
                 index = self._indexes.get(entry.partition_id)
                 if index is None:
-                    index = self._indexes[entry.partition_id] = FlatIndex(int(entry.embedding.size))
+                    index = self._indexes[entry.partition_id] = self._index_factory(int(entry.embedding.size))
                     self._partition_namespace[entry.partition_id] = entry.namespace
                 index.add(key, entry.embedding)
             if entry.expires_at is not None:

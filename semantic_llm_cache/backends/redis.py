@@ -41,7 +41,8 @@ import numpy as np
 
 from semantic_llm_cache.config import CacheEntry, Vector, as_unit_vector, validate_threshold
 from semantic_llm_cache.errors import CacheBackendError, ConfigurationError, InvalidInputError
-from semantic_llm_cache.index.flat import FlatIndex
+from semantic_llm_cache.index import VectorIndex
+from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, partition_index_factory
 from semantic_llm_cache.serialization import entry_from_dict, entry_to_dict, vector_from_bytes, vector_to_bytes
 from semantic_llm_cache.storage import Match, StorageBackend
 
@@ -249,7 +250,7 @@ class CircuitBreaker:
 class _LocalPartition:
     """One partition's vectors of one dimension, as this process last saw them, and the log position."""
 
-    index: FlatIndex
+    index: VectorIndex
     last_id: tuple[int, int] | None = None  # None: the log did not exist at the last look
     generation: int = 0
     expiry: dict[str, float] = field(default_factory=dict)
@@ -305,6 +306,8 @@ class RedisBackend(StorageBackend):
         large enough to be searched through the graph; smaller ones are searched exactly). EF_RUNTIME trades
         latency for recall: on 100k random 384-d vectors, 20 finds the true neighbour 58% of the time (0.3 ms),
         100 95% (0.7 ms), 200 99% (1.1 ms); real embeddings, being clustered, do better.
+    local_hnsw_threshold: in client mode, a local partition index larger than this moves from exact flat search
+        to an HNSW graph (built in the background; needs the `hnsw` extra); None keeps it flat.
 
     The URL's query string may also carry ``prefix``, ``index`` and ``cluster`` (keyword arguments win); the rest
     of it goes to redis-py (e.g. ``?ssl_ca_certs=/path/ca.pem``).
@@ -331,6 +334,7 @@ class RedisBackend(StorageBackend):
         hnsw_m: int = 16,
         hnsw_ef_construction: int = 200,
         hnsw_ef_runtime: int = 100,
+        local_hnsw_threshold: int | None = DEFAULT_HNSW_THRESHOLD,
     ) -> None:
         if isinstance(url, str):
             url, url_options = _own_url_options(url)
@@ -362,6 +366,7 @@ class RedisBackend(StorageBackend):
         self.index_requested: IndexMode = index
         self.log_length = log_length
         self.local_partitions = local_partitions
+        self._local_index_factory = partition_index_factory(local_hnsw_threshold)
         self.hnsw = {"M": hnsw_m, "EF_CONSTRUCTION": hnsw_ef_construction, "EF_RUNTIME": hnsw_ef_runtime}
         self.breaker = CircuitBreaker(breaker_failures, breaker_cooldown)
         self._cluster = cluster
@@ -1200,7 +1205,7 @@ class RedisBackend(StorageBackend):
             if len(batch) < _DELTA_BATCH:
                 break
             start = "(" + _format_id(_stream_id(batch[-1][0]))
-        state = _LocalPartition(FlatIndex(dimension))
+        state = _LocalPartition(self._local_index_factory(dimension))
         if not records:
             return self._install(partition, dimension, state)  # no log: no live entries
         if _record_op(records[0]) == b"g":
@@ -1216,7 +1221,7 @@ class RedisBackend(StorageBackend):
         self._count("resyncs")
         log_key = self._log_key(partition)
         tip = await client.xrevrange(log_key, max="+", min="-", count=1)
-        state = _LocalPartition(FlatIndex(dimension))
+        state = _LocalPartition(self._local_index_factory(dimension))
         state.last_id = _stream_id(tip[0][0]) if tip else None
         node = client.get_node_from_key(log_key) if self._cluster else None
         match = f"{_glob_escape(self.prefix)}e:{{{_glob_escape(partition)}}}:*"

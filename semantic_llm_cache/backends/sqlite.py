@@ -27,7 +27,7 @@ import numpy as np
 
 from semantic_llm_cache.config import CacheEntry, Vector, as_unit_vector, validate_threshold
 from semantic_llm_cache.errors import CacheBackendError, ConfigurationError, InvalidInputError
-from semantic_llm_cache.index.flat import FlatIndex
+from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, partition_index_factory
 from semantic_llm_cache.serialization import entry_from_dict, entry_to_dict, vector_from_bytes, vector_to_bytes
 from semantic_llm_cache.storage import Match, StorageBackend
 
@@ -67,7 +67,7 @@ _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 
 
 class VectorIndex(Protocol):
-    """What the backend needs from an index (FlatIndex today; an HNSW index can stand behind the same seam)."""
+    """What the backend needs from an index (FlatIndex, HNSWIndex or AutoIndex, which moves from one to the other)."""
 
     dimension: int
 
@@ -103,7 +103,9 @@ class SQLiteBackend(StorageBackend):
         of the process; "FULL" also across power loss, at the cost of an fsync per write.
     timeout: seconds to wait for another process's write lock before failing.
     purge_interval: expired rows are deleted at most this often (they are never returned in between).
-    index_factory: builds a partition's vector index from its dimension (FlatIndex by default).
+    index_factory: builds a partition's vector index from its dimension (default: from `hnsw_threshold`).
+    hnsw_threshold: a partition holding more vectors than this moves from the exact flat index to an HNSW
+        graph, built in the background (needs the `hnsw` extra); None keeps every partition exact.
     """
 
     def __init__(
@@ -115,7 +117,8 @@ class SQLiteBackend(StorageBackend):
         synchronous: str = "NORMAL",
         timeout: float = 5.0,
         purge_interval: float = 1.0,
-        index_factory: IndexFactory = FlatIndex,
+        index_factory: IndexFactory | None = None,
+        hnsw_threshold: int | None = DEFAULT_HNSW_THRESHOLD,
     ) -> None:
         if max_entries is not None and (
             isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries <= 0
@@ -131,7 +134,7 @@ class SQLiteBackend(StorageBackend):
         self.synchronous = synchronous.upper()
         self.timeout = float(timeout)
         self.purge_interval = float(purge_interval)
-        self._index_factory = index_factory
+        self._index_factory = index_factory if index_factory is not None else partition_index_factory(hnsw_threshold)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantic-cache-sqlite")
         self._closed = False
         # Everything below is touched only by the worker thread.

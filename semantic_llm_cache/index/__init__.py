@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from semantic_llm_cache.config import Vector
+from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, AutoIndex, partition_index_factory
 from semantic_llm_cache.index.flat import FlatIndex
+from semantic_llm_cache.index.hnsw import HNSWIndex
 
 
 class VectorIndex(Protocol):
@@ -27,4 +29,4 @@ class VectorIndex(Protocol):
     def search(self, query: Vector, k: int = 1, threshold: float = -1.0) -> list[tuple[str, float]]: ...
 
 
-__all__ = ["FlatIndex", "VectorIndex"]
+__all__ = ["DEFAULT_HNSW_THRESHOLD", "AutoIndex", "FlatIndex", "HNSWIndex", "VectorIndex", "partition_index_factory"]
