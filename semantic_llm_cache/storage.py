@@ -97,3 +97,30 @@ class StorageBackend(ABC):
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+class NearestFirstBackend(StorageBackend):
+    """Base for backends whose native search is top-k: `find_similar` is the first of `find_nearest`."""
+
+    async def find_similar(
+        self,
+        embedding: Sequence[float] | np.ndarray,
+        threshold: float,
+        namespace: str | None = None,
+        *,
+        partition: str | None = None,
+    ) -> Match | None:
+        matches = await self.find_nearest(embedding, threshold, 1, namespace, partition=partition)
+        return matches[0] if matches else None
+
+    @abstractmethod
+    async def find_nearest(
+        self,
+        embedding: Sequence[float] | np.ndarray,
+        threshold: float,
+        k: int,
+        namespace: str | None = None,
+        *,
+        partition: str | None = None,
+    ) -> list[Match]:
+        """Up to `k` live entries with similarity >= threshold, most similar first (see StorageBackend)."""

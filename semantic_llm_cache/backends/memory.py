@@ -16,12 +16,12 @@ from semantic_llm_cache.config import CacheEntry, as_unit_vector, validate_thres
 from semantic_llm_cache.errors import ConfigurationError, InvalidInputError
 from semantic_llm_cache.index import VectorIndex
 from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, partition_index_factory
-from semantic_llm_cache.storage import Match, StorageBackend
+from semantic_llm_cache.storage import Match, NearestFirstBackend
 
 _ENTRY_OVERHEAD_BYTES = 400  # dataclass, dict slots and index bookkeeping, measured roughly with tracemalloc
 
 
-class MemoryBackend(StorageBackend):
+class MemoryBackend(NearestFirstBackend):
     """The embedded default: fast, bounded by `max_entries` (LRU, O(1) per operation), lost on exit.
 
     Thread-safe: every method runs under one lock and never awaits while holding it, so the backend can be
@@ -148,17 +148,6 @@ class MemoryBackend(StorageBackend):
                 for key, entry in self._entries.items()
                 if not entry.is_expired(now) and (namespace is None or entry.namespace == namespace)
             ]
-
-    async def find_similar(
-        self,
-        embedding: Sequence[float] | np.ndarray,
-        threshold: float,
-        namespace: str | None = None,
-        *,
-        partition: str | None = None,
-    ) -> Match | None:
-        matches = await self.find_nearest(embedding, threshold, 1, namespace, partition=partition)
-        return matches[0] if matches else None
 
     async def find_nearest(
         self,

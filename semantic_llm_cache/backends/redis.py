@@ -44,7 +44,7 @@ from semantic_llm_cache.errors import CacheBackendError, ConfigurationError, Inv
 from semantic_llm_cache.index import VectorIndex
 from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, partition_index_factory
 from semantic_llm_cache.serialization import entry_from_dict, entry_to_dict, vector_from_bytes, vector_to_bytes
-from semantic_llm_cache.storage import Match, StorageBackend
+from semantic_llm_cache.storage import Match, NearestFirstBackend
 
 try:
     import redis.asyncio as aioredis
@@ -284,7 +284,7 @@ class _Fetched:
     error: BaseException | None = None
 
 
-class RedisBackend(StorageBackend):
+class RedisBackend(NearestFirstBackend):
     """A StorageBackend on Redis: shared by every process that points at the same server and prefix.
 
     url: ``redis://[:password@]host:port/db``, ``rediss://`` for TLS, or an existing ``redis.asyncio.Redis`` /
@@ -756,17 +756,6 @@ class RedisBackend(StorageBackend):
             return found
 
         return await self._run(operation)
-
-    async def find_similar(
-        self,
-        embedding: Sequence[float] | np.ndarray,
-        threshold: float,
-        namespace: str | None = None,
-        *,
-        partition: str | None = None,
-    ) -> Match | None:
-        matches = await self.find_nearest(embedding, threshold, 1, namespace, partition=partition)
-        return matches[0] if matches else None
 
     async def find_nearest(
         self,

@@ -29,7 +29,7 @@ from semantic_llm_cache.config import CacheEntry, Vector, as_unit_vector, valida
 from semantic_llm_cache.errors import CacheBackendError, ConfigurationError, InvalidInputError
 from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, partition_index_factory
 from semantic_llm_cache.serialization import entry_from_dict, entry_to_dict, vector_from_bytes, vector_to_bytes
-from semantic_llm_cache.storage import Match, StorageBackend
+from semantic_llm_cache.storage import Match, NearestFirstBackend
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,7 +94,7 @@ class _PartitionIndex:
         self.namespace = namespace
 
 
-class SQLiteBackend(StorageBackend):
+class SQLiteBackend(NearestFirstBackend):
     """Entries in a SQLite file that survives restarts; similarity search in memory, per partition.
 
     path: the database file (created with its schema unless `create=False`), or ":memory:".
@@ -553,17 +553,6 @@ class SQLiteBackend(StorageBackend):
 
     async def iterate(self, namespace: str | None = None) -> list[tuple[str, CacheEntry]]:
         return await self._run(self._iterate, namespace)
-
-    async def find_similar(
-        self,
-        embedding: Sequence[float] | np.ndarray,
-        threshold: float,
-        namespace: str | None = None,
-        *,
-        partition: str | None = None,
-    ) -> Match | None:
-        matches = await self.find_nearest(embedding, threshold, 1, namespace, partition=partition)
-        return matches[0] if matches else None
 
     async def find_nearest(
         self,
