@@ -40,9 +40,15 @@ test: install-test redis-server
 
 lint: install-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+	$(BIN)/mypy --strict integrations/langchain/langchain_semantic_cache
+	MYPYPATH=integrations/llamaindex $(BIN)/mypy --strict --namespace-packages --explicit-package-bases \
+	  integrations/llamaindex/llama_index/llms/semantic_cache
 
 bench: install-test
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/core.py
+
+# The other benchmarks (minutes each): quality.py, embedding.py, redis_backend.py, hnsw.py, peers.py
+# (peers needs `pip install -e '.[bench]'` and `pip install --no-deps langchain-redis==0.2.6`).
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
