@@ -155,6 +155,7 @@ class SemanticCache:
         )
         self._partition_of_default_scope: str | None = None
         self._recent_vectors: OrderedDict[str, Vector] = OrderedDict()
+        self._recent_vectors_lock = threading.Lock()
         self._sync_flights: dict[str, Future[Any]] = {}
         self._sync_flights_lock = threading.Lock()
 
@@ -483,17 +484,19 @@ class SemanticCache:
     async def _embed(self, text: str) -> Vector | None:
         """The vector of `text`: from the small recent-vectors memory (a miss's lookup then store embed the
         same text once), else from the embedder."""
-        recent = self._recent_vectors.get(text)
-        if recent is not None:
-            self._recent_vectors.move_to_end(text)
-            return recent
+        with self._recent_vectors_lock:  # the cache may be used from several loops and threads at once
+            recent = self._recent_vectors.get(text)
+            if recent is not None:
+                self._recent_vectors.move_to_end(text)
+                return recent
         matrix = await self._guarded(self._embed_checked(text), "embedder", default=None)
         if matrix is None:
             return None
         vector: Vector = matrix[0]
-        self._recent_vectors[text] = vector
-        if len(self._recent_vectors) > _RECENT_VECTORS:
-            self._recent_vectors.popitem(last=False)
+        with self._recent_vectors_lock:
+            self._recent_vectors[text] = vector
+            if len(self._recent_vectors) > _RECENT_VECTORS:
+                self._recent_vectors.popitem(last=False)
         return vector
 
     async def _embed_checked(self, text: str) -> Vector:
