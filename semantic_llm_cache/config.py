@@ -129,7 +129,7 @@ class CacheConfig:
     ttl: default seconds an entry lives (None: until evicted or deleted).
     max_entries: bound for the default in-memory backend (LRU eviction); None for unbounded.
     namespace: tenant used when a call's Scope names none.
-    answer_guard: refuse semantic hits whose prompts differ in numbers, negation or names.
+    answer_guard: refuse semantic hits whose prompts differ in numbers, negation, names or opposites.
     on_error: "log" (fail open: a backend or embedder failure is a miss) or "raise".
     timeout: seconds a backend or embedder call may take before it counts as a failure.
     candidates: how many nearest entries a semantic lookup considers (the guard may refuse the closest).

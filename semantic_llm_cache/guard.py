@@ -2,8 +2,8 @@
 
 Embeddings put "SGPA 6.86" next to "SGPA 6.71", "Mono County" next to "Merced County" and "can" next to
 "can't". A hit between such prompts is a wrong answer however high the similarity, so the guard compares the
-parts embeddings blur: numbers, negation, and capitalised names. It runs only on semantic candidates (an
-exact hit is the same prompt) and costs a few microseconds.
+parts embeddings blur: numbers, negation, capitalised names, and swapped opposites (good/bad, man/woman). It
+runs only on semantic candidates (an exact hit is the same prompt) and costs a few microseconds.
 """
 
 from __future__ import annotations
@@ -28,6 +28,19 @@ _NUMBER_WORDS = frozenset(
         "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety", "hundred", "thousand",
         "million", "billion", "trillion", "half", "double", "triple",
     }
+)  # fmt: skip
+# Words whose swap flips the answer ("Is X good for dogs?" / "Is X bad for dogs?"). Measured on the Quora pairs
+# at the default threshold: refuses a few labeled-wrong hits and no labeled-correct one.
+_OPPOSITES = (
+    ("good", "bad"), ("better", "worse"), ("best", "worst"), ("man", "woman"), ("men", "women"), ("boy", "girl"),
+    ("boys", "girls"), ("guys", "girls"), ("male", "female"), ("husband", "wife"), ("boyfriend", "girlfriend"),
+    ("mother", "father"), ("son", "daughter"), ("before", "after"), ("increase", "decrease"), ("buy", "sell"),
+    ("buying", "selling"), ("pros", "cons"), ("advantages", "disadvantages"), ("rich", "poor"), ("love", "hate"),
+    ("win", "lose"), ("cheap", "expensive"), ("legal", "illegal"), ("possible", "impossible"), ("true", "false"),
+    ("positive", "negative"), ("minimum", "maximum"), ("first", "last"), ("north", "south"), ("east", "west"),
+    ("import", "export"), ("input", "output"), ("online", "offline"), ("private", "public"), ("easiest", "hardest"),
+    ("high", "low"), ("higher", "lower"), ("more", "less"), ("most", "least"), ("safe", "unsafe"),
+    ("strong", "weak"), ("success", "failure"), ("pass", "fail"),
 )  # fmt: skip
 _NOT_NAMES = frozenset({"i", "i'm", "i’m", "i've", "i’ve", "i'd", "i’d", "i'll", "i’ll"})
 
@@ -67,7 +80,7 @@ def prompt_features(text: str) -> PromptFeatures:
 
 
 def guard_refusal(query: str, candidate: str) -> str | None:
-    """Why `candidate`'s answer must not serve `query` ("numbers", "negation", "names"), or None if it may."""
+    """Why `candidate`'s answer must not serve `query` ("numbers", "negation", "names", "opposites"), or None."""
     first, second = prompt_features(query), prompt_features(candidate)
     if first.numbers != second.numbers:
         return "numbers"
@@ -76,4 +89,15 @@ def guard_refusal(query: str, candidate: str) -> str | None:
     # A name must appear in the other prompt too, in any case ("Python" matches "python").
     if not first.names <= second.words or not second.names <= first.words:
         return "names"
+    if _swapped_opposites(first.words, second.words):
+        return "opposites"
     return None
+
+
+def _swapped_opposites(first: frozenset[str], second: frozenset[str]) -> bool:
+    """True when one prompt has a word and the other its opposite instead (and not the word itself)."""
+    only_first, only_second = first - second, second - first
+    return any(
+        (one in only_first and other in only_second) or (other in only_first and one in only_second)
+        for one, other in _OPPOSITES
+    )

@@ -101,3 +101,22 @@ def test_prompt_features() -> None:
     assert features.names == {"mono", "county"}  # "Why" and "Ask" open sentences
     assert "ask" in features.words and "can't" in features.words
     assert prompt_features("nothing special here").names == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("query", "candidate"),
+    [
+        ("Why is Science Diet bad for dogs?", "Why is Science Diet good for dogs?"),
+        ("What are the advantages of remote work?", "What are the disadvantages of remote work?"),
+        ("Is it better to buy a house now?", "Is it better to sell a house now?"),
+        ("What do men want in a relationship?", "What do women want in a relationship?"),
+    ],
+)
+def test_swapped_opposites_are_refused(query: str, candidate: str) -> None:
+    assert guard_refusal(query, candidate) == "opposites"
+    assert guard_refusal(candidate, query) == "opposites"
+
+
+def test_opposites_present_in_both_prompts_are_not_a_swap() -> None:
+    assert guard_refusal("What is good and bad about Rust?", "What is bad and good about Rust?") is None
+    assert guard_refusal("What is the best laptop for students?", "Which laptop is best for students?") is None
