@@ -426,7 +426,8 @@ def render(results: list[Result], report: CalibrationReport, workload: Workload,
         "L2 distance of unit vectors (2 - 2 cos) and needs >= 0.8 x 4: cos >= 0.6; its `Cache.init()` default "
         "evaluation is ExactMatchEvaluation (exact text only). RedisVL and langchain-redis take a cosine "
         "distance (1 - cos), inclusive: 0.1 -> cos >= 0.9, 0.2 -> cos >= 0.8. All peers serve the single nearest "
-        "entry; this library also refuses close prompts that differ in numbers, negation, names or swapped opposites (answer guard).",
+        "entry; this library also refuses close prompts that differ in numbers, negation, names or swapped "
+        "opposites (answer guard).",
         "- GPTCache's time goes to SQLite commits: every `get` that finds a candidate updates its `last_access` "
         "and, on a hit, inserts a report row, each in its own committed transaction (default rollback journal, "
         "an fsync each); `put` commits once per entry and writes the FAISS index file every 20 puts. Its "
