@@ -21,6 +21,7 @@ from semantic_llm_cache import (
 )
 from semantic_llm_cache.cache import default_embedder
 from semantic_llm_cache.embeddings import LangChainEmbedder, LlamaIndexEmbedder, normalized_matrix
+from tests.embedding_checks import check_concurrent_calls_share_forward_passes
 from tests.fakes import BagOfWordsEmbedder
 
 RESET = "How do I reset my password?"
@@ -218,15 +219,7 @@ async def test_bundled_model_separates_paraphrase_from_different_question(local_
 
 @pytest.mark.model
 async def test_concurrent_calls_share_forward_passes(local_embedder: LocalEmbedder) -> None:
-    texts = [f"Question number {number}: how do I configure feature {number * 7}?" for number in range(64)]
-    one_at_a_time = np.stack([(await local_embedder.embed([text]))[0] for text in texts])
-    batches_before = local_embedder.batches
-    results = await asyncio.gather(*(local_embedder.embed([text]) for text in texts))
-    passes = local_embedder.batches - batches_before
-    assert passes < 64 / 4
-    concurrent = np.stack([result[0] for result in results])
-    np.testing.assert_allclose(concurrent, one_at_a_time, atol=1e-4)
-    assert [result.shape for result in results] == [(1, 384)] * 64
+    await check_concurrent_calls_share_forward_passes(local_embedder)
 
 
 @pytest.mark.model

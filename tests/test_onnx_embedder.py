@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import threading
@@ -18,6 +17,7 @@ from semantic_llm_cache.cache import default_embedder
 from semantic_llm_cache.embeddings import BUNDLED_MODEL_NAME, LocalEmbedder, OnnxEmbedder, bundled_model_path
 from semantic_llm_cache.embeddings import onnx as onnx_module
 from semantic_llm_cache.errors import ConfigurationError
+from tests.embedding_checks import check_concurrent_calls_share_forward_passes
 
 QQP = Path(__file__).resolve().parents[2] / "shared" / "data" / "qqp_dev.jsonl"
 PAIR_COUNT = 300
@@ -127,15 +127,7 @@ def test_int8_is_close_but_named_apart(
 
 @pytest.mark.model
 async def test_concurrent_calls_share_forward_passes(onnx_embedder: OnnxEmbedder) -> None:
-    texts = [f"Question number {number}: how do I configure feature {number * 7}?" for number in range(64)]
-    one_at_a_time = np.stack([(await onnx_embedder.embed([text]))[0] for text in texts])
-    batches_before = onnx_embedder.batches
-    results = await asyncio.gather(*(onnx_embedder.embed([text]) for text in texts))
-    passes = onnx_embedder.batches - batches_before
-    assert passes < 64 / 4
-    concurrent = np.stack([result[0] for result in results])
-    np.testing.assert_allclose(concurrent, one_at_a_time, atol=1e-4)
-    assert [result.shape for result in results] == [(1, 384)] * 64
+    await check_concurrent_calls_share_forward_passes(onnx_embedder)
     assert (await onnx_embedder.embed([])).shape == (0, 384)
 
 

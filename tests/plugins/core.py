@@ -34,3 +34,22 @@ async def cache(embedder: BagOfWordsEmbedder) -> AsyncIterator[SemanticCache]:
     """An in-memory cache over the fake embedder, threshold 0.8, on_error='raise' so failures show."""
     async with SemanticCache(embedder=embedder, threshold=0.8, on_error="raise") as instance:
         yield instance
+
+
+# The in-memory backend and real Redis (client-side index and server-side search): what the integrations'
+# suites run over.
+ENGINE_BACKENDS = [
+    pytest.param(name, marks=[pytest.mark.redis] if name.startswith("redis") else [], id=name)
+    for name in ("memory", "redis-plain", "redis-search")
+    if name in BACKEND_FACTORIES
+]
+
+
+@pytest.fixture(params=ENGINE_BACKENDS)
+async def cache_on_each_backend(request: Any, embedder: BagOfWordsEmbedder) -> AsyncIterator[SemanticCache]:
+    """The `cache` fixture's options (fake embedder, threshold 0.8, on_error='raise') over each backend above."""
+    async with (
+        BACKEND_FACTORIES[request.param](request) as backend,
+        SemanticCache(backend=backend, embedder=embedder, threshold=0.8, on_error="raise") as instance,
+    ):
+        yield instance

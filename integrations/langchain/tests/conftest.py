@@ -6,7 +6,7 @@ Only fixtures live here; helpers live in `langchain_fakes`, which test modules i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,25 +15,12 @@ from langchain_fakes import CountingChatModel
 from langchain_semantic_cache import SemanticCache
 
 from semantic_llm_cache import SemanticCache as CoreSemanticCache
-from tests.fakes import BagOfWordsEmbedder
-from tests.plugins.backends import BACKEND_FACTORIES
-
-# The same suite against the in-memory backend and real Redis servers (client-side and server-side search).
-BACKENDS = [
-    pytest.param(name, marks=[pytest.mark.redis] if name.startswith("redis") else [], id=name)
-    for name in ("memory", "redis-plain", "redis-search")
-    if name in BACKEND_FACTORIES
-]
 
 
-@pytest.fixture(params=BACKENDS)
-async def cache(request: pytest.FixtureRequest, embedder: BagOfWordsEmbedder) -> AsyncIterator[CoreSemanticCache]:
-    """Overrides the shared `cache` (same options: threshold 0.8, on_error='raise') over each backend."""
-    async with (
-        BACKEND_FACTORIES[request.param](request) as backend,
-        CoreSemanticCache(backend=backend, embedder=embedder, threshold=0.8, on_error="raise") as instance,
-    ):
-        yield instance
+@pytest.fixture
+def cache(cache_on_each_backend: CoreSemanticCache) -> CoreSemanticCache:
+    """Overrides the shared `cache`: the same suite over memory and real Redis servers (tests/plugins/core.py)."""
+    return cache_on_each_backend
 
 
 @pytest.fixture

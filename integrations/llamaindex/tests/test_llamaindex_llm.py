@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,7 +29,6 @@ from llamaindex_fakes import BagOfWordsEmbedding, CountingLLM, EventRecorder
 
 from semantic_llm_cache import ConfigurationError, SemanticCache
 from tests.fakes import BagOfWordsEmbedder
-from tests.plugins.backends import BACKEND_FACTORIES
 
 QUESTION = "Tell me the capital city of France"
 PARAPHRASE = "Tell me the capital of France"  # 6 of 7 words shared: cosine 0.93 under the bag of words
@@ -62,23 +61,10 @@ def _text(response: CompletionResponse | ChatResponse) -> str:
     return response.text if isinstance(response, CompletionResponse) else response.message.content or ""
 
 
-# Every test that uses `cache` runs over the in-memory backend and real Redis servers (client-side index and
-# server-side vector search), started by the shared Redis plugin.
-BACKENDS = [
-    pytest.param(name, marks=[pytest.mark.redis] if name.startswith("redis") else [], id=name)
-    for name in ("memory", "redis-plain", "redis-search")
-    if name in BACKEND_FACTORIES
-]
-
-
-@pytest.fixture(params=BACKENDS)
-async def cache(request: pytest.FixtureRequest, embedder: BagOfWordsEmbedder) -> AsyncIterator[SemanticCache]:
-    """Overrides the shared `cache` (same options: bag of words, threshold 0.8, on_error='raise') per backend."""
-    async with (
-        BACKEND_FACTORIES[request.param](request) as backend,
-        SemanticCache(backend=backend, embedder=embedder, threshold=0.8, on_error="raise") as instance,
-    ):
-        yield instance
+@pytest.fixture
+def cache(cache_on_each_backend: SemanticCache) -> SemanticCache:
+    """Overrides the shared `cache`: every test using it runs over memory and real Redis (tests/plugins/core.py)."""
+    return cache_on_each_backend
 
 
 @pytest.fixture
