@@ -164,7 +164,8 @@ class SemanticCache:
     async def lookup(self, prompt: str, scope: Scope | None = None) -> CacheHit | None:
         """Return the stored answer for `prompt` (exact, else semantic within its partition), or None."""
         text = normalize_prompt(prompt)
-        hit, _ = await self._lookup(text, self.partition_for(scope))
+        partition = self.partition_for(scope)
+        hit, _ = await self._lookup(text, partition, exact_key(partition, text))
         return hit
 
     async def store(
@@ -228,7 +229,7 @@ class SemanticCache:
                 continue
             if shared is not _FAILED:
                 return shared  # type: ignore[no-any-return]
-            hit, vector = await self._lookup(text, partition)
+            hit, vector = await self._lookup(text, partition, key)
             if hit is not None:
                 return Resolution(hit.response, hit, computed=False)
             if key not in flights:  # no await between this check and claiming the key below
@@ -274,7 +275,7 @@ class SemanticCache:
                     continue
                 self.stats.count("shared_computations")
                 return Resolution(result, None, computed=False, shared=True)
-            hit, vector = run_sync(self._lookup(text, partition))
+            hit, vector = run_sync(self._lookup(text, partition, key))
             if hit is not None:
                 return Resolution(hit.response, hit, computed=False)
             with self._sync_flights_lock:
@@ -504,15 +505,14 @@ class SemanticCache:
         user-supplied Embedder's bad output is an EmbeddingError, never a stored vector."""
         return normalized_matrix(await self.embedder.embed([text]), 1, self.embedder.dimension)
 
-    async def _lookup(self, text: str, partition: str) -> tuple[CacheHit | None, Vector | None]:
+    async def _lookup(self, text: str, partition: str, key: str) -> tuple[CacheHit | None, Vector | None]:
         started = time.perf_counter()
         try:
-            return await self._search(text, partition)
+            return await self._search(text, partition, key)
         finally:
             self.stats.observe_lookup(time.perf_counter() - started)
 
-    async def _search(self, text: str, partition: str) -> tuple[CacheHit | None, Vector | None]:
-        key = exact_key(partition, text)
+    async def _search(self, text: str, partition: str, key: str) -> tuple[CacheHit | None, Vector | None]:
         entry = await self._guarded(self.backend.get(key), "backend", default=None)
         if entry is not None and entry.prompt == text:
             return await self._served(key, entry, 1.0, "exact"), None
