@@ -28,9 +28,9 @@ from semantic_llm_cache.embeddings.local import LocalEmbedder
 from semantic_llm_cache.errors import CacheBackendError, EmbeddingError, InvalidInputError, SemanticCacheError
 from semantic_llm_cache.guard import guard_refusal
 from semantic_llm_cache.scope import Scope, exact_key, normalize_prompt, partition_id
-from semantic_llm_cache.serialization import check_json_value
 from semantic_llm_cache.stats import CacheStats
 from semantic_llm_cache.storage import StorageBackend
+from semantic_llm_cache.values import check_json_value
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
@@ -525,7 +525,8 @@ class SemanticCache:
             "backend",
             default=[],
         )
-        for match_key, match, similarity in matches:
+        for match_key, match, raw_similarity in matches:
+            similarity = min(raw_similarity, 1.0)  # float32 dot products of unit vectors can overshoot 1
             if match.partition_id != partition:  # a backend that broke the wall must not leak across it
                 self.stats.count("partition_violations")
                 continue

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -11,11 +10,18 @@ import numpy as np
 import numpy.typing as npt
 
 from semantic_llm_cache.errors import ConfigurationError, InvalidInputError
+from semantic_llm_cache.values import check_json_value, check_text
 
 #: Cosine similarity at or above which a stored prompt may answer a new one. Calibrated on the Quora
 #: question pairs in ../shared/data/qqp_dev.jsonl with the bundled model and the answer guard on
 #: (`python benchmarks/quality.py` reproduces it; the README states its precision and hit rate).
 DEFAULT_THRESHOLD = 0.94
+
+#: The longest TTL an entry may be given: 100 years. Longer ones overflow some backends' expiry clocks (Redis
+#: PEXPIREAT), so every backend refuses them alike; use None for an entry that never expires.
+MAX_TTL = 100 * 365.25 * 24 * 3600.0
+#: The latest expiry timestamp an entry may carry (9999-12-31T23:59:59Z).
+MAX_TIMESTAMP = 253_402_300_799.0
 
 Vector = npt.NDArray[np.float32]
 OnError = Literal["log", "raise"]
@@ -34,9 +40,15 @@ def validate_ttl(value: float | None, name: str = "ttl") -> float | None:
     """Return `value` if it is None (never expires) or a positive finite number of seconds."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive number of seconds or None (never expire), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TTL:
+        raise ConfigurationError(
+            f"{name} must be a positive number of seconds up to {MAX_TTL:.0f} (100 years), or None (never expire); "
+            f"got {value!r}"
+        )
     return float(value)
+
+
+_UNIT_TOLERANCE = 1e-5  # float32 rounding of a normalised 384-d vector stays within ~1e-7 of norm 1
 
 
 def as_unit_vector(values: Any, *, dimension: int | None = None) -> Vector:
@@ -54,6 +66,8 @@ def as_unit_vector(values: Any, *, dimension: int | None = None) -> Vector:
     norm = float(np.linalg.norm(vector))
     if norm == 0.0:
         raise InvalidInputError("embedding is the zero vector; it has no direction to compare")
+    if abs(norm - 1.0) <= _UNIT_TOLERANCE:  # already unit: dividing again would change the last bits
+        return np.ascontiguousarray(vector, dtype=np.float32)
     return np.ascontiguousarray(vector / norm, dtype=np.float32)
 
 
@@ -85,16 +99,32 @@ class CacheEntry:
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
             raise InvalidInputError(f"prompt must be a string, got {type(self.prompt).__name__}")
+        check_text(self.prompt, "prompt")
         if not isinstance(self.partition_id, str) or not self.partition_id:
             raise InvalidInputError("partition_id must be a non-empty string")
+        check_text(self.partition_id, "partition_id")
         if not isinstance(self.namespace, str) or not self.namespace:
             raise InvalidInputError("namespace must be a non-empty string")
+        check_text(self.namespace, "namespace")
+        if self.embedder is not None:
+            if not isinstance(self.embedder, str):
+                raise InvalidInputError(f"embedder must be a name (str) or None, got {type(self.embedder).__name__}")
+            check_text(self.embedder, "embedder")
+        check_json_value(self.response)
         if self.embedding is not None:
             self.embedding = as_unit_vector(self.embedding)
-        if self.expires_at is not None and not math.isfinite(self.expires_at):
-            raise InvalidInputError("expires_at must be a finite timestamp or None")
+        if self.expires_at is not None and (
+            isinstance(self.expires_at, bool)
+            or not isinstance(self.expires_at, (int, float))
+            or not 0 <= self.expires_at <= MAX_TIMESTAMP
+        ):
+            raise InvalidInputError(
+                f"expires_at must be a Unix timestamp between 0 and {MAX_TIMESTAMP:.0f} (year 9999) or None, "
+                f"got {self.expires_at!r}"
+            )
         if not isinstance(self.metadata, dict):
             raise InvalidInputError("metadata must be a dict")
+        check_json_value(self.metadata, "metadata")
         if (
             isinstance(self.min_similarity, bool)
             or not isinstance(self.min_similarity, (int, float))
@@ -104,6 +134,18 @@ class CacheEntry:
                 f"min_similarity must be between 0 and 2 (above 1: exact hits only), got {self.min_similarity!r}"
             )
         self.min_similarity = float(self.min_similarity)
+        for name in ("hits", "tokens"):
+            count = getattr(self, name)
+            if count is not None and (isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2**63):
+                raise InvalidInputError(f"{name} must be a non-negative integer below 2**63, got {count!r}")
+        for name in ("created_at", "last_hit_at", "compute_seconds"):
+            seconds = getattr(self, name)
+            if name != "created_at" and seconds is None:
+                continue
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_TIMESTAMP:
+                raise InvalidInputError(
+                    f"{name} must be a number of seconds between 0 and {MAX_TIMESTAMP:.0f}, got {seconds!r}"
+                )
 
     @property
     def dimension(self) -> int | None:

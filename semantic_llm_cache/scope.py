@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from semantic_llm_cache.errors import InvalidInputError
+from semantic_llm_cache.values import check_text
 
 _WHITESPACE = re.compile(r"\s+")
 PARTITION_VERSION = 1
@@ -31,6 +32,19 @@ class Scope:
     params: Mapping[str, Any] = field(default_factory=dict)
     context: Any = None
 
+    def __post_init__(self) -> None:
+        if self.namespace is not None and (not isinstance(self.namespace, str) or not self.namespace):
+            raise InvalidInputError(f"Scope.namespace must be a non-empty string or None, got {self.namespace!r}")
+        if self.model is not None and not isinstance(self.model, str):
+            raise InvalidInputError(f"Scope.model must be a string or None, got {type(self.model).__name__}")
+        if not isinstance(self.params, Mapping):
+            raise InvalidInputError(
+                f"Scope.params must be a dict of call parameters (use {{}} for none), got {type(self.params).__name__}"
+            )
+        for name in self.params:
+            if not isinstance(name, str):
+                raise InvalidInputError(f"Scope.params keys must be strings, got {name!r}")
+
     def with_namespace(self, namespace: str) -> Scope:
         """A copy with `namespace` filled in when this scope names none."""
         if self.namespace is not None:
@@ -41,20 +55,26 @@ class Scope:
 def canonical_json(value: Any, what: str = "value") -> str:
     """Deterministic JSON (sorted keys, no spaces); raises InvalidInputError for values JSON cannot hold."""
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(
             f"{what} must be JSON-serialisable (str, numbers, bool, None, lists, dicts): {exc}"
         ) from exc
+    except RecursionError:
+        raise InvalidInputError(f"{what} nests lists and dicts too deep to serialise") from None
+    check_text(text, what)
+    return text
 
 
 def partition_id(scope: Scope, default_namespace: str, embedder_name: str) -> str:
     """The 32-hex-digit id of the partition `scope` falls in, for vectors of `embedder_name`."""
+    if not isinstance(scope, Scope):
+        raise InvalidInputError(
+            f"scope must be a Scope (e.g. Scope(namespace=..., model=..., params={{...}})), got {type(scope).__name__}"
+        )
     namespace = scope.namespace if scope.namespace is not None else default_namespace
     if not isinstance(namespace, str) or not namespace:
         raise InvalidInputError(f"namespace must be a non-empty string, got {namespace!r}")
-    if scope.model is not None and not isinstance(scope.model, str):
-        raise InvalidInputError(f"Scope.model must be a string or None, got {type(scope.model).__name__}")
     identity = {
         "version": PARTITION_VERSION,
         "namespace": namespace,
@@ -73,6 +93,7 @@ def normalize_prompt(prompt: object) -> str:
     normalized = _WHITESPACE.sub(" ", prompt).strip()
     if not normalized:
         raise InvalidInputError("prompt is empty (or only whitespace); there is nothing to cache")
+    check_text(normalized, "prompt")
     return normalized
 
 

@@ -4,43 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 from typing import Any
 
 import numpy as np
 
 from semantic_llm_cache.config import CacheEntry
 from semantic_llm_cache.errors import InvalidInputError
+from semantic_llm_cache.values import check_json_value
 
 FORMAT_VERSION = 1
-
-
-def check_json_value(value: Any, path: str = "response") -> None:
-    """Raise InvalidInputError unless `value` is a JSON value that round-trips unchanged.
-
-    Allowed: str, int, float (finite), bool, None, lists, and dicts with string keys, nested.
-    Tuples, sets, bytes, objects and NaN are refused rather than silently changed.
-    """
-    if value is None or isinstance(value, (str, bool, int)):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidInputError(f"{path} contains {value}, which JSON cannot hold")
-        return
-    if isinstance(value, list):
-        for position, item in enumerate(value):
-            check_json_value(item, f"{path}[{position}]")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidInputError(f"{path} has a non-string key {key!r}; JSON object keys are strings")
-            check_json_value(item, f"{path}[{key!r}]")
-        return
-    raise InvalidInputError(
-        f"{path} is a {type(value).__name__}, which is not JSON (use str, numbers, bool, None, list or dict; "
-        "serialise framework objects to JSON first)"
-    )
 
 
 def vector_to_bytes(vector: np.ndarray) -> bytes:
@@ -91,7 +63,6 @@ def entry_from_dict(data: Any, embedding: np.ndarray | None = None) -> CacheEntr
     try:
         if embedding is None and data.get("embedding") is not None:
             embedding = vector_from_bytes(base64.b64decode(data["embedding"], validate=True))
-        check_json_value(data["response"])
         return CacheEntry(
             prompt=data["prompt"],
             response=data["response"],
@@ -110,7 +81,7 @@ def entry_from_dict(data: Any, embedding: np.ndarray | None = None) -> CacheEntr
         )
     except InvalidInputError:
         raise
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise InvalidInputError(f"malformed entry: {type(exc).__name__}: {exc}") from exc
 
 
@@ -126,3 +97,15 @@ def loads_entry(text: str | bytes, embedding: np.ndarray | None = None) -> Cache
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"entry is not valid JSON: {exc}") from exc
     return entry_from_dict(data, embedding)
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "check_json_value",
+    "dumps_entry",
+    "entry_from_dict",
+    "entry_to_dict",
+    "loads_entry",
+    "vector_from_bytes",
+    "vector_to_bytes",
+]

@@ -18,8 +18,8 @@ from semantic_llm_cache.embeddings import BUNDLED_MODEL_NAME, LocalEmbedder, Onn
 from semantic_llm_cache.embeddings import onnx as onnx_module
 from semantic_llm_cache.errors import ConfigurationError
 from tests.embedding_checks import check_concurrent_calls_share_forward_passes
+from tests.sample_data import QQP_SAMPLE
 
-QQP = Path(__file__).resolve().parents[2] / "shared" / "data" / "qqp_dev.jsonl"
 PAIR_COUNT = 300
 # beyond the 256-token limit, upper case, accents, CJK and emoji: tokenization must match sentence-transformers'
 AWKWARD_TEXTS = [
@@ -33,10 +33,8 @@ AWKWARD_TEXTS = [
 
 
 def qqp_pairs(count: int) -> list[tuple[str, str]]:
-    if not QQP.is_file():
-        pytest.skip(f"{QQP} is not here")
     pairs = []
-    with QQP.open() as handle:
+    with QQP_SAMPLE.open(encoding="utf-8") as handle:
         for line in handle:
             row = json.loads(line)
             pairs.append((row["text_a"], row["text_b"]))

@@ -6,7 +6,9 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,19 +86,37 @@ def test_scope_namespace_overrides_the_default_namespace() -> None:
     assert Scope(namespace="kept").with_namespace("acme").namespace == "kept"
 
 
+def deeply_nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
-    ("scope", "namespace", "message"),
+    ("make_scope", "namespace", "message"),
     [
-        (Scope(namespace=""), "default", "namespace"),
-        (Scope(), "", "namespace"),
-        (Scope(model=42), "default", "model"),  # type: ignore[arg-type]
-        (Scope(params={"callback": object()}), "default", "Scope"),
-        (Scope(context={"temperature": float("nan")}), "default", "Scope"),
+        (lambda: Scope(namespace=""), "default", "namespace"),
+        (lambda: Scope(), "", "namespace"),
+        (lambda: Scope(model=42), "default", "model"),
+        (lambda: Scope(params={"callback": object()}), "default", "Scope"),
+        (lambda: Scope(context={"temperature": float("nan")}), "default", "Scope"),
+        (lambda: Scope(params=None), "default", "params"),
+        (lambda: Scope(params="abc"), "default", "params"),
+        (lambda: Scope(params=[1]), "default", "params"),
+        (lambda: Scope(params={1: "a"}), "default", "params"),
+        (lambda: {"namespace": "acme"}, "default", "must be a Scope"),
+        (lambda: Scope(namespace="a\ud800"), "default", "surrogate"),
+        (lambda: Scope(context="a\udfff b"), "default", "surrogate"),
+        (lambda: Scope(model="\ud83d"), "default", "surrogate"),
+        (lambda: Scope(), "tenant-\ud800", "surrogate"),
+        (lambda: Scope(context=deeply_nested(5000)), "default", "deep"),
+        (lambda: Scope(params={"p": deeply_nested(5000)}), "default", "deep"),
     ],
 )
-def test_invalid_scopes_are_rejected(scope: Scope, namespace: str, message: str) -> None:
+def test_invalid_scopes_are_rejected(make_scope: Callable[[], Any], namespace: str, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
-        partition_id(scope, namespace, "e")
+        partition_id(make_scope(), namespace, "e")
 
 
 def test_exact_key_format() -> None:
