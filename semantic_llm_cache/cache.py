@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import importlib.util
 import inspect
 import logging
@@ -13,8 +14,10 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -27,27 +30,16 @@ from semantic_llm_cache.embeddings.base import Embedder, normalized_matrix
 from semantic_llm_cache.embeddings.local import LocalEmbedder
 from semantic_llm_cache.errors import CacheBackendError, EmbeddingError, InvalidInputError, SemanticCacheError
 from semantic_llm_cache.guard import guard_refusal
+from semantic_llm_cache.health import CircuitBreaker, CircuitOpen, FailureLog
 from semantic_llm_cache.scope import Scope, exact_key, normalize_prompt, partition_id
 from semantic_llm_cache.stats import CacheStats
 from semantic_llm_cache.storage import StorageBackend
-from semantic_llm_cache.values import check_json_value
+from semantic_llm_cache.values import check_json_value, check_text
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
-else:  # pragma: no cover - Python 3.10
-    from contextlib import asynccontextmanager
-
-    @asynccontextmanager
-    async def _deadline(seconds: float):  # type: ignore[no-untyped-def]
-        task = asyncio.current_task()
-        assert task is not None
-        handle = asyncio.get_running_loop().call_later(seconds, task.cancel)
-        try:
-            yield
-        except asyncio.CancelledError as exc:
-            raise TimeoutError from exc
-        finally:
-            handle.cancel()
+else:  # pragma: no cover - Python 3.10: the package asyncio.timeout came from (a cancelled caller stays cancelled)
+    from async_timeout import timeout as _deadline
 
 
 logger = logging.getLogger("semantic_llm_cache")
@@ -57,6 +49,42 @@ _LEADER_CANCELLED: Any = object()
 _default_embedder: LocalEmbedder | None = None
 MODEL_LOAD_TIMEOUT = 300.0  # seconds a first embedding call may take while the model loads
 _RECENT_VECTORS = 1024  # vectors kept between a miss's lookup and the store that follows it
+_OFF_LOOP_CHARS = 16_384  # prompts longer than this are normalised and hashed in a worker thread
+_GUARD_OFF_LOOP_CHARS = 2_048  # the answer guard runs in a worker thread when the two prompts exceed this
+
+
+@dataclass
+class _Budget:
+    """Seconds a public call may still spend waiting on the backend and the embedder (compute not included)."""
+
+    remaining: float
+
+
+_BUDGET: ContextVar[_Budget | None] = ContextVar("semantic_llm_cache_budget", default=None)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A call's normalised prompt, partition and exact key."""
+
+    text: str
+    partition: str
+    key: str
+
+
+def _feedback_record(recorded: Any) -> dict[str, Any]:
+    """An entry's feedback counters, read defensively: whatever an older version or a user left there."""
+    record = dict(recorded) if isinstance(recorded, dict) else {}
+
+    def number(name: str, default: float) -> float:
+        value = record.get(name, default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        return float(value) if ok else default
+
+    record["correct"] = int(number("correct", 0))
+    record["wrong"] = int(number("wrong", 0))
+    record["lowest_correct_similarity"] = min(number("lowest_correct_similarity", 1.0), 1.0)
+    return record
 
 
 def default_embedder() -> LocalEmbedder:
@@ -133,6 +161,7 @@ class SemanticCache:
         timeout: float | None = None,
         max_entries: int | None = None,
         candidates: int | None = None,
+        max_prompt_chars: int | None = None,
     ) -> None:
         overrides: dict[str, Any] = {
             "threshold": threshold,
@@ -143,6 +172,7 @@ class SemanticCache:
             "timeout": timeout,
             "max_entries": max_entries,
             "candidates": candidates,
+            "max_prompt_chars": max_prompt_chars,
         }
         self.config = dataclasses.replace(
             config or CacheConfig(), **{name: value for name, value in overrides.items() if value is not None}
@@ -154,18 +184,25 @@ class SemanticCache:
             weakref.WeakKeyDictionary()
         )
         self._partition_of_default_scope: str | None = None
-        self._recent_vectors: OrderedDict[str, Vector] = OrderedDict()
+        self._recent_vectors: OrderedDict[bytes, Vector] = OrderedDict()
         self._recent_vectors_lock = threading.Lock()
         self._sync_flights: dict[str, Future[Any]] = {}
         self._sync_flights_lock = threading.Lock()
+        self._failures = FailureLog(logger)
+        self._breakers = {
+            "backend": CircuitBreaker("the cache backend", logger=logger),
+            "embedder": CircuitBreaker("the embedder", logger=logger),
+        }
 
     # -- public API -------------------------------------------------------------------------------------
 
     async def lookup(self, prompt: str, scope: Scope | None = None) -> CacheHit | None:
         """Return the stored answer for `prompt` (exact, else semantic within its partition), or None."""
-        text = normalize_prompt(prompt)
-        partition = self.partition_for(scope)
-        hit, _ = await self._lookup(text, partition, exact_key(partition, text))
+        prepared = await self._prepare(prompt, scope)
+        if prepared is None:
+            return None
+        with self._budget():
+            hit, _ = await self._lookup(prepared)
         return hit
 
     async def store(
@@ -183,12 +220,18 @@ class SemanticCache:
 
         `compute_seconds` and `tokens` say what the answer cost; each later hit adds them to the savings.
         """
-        text = normalize_prompt(prompt)
         self._check_payload(response, metadata, ttl, compute_seconds, tokens)
-        partition = self.partition_for(scope)
-        vector = await self._embed(text)
-        return await self._write(text, response, partition, self._namespace(scope), vector, ttl, metadata,
-                                 compute_seconds, tokens)  # fmt: skip
+        prepared = await self._prepare(prompt, scope, count=False)
+        if prepared is None:
+            self.stats.count("prompt_too_long")
+            raise InvalidInputError(
+                f"prompt is longer than max_prompt_chars={self.config.max_prompt_chars} characters; it is not cached "
+                "(raise max_prompt_chars to cache it exactly)"
+            )
+        with self._budget():
+            vector = await self._embed(prepared.text)
+            return await self._write(prepared, response, self._namespace(scope), vector, ttl, metadata,
+                                     compute_seconds, tokens)  # fmt: skip
 
     async def get_or_compute(
         self,
@@ -217,39 +260,45 @@ class SemanticCache:
         ttl: float | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Resolution:
-        """Like get_or_compute, but says whether the answer came from the cache and how (for adapters)."""
-        text = normalize_prompt(prompt)
+        """Like get_or_compute, but says whether the answer came from the cache and how (for adapters).
+
+        The time spent waiting on the backend and the embedder is bounded by `timeout` for the whole call (the
+        lookup and the store share it); the time `compute()` takes is not counted.
+        """
         self._check_payload(None, metadata, ttl, None, None)
-        partition = self.partition_for(scope)
-        key = exact_key(partition, text)
+        prepared = await self._prepare(prompt, scope)
+        if prepared is None:
+            return Resolution(await self._compute_uncached(compute), None, computed=True)
+        key = prepared.key
         flights = self._flights.setdefault(asyncio.get_running_loop(), {})
-        while True:
-            shared = await self._join_flight(flights, key)
-            if shared is _LEADER_CANCELLED:
-                continue
-            if shared is not _FAILED:
-                return shared  # type: ignore[no-any-return]
-            hit, vector = await self._lookup(text, partition, key)
-            if hit is not None:
-                return Resolution(hit.response, hit, computed=False)
-            if key not in flights:  # no await between this check and claiming the key below
-                break
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        flights[key] = future
-        try:
-            result = await self._compute_and_store(text, compute, partition, scope, vector, ttl, metadata)
-        except asyncio.CancelledError:
-            future.set_result(_LEADER_CANCELLED)
-            raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: with no waiters, asyncio must not warn about it
-            raise
-        else:
-            future.set_result(result)
-            return Resolution(result, None, computed=True)
-        finally:
-            flights.pop(key, None)
+        with self._budget():
+            while True:
+                shared = await self._join_flight(flights, key)
+                if shared is _LEADER_CANCELLED:
+                    continue
+                if shared is not _FAILED:
+                    return shared  # type: ignore[no-any-return]
+                hit, vector = await self._lookup(prepared)
+                if hit is not None:
+                    return Resolution(hit.response, hit, computed=False)
+                if key not in flights:  # no await between this check and claiming the key below
+                    break
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            flights[key] = future
+            try:
+                result = await self._compute_and_store(prepared, compute, scope, vector, ttl, metadata)
+            except asyncio.CancelledError:
+                future.set_result(_LEADER_CANCELLED)
+                raise
+            except BaseException as exc:
+                future.set_exception(exc)
+                future.exception()  # mark retrieved: with no waiters, asyncio must not warn about it
+                raise
+            else:
+                future.set_result(result)
+                return Resolution(result, None, computed=True)
+            finally:
+                flights.pop(key, None)
 
     def resolve_sync(
         self,
@@ -262,10 +311,13 @@ class SemanticCache:
     ) -> Resolution:
         """`resolve` for sync code: `compute()` runs in the calling thread; concurrent threads asking the same
         prompt and scope share one call. Lookups and stores go through the shared background loop."""
-        text = normalize_prompt(prompt)
         self._check_payload(None, metadata, ttl, None, None)
-        partition = self.partition_for(scope)
-        key = exact_key(partition, text)
+        prepared = self._prepare_now(prompt, scope)
+        if prepared is None:
+            self._count_too_long()
+            return Resolution(self._unwrap(compute()), None, computed=True)
+        key = prepared.key
+        budget = _Budget(self.config.timeout)
         while True:
             with self._sync_flights_lock:
                 running = self._sync_flights.get(key)
@@ -275,7 +327,7 @@ class SemanticCache:
                     continue
                 self.stats.count("shared_computations")
                 return Resolution(result, None, computed=False, shared=True)
-            hit, vector = run_sync(self._lookup(text, partition, key))
+            hit, vector = run_sync(self._within(budget, self._lookup(prepared)))
             if hit is not None:
                 return Resolution(hit.response, hit, computed=False)
             with self._sync_flights_lock:
@@ -288,7 +340,8 @@ class SemanticCache:
             started = time.perf_counter()
             outcome = compute()
             elapsed = time.perf_counter() - started
-            result = run_sync(self._store_computed(text, outcome, elapsed, partition, scope, vector, ttl, metadata))
+            stored = self._store_computed(prepared, outcome, elapsed, scope, vector, ttl, metadata)
+            result = run_sync(self._within(budget, stored))
         except BaseException as exc:
             future.set_exception(exc)
             raise
@@ -301,9 +354,8 @@ class SemanticCache:
 
     async def _compute_and_store(
         self,
-        text: str,
+        prepared: _Prepared,
         compute: Callable[[], Any],
-        partition: str,
         scope: Scope | None,
         vector: Vector | None,
         ttl: float | None,
@@ -311,21 +363,41 @@ class SemanticCache:
     ) -> Any:
         """Run `compute` (a sync one in a worker thread, with the caller's context), store its answer, return it."""
         started = time.perf_counter()
-        if inspect.iscoroutinefunction(compute):
-            outcome = await compute()
-        else:
-            outcome = await asyncio.to_thread(compute)
-            if inspect.isawaitable(outcome):
-                outcome = await outcome
+        outcome = await self._run_compute(compute)
         elapsed = time.perf_counter() - started
-        return await self._store_computed(text, outcome, elapsed, partition, scope, vector, ttl, metadata)
+        return await self._store_computed(prepared, outcome, elapsed, scope, vector, ttl, metadata)
+
+    @staticmethod
+    async def _run_compute(compute: Callable[[], Any]) -> Any:
+        if inspect.iscoroutinefunction(compute):
+            return await compute()
+        outcome = await asyncio.to_thread(compute)
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        return outcome
+
+    async def _compute_uncached(self, compute: Callable[[], Any]) -> Any:
+        """Answer a prompt the cache does not take (too long): compute, store nothing."""
+        return self._unwrap(await self._run_compute(compute))
+
+    def _count_too_long(self) -> None:
+        self.stats.count("prompt_too_long")
+        self._failures.warning(
+            "prompt_too_long",
+            "semantic cache: a prompt longer than max_prompt_chars=%d was passed through uncached "
+            "(raise max_prompt_chars to cache such prompts exactly)",
+            self.config.max_prompt_chars,
+        )
+
+    @staticmethod
+    def _unwrap(outcome: Any) -> Any:
+        return outcome.value if isinstance(outcome, Computed) else outcome
 
     async def _store_computed(
         self,
-        text: str,
+        prepared: _Prepared,
         outcome: Any,
         elapsed: float,
-        partition: str,
         scope: Scope | None,
         vector: Vector | None,
         ttl: float | None,
@@ -342,11 +414,13 @@ class SemanticCache:
             self.stats.count("unstorable_answers")
             if self.config.on_error == "raise":
                 raise
-            logger.warning("semantic cache: answer not stored (%s); returned to the caller uncached", exc)
+            self._failures.warning(
+                "unstorable_answer", "semantic cache: answer not stored (%s); returned to the caller uncached", exc
+            )
             return computed.value
         if vector is None:
-            vector = await self._embed(text)
-        await self._write(text, computed.value, partition, self._namespace(scope), vector, ttl, metadata, elapsed,
+            vector = await self._embed(prepared.text)
+        await self._write(prepared, computed.value, self._namespace(scope), vector, ttl, metadata, elapsed,
                           computed.tokens)  # fmt: skip
         return computed.value
 
@@ -357,38 +431,52 @@ class SemanticCache:
         threshold is raised just above this similarity); a wrong exact hit deletes the entry.
         correct=True: counted, and recorded on the entry for later calibration.
         """
+        if not isinstance(hit, CacheHit):
+            raise InvalidInputError(f"feedback takes the CacheHit that lookup() returned, got {type(hit).__name__}")
+        if not isinstance(correct, bool):
+            raise InvalidInputError(f"feedback's correct must be True or False, got {correct!r}")
         self.stats.count("feedback_correct" if correct else "feedback_wrong")
-        entry = await self._guarded(self.backend.get(hit.key), "backend", default=None)
-        if entry is None:
-            return
-        feedback = dict(entry.metadata.get("feedback") or {})
-        if correct:
-            feedback["correct"] = int(feedback.get("correct", 0)) + 1
-            feedback["lowest_correct_similarity"] = min(float(feedback.get("lowest_correct_similarity", 1.0)),
-                                                        hit.similarity)  # fmt: skip
-        elif hit.kind == "exact":
-            await self._guarded(self.backend.delete(hit.key), "backend", default=False)
-            return
-        else:
-            feedback["wrong"] = int(feedback.get("wrong", 0)) + 1
-            entry.min_similarity = max(entry.min_similarity, math.nextafter(min(hit.similarity, 1.0), 2.0))
-        entry.metadata = {**entry.metadata, "feedback": feedback}
-        await self._guarded(self.backend.set(hit.key, entry), "backend", default=None)
+        with self._budget():
+            entry = await self._guarded(self.backend.get(hit.key), "backend", default=None)
+            if entry is None:
+                return
+            if not correct and hit.kind == "exact":
+                await self._guarded(self.backend.delete(hit.key), "backend", default=False)
+                return
+            feedback = _feedback_record(entry.metadata.get("feedback"))
+            if correct:
+                feedback["correct"] += 1
+                feedback["lowest_correct_similarity"] = min(feedback["lowest_correct_similarity"], hit.similarity)
+            else:
+                feedback["wrong"] += 1
+                entry.min_similarity = max(entry.min_similarity, math.nextafter(min(hit.similarity, 1.0), 2.0))
+            entry.metadata = {**entry.metadata, "feedback": feedback}
+            await self._guarded(self.backend.set(hit.key, entry), "backend", default=None)
 
     async def delete(self, prompt: str, scope: Scope | None = None) -> bool:
         """Delete the exact entry for `prompt` in its partition; True if there was one."""
-        key = exact_key(self.partition_for(scope), normalize_prompt(prompt))
-        return bool(await self._guarded(self.backend.delete(key), "backend", default=False))
+        prepared = await self._prepare(prompt, scope, count=False)
+        if prepared is None:
+            return False
+        with self._budget():
+            return bool(await self._guarded(self.backend.delete(prepared.key), "backend", default=False))
 
     async def clear(self, namespace: str | None = None) -> None:
         """Delete every entry of the backend, or only those of `namespace`."""
-        await self._guarded(self.backend.clear(namespace), "backend", default=None)
+        if namespace is not None and (not isinstance(namespace, str) or not namespace):
+            raise InvalidInputError(f"namespace must be a non-empty string or None, got {namespace!r}")
+        if namespace is not None:
+            check_text(namespace, "namespace")
+        with self._budget():
+            await self._guarded(self.backend.clear(namespace), "backend", default=None)
 
     async def get_stats(self) -> dict[str, Any]:
-        """The engine's counters and the backend's statistics."""
-        backend_stats = await self._guarded(self.backend.get_stats(), "backend", default={})
+        """The engine's counters, the state of its circuit breakers and the backend's statistics."""
+        with self._budget():
+            backend_stats = await self._guarded(self.backend.get_stats(), "backend", default={})
+        circuits = {name: breaker.state for name, breaker in self._breakers.items()}
         return {**self.stats.snapshot(), "threshold": self.config.threshold, "embedder": self.embedder.name,
-                "backend": backend_stats}  # fmt: skip
+                "circuits": circuits, "backend": backend_stats}  # fmt: skip
 
     async def warmup(self) -> None:
         """Load the embedding model now (it otherwise loads on first use), without the call timeout."""
@@ -452,25 +540,101 @@ class SemanticCache:
         self.stats.count("shared_computations")
         return Resolution(result, None, computed=False, shared=True)
 
+    @contextmanager
+    def _budget(self) -> Iterator[None]:
+        """Give the public call in progress `timeout` seconds in all for the backend and the embedder (a call
+        already inside one, e.g. resolve's lookup then store, keeps the budget it has)."""
+        if _BUDGET.get() is not None:
+            yield
+            return
+        token = _BUDGET.set(_Budget(self.config.timeout))
+        try:
+            yield
+        finally:
+            _BUDGET.reset(token)
+
+    @staticmethod
+    async def _within(budget: _Budget, call: Coroutine[Any, Any, T]) -> T:
+        """Run `call` (on another loop, e.g. run_sync's) charging its waits to `budget`."""
+        token = _BUDGET.set(budget)
+        try:
+            return await call
+        finally:
+            _BUDGET.reset(token)
+
+    def _prepare_now(self, prompt: str, scope: Scope | None) -> _Prepared | None:
+        """Normalise, partition and key a call (None for a prompt over max_prompt_chars)."""
+        if not isinstance(prompt, str):
+            raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}")
+        partition = self.partition_for(scope)
+        if len(prompt) > self.config.max_prompt_chars:  # cheap first look; whitespace only shortens it
+            text = normalize_prompt(prompt)
+            if len(text) > self.config.max_prompt_chars:
+                return None
+        else:
+            text = normalize_prompt(prompt)
+        return _Prepared(text, partition, exact_key(partition, text))
+
+    async def _prepare(self, prompt: str, scope: Scope | None, *, count: bool = True) -> _Prepared | None:
+        """`_prepare_now`, in a worker thread for a long prompt (its cost grows with its length); counts a
+        prompt over max_prompt_chars."""
+        if isinstance(prompt, str) and len(prompt) > _OFF_LOOP_CHARS:
+            prepared = await asyncio.to_thread(self._prepare_now, prompt, scope)
+        else:
+            prepared = self._prepare_now(prompt, scope)
+        if prepared is None and count:
+            self._count_too_long()
+        return prepared
+
     async def _guarded(self, call: Awaitable[T], component: Literal["backend", "embedder"], default: T) -> T:
-        """Await `call` under the timeout; on failure log, count, and return `default` (or raise, if asked to).
+        """Await `call` within the time left to the public call; on failure log, count and return `default`
+        (or raise, if asked to). A component that failed `failures` times in a row is not called at all for a
+        while (its circuit breaker is open): the call fails at once.
 
         An embedder that is still loading its model (`loaded` False) gets MODEL_LOAD_TIMEOUT instead: a cold
         start must not be mistaken for a failure.
         """
-        seconds = self.config.timeout
+        budget = _BUDGET.get()
+        seconds = self.config.timeout if budget is None else min(self.config.timeout, budget.remaining)
         if component == "embedder" and not getattr(self.embedder, "loaded", True):
-            seconds = max(seconds, MODEL_LOAD_TIMEOUT)
+            seconds = max(self.config.timeout, MODEL_LOAD_TIMEOUT)
+        breaker = self._breakers[component]
+        try:
+            if seconds <= 0:
+                raise CircuitOpen(f"{component} not called: this call already spent its {self.config.timeout}s timeout")
+            probe = breaker.before_call()
+        except CircuitOpen as exc:
+            if inspect.iscoroutine(call):
+                call.close()  # never awaited, and it must not warn about that
+            self.stats.count("short_circuits")
+            return self._failed(exc, component, default, log=False)
+        started = time.monotonic()
         try:
             async with _deadline(seconds):
-                return await call
-        except InvalidInputError:
+                result = await call
+        except InvalidInputError as exc:  # the component answered: it is up, the entry or vector was refused
+            breaker.success()
+            if self.config.on_error == "raise":
+                raise
+            return self._failed(exc, component, default)
+        except asyncio.CancelledError:
+            breaker.abandon(probe)
             raise
         except (TimeoutError, asyncio.TimeoutError) as exc:
             self.stats.count("timeouts")
-            error: Exception = exc
+            breaker.failure(exc)
+            return self._failed(exc, component, default)
         except Exception as exc:
-            error = exc
+            breaker.failure(exc)
+            return self._failed(exc, component, default)
+        finally:
+            if budget is not None:
+                budget.remaining -= time.monotonic() - started
+        breaker.success()
+        return result
+
+    def _failed(self, error: Exception, component: Literal["backend", "embedder"], default: T, log: bool = True) -> T:
+        """Count a failed component call; raise it (on_error="raise") or log it, rate-limited, and return default."""
         self.stats.count("errors")
         self.stats.count(f"{component}_errors")
         if self.config.on_error == "raise":
@@ -478,24 +642,28 @@ class SemanticCache:
                 raise error
             wrapper = CacheBackendError if component == "backend" else EmbeddingError
             raise wrapper(f"{component} failed: {type(error).__name__}: {error}") from error
-        logger.warning("semantic cache %s failed, treating it as a miss: %s: %s", component,
-                       type(error).__name__, error)  # fmt: skip
+        if log:
+            self._failures.warning(f"{component}:{type(error).__name__}",
+                                   "semantic cache %s failed, treating it as a miss: %s: %s", component,
+                                   type(error).__name__, error)  # fmt: skip
         return default
 
     async def _embed(self, text: str) -> Vector | None:
         """The vector of `text`: from the small recent-vectors memory (a miss's lookup then store embed the
-        same text once), else from the embedder."""
+        same text once; keyed by a digest, so its size does not grow with prompt length), else from the
+        embedder."""
+        digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
         with self._recent_vectors_lock:  # the cache may be used from several loops and threads at once
-            recent = self._recent_vectors.get(text)
+            recent = self._recent_vectors.get(digest)
             if recent is not None:
-                self._recent_vectors.move_to_end(text)
+                self._recent_vectors.move_to_end(digest)
                 return recent
         matrix = await self._guarded(self._embed_checked(text), "embedder", default=None)
         if matrix is None:
             return None
         vector: Vector = matrix[0]
         with self._recent_vectors_lock:
-            self._recent_vectors[text] = vector
+            self._recent_vectors[digest] = vector
             if len(self._recent_vectors) > _RECENT_VECTORS:
                 self._recent_vectors.popitem(last=False)
         return vector
@@ -505,14 +673,15 @@ class SemanticCache:
         user-supplied Embedder's bad output is an EmbeddingError, never a stored vector."""
         return normalized_matrix(await self.embedder.embed([text]), 1, self.embedder.dimension)
 
-    async def _lookup(self, text: str, partition: str, key: str) -> tuple[CacheHit | None, Vector | None]:
+    async def _lookup(self, prepared: _Prepared) -> tuple[CacheHit | None, Vector | None]:
         started = time.perf_counter()
         try:
-            return await self._search(text, partition, key)
+            return await self._search(prepared)
         finally:
             self.stats.observe_lookup(time.perf_counter() - started)
 
-    async def _search(self, text: str, partition: str, key: str) -> tuple[CacheHit | None, Vector | None]:
+    async def _search(self, prepared: _Prepared) -> tuple[CacheHit | None, Vector | None]:
+        text, partition, key = prepared.text, prepared.partition, prepared.key
         entry = await self._guarded(self.backend.get(key), "backend", default=None)
         if entry is not None and entry.prompt == text:
             return await self._served(key, entry, 1.0, "exact"), None
@@ -535,12 +704,19 @@ class SemanticCache:
             if similarity < match.min_similarity:
                 self.stats.count("feedback_refusals")
                 continue
-            if self.config.answer_guard and guard_refusal(text, match.prompt) is not None:
+            if self.config.answer_guard and await self._guard_refuses(text, match.prompt):
                 self.stats.count("guard_refusals")
                 continue
             return await self._served(match_key, match, similarity, "semantic"), vector
         self.stats.count("misses")
         return None, vector
+
+    @staticmethod
+    async def _guard_refuses(query: str, candidate: str) -> bool:
+        """The answer guard's verdict, in a worker thread when the prompts are long (its cost grows with them)."""
+        if len(query) + len(candidate) > _GUARD_OFF_LOOP_CHARS:
+            return await asyncio.to_thread(guard_refusal, query, candidate) is not None
+        return guard_refusal(query, candidate) is not None
 
     async def _served(
         self, key: str, entry: CacheEntry, similarity: float, kind: Literal["exact", "semantic"]
@@ -560,9 +736,8 @@ class SemanticCache:
 
     async def _write(
         self,
-        text: str,
+        prepared: _Prepared,
         response: Any,
-        partition: str,
         namespace: str,
         vector: Vector | None,
         ttl: float | None,
@@ -573,9 +748,9 @@ class SemanticCache:
         lifetime = ttl if ttl is not None else self.config.ttl
         now = time.time()
         entry = CacheEntry(
-            prompt=text,
+            prompt=prepared.text,
             response=response,
-            partition_id=partition,
+            partition_id=prepared.partition,
             namespace=namespace,
             embedding=vector,
             embedder=self.embedder.name,
@@ -585,12 +760,11 @@ class SemanticCache:
             compute_seconds=compute_seconds,
             tokens=tokens,
         )
-        key = exact_key(partition, text)
-        done = await self._guarded(self.backend.set(key, entry), "backend", default=_FAILED)
+        done = await self._guarded(self.backend.set(prepared.key, entry), "backend", default=_FAILED)
         if done is _FAILED:
             return None
         self.stats.count("stores")
-        return key
+        return prepared.key
 
 
 __all__ = ["CacheHit", "Computed", "Resolution", "SemanticCache", "default_embedder"]

@@ -175,6 +175,9 @@ class CacheConfig:
     on_error: "log" (fail open: a backend or embedder failure is a miss) or "raise".
     timeout: seconds a backend or embedder call may take before it counts as a failure.
     candidates: how many nearest entries a semantic lookup considers (the guard may refuse the closest).
+    max_prompt_chars: the longest prompt the cache takes (after whitespace is collapsed). A longer one is not
+        cached: `lookup` misses, `resolve`/`get_or_compute` compute without storing, `store` raises
+        InvalidInputError; each is counted as `prompt_too_long`.
     """
 
     threshold: float = DEFAULT_THRESHOLD
@@ -185,6 +188,7 @@ class CacheConfig:
     on_error: OnError = "log"
     timeout: float = 10.0
     candidates: int = 4
+    max_prompt_chars: int = 1_000_000
 
     def __post_init__(self) -> None:
         validate_threshold(self.threshold)
@@ -201,3 +205,9 @@ class CacheConfig:
             raise ConfigurationError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
             raise ConfigurationError(f"candidates must be an integer >= 1, got {self.candidates!r}")
+        if (
+            isinstance(self.max_prompt_chars, bool)
+            or not isinstance(self.max_prompt_chars, int)
+            or self.max_prompt_chars < 1
+        ):
+            raise ConfigurationError(f"max_prompt_chars must be an integer >= 1, got {self.max_prompt_chars!r}")

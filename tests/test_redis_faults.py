@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import subprocess
@@ -60,13 +61,17 @@ async def test_killed_server_every_call_returns_and_the_cache_recovers(tmp_path:
             assert all(outcome is None for outcome in outcomes[51:])  # misses, and stores that report failure
             counters = cache.stats.snapshot()
             assert counters["backend_errors"] > 0 and counters["errors"] >= counters["backend_errors"]
-            assert backend.breaker.opened >= 1 and backend.breaker.short_circuits > 0
+            assert backend.breaker.opened >= 1  # the backend's circuit, then the engine's, which then skips calls
+            assert counters["short_circuits"] > 0 and (await cache.get_stats())["circuits"]["backend"] != "closed"
             assert max(durations) < 2.0
             assert sum(durations[60:]) < 5.0  # with the circuit open, calls do not wait on the dead server
 
             server.start()  # same port, empty
-            await asyncio.sleep(0.7)  # past the cooldown: the next call probes and closes the circuit
-            key = await cache.store("what is the capital city of australia", {"answer": "Canberra"})
+            deadline = time.monotonic() + 15  # past the engine's cool-down the next call probes and closes it
+            key = None
+            while key is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                key = await cache.store("what is the capital city of australia", {"answer": "Canberra"})
             assert key is not None
             hit = await cache.lookup("what is the capital of australia")
             assert hit is not None and hit.kind == "semantic" and hit.response == {"answer": "Canberra"}
@@ -95,10 +100,51 @@ async def test_hung_server_costs_the_timeout_only_until_the_circuit_opens(tmp_pa
             assert time.perf_counter() - started < 0.2
             server.resume()
             backend.breaker.cooldown = 0.1
-            await asyncio.sleep(0.2)
-            hit = await cache.lookup("which port does redis listen on by default")
+            deadline = time.monotonic() + 15  # the engine's own circuit probes again within its cool-down
+            hit = None
+            while hit is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                hit = await cache.lookup("which port does redis listen on by default")
             assert hit is not None and hit.response == {"answer": 6379}
     finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("mode", ["client", "search"])
+async def test_hung_server_never_costs_more_than_the_timeout_and_the_engine_circuit_opens(
+    tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The README's advice (socket_timeout 0.5 s under a 1 s cache timeout) against a SIGSTOPped server: each
+    call, lookup and store together, stays within the timeout (it took 3 x before), the circuit opens within
+    the first calls, and a few WARNING lines are written, not one per call."""
+    server = STARTERS[mode](tmp_path / "server")
+    try:
+        backend = RedisBackend(server.url, prefix=unique_prefix(), index=mode, socket_timeout=0.5)  # type: ignore[arg-type]
+        async with SemanticCache(backend=backend, embedder=BagOfWordsEmbedder(), threshold=0.8, timeout=1.0) as cache:
+            assert await cache.store("which port does redis listen on by default", {"answer": 6379})
+            server.pause()
+            durations = []
+            with caplog.at_level(logging.WARNING):
+                for number in range(40):
+                    started = time.perf_counter()
+                    answer = await cache.get_or_compute(f"a question about queues {number}", lambda: "computed")
+                    durations.append(time.perf_counter() - started)
+                    assert answer == "computed"
+                    if number == 3:
+                        assert (await cache.get_stats())["circuits"]["backend"] == "open"
+            assert max(durations) < 1.0 + 0.3, durations[:6]
+            assert sum(durations[4:]) < 5.0  # open: the half-open probes alone wait on the server
+            warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+            assert len(warnings) <= 8, warnings
+            server.resume()
+            deadline = time.monotonic() + 40
+            hit = None
+            while hit is None and time.monotonic() < deadline:
+                hit = await cache.lookup("which port does redis listen on by default")
+                await asyncio.sleep(0.2)
+            assert hit is not None and hit.response == {"answer": 6379}
+    finally:
+        server.resume()
         server.stop()
 
 

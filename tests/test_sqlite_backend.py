@@ -359,3 +359,19 @@ async def test_engine_answers_from_the_file_after_a_restart(db_path: Path) -> No
         assert hit is not None
         stored = await cache.backend.get(hit.key)
         assert stored is not None and stored.hits == 3 and stored.min_similarity > 0.8
+
+
+@pytest.mark.parametrize("bad_dimension", [7, 0, -3, "abc", None, 10**6])
+async def test_one_bad_dimension_value_does_not_block_stores_from_a_fresh_process(
+    db_path: Path, bad_dimension: Any
+) -> None:
+    async with SQLiteBackend(db_path) as backend:
+        for position in range(3):
+            await backend.set(key(P1, f"k{position}"), entry(f"stored {position}", basis(position)))
+    with raw(db_path) as connection:  # the oldest row's column now disagrees with its own vector
+        connection.execute("UPDATE entries SET dimension = ? WHERE key = ?", (bad_dimension, key(P1, "k0")))
+    async with SQLiteBackend(db_path) as fresh:  # a new process: nothing of the partition is loaded yet
+        await fresh.set(key(P1, "new"), entry("new one", basis(5)))
+        found = await fresh.find_nearest(basis(5), 0.99, 1, partition=P1)
+        assert [match_key for match_key, _, _ in found] == [key(P1, "new")]
+        assert [k for k, _, _ in await fresh.find_nearest(basis(1), 0.99, 1, partition=P1)] == [key(P1, "k1")]

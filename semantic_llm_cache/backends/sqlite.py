@@ -340,8 +340,9 @@ class SQLiteBackend(NearestFirstBackend):
             return loaded.index.dimension
         if partition in self._indexes:  # loaded, and holds no vectors
             return None
-        row = self._db.execute(
-            "SELECT dimension FROM entries WHERE partition_id = ? AND dimension IS NOT NULL AND key != ? LIMIT 1",
+        row = self._db.execute(  # only a row whose column agrees with its own vector: one bad value decides nothing
+            "SELECT dimension FROM entries WHERE partition_id = ? AND key != ? AND typeof(dimension) = 'integer' "
+            "AND dimension > 0 AND typeof(embedding) = 'blob' AND length(embedding) = 4 * dimension LIMIT 1",
             (partition, key),
         ).fetchone()
         return None if row is None else int(row[0])

