@@ -34,7 +34,7 @@ from semantic_llm_cache.health import CircuitBreaker, CircuitOpen, FailureLog
 from semantic_llm_cache.scope import Scope, exact_key, normalize_prompt, partition_id
 from semantic_llm_cache.stats import CacheStats
 from semantic_llm_cache.storage import StorageBackend
-from semantic_llm_cache.values import check_json_value, check_text
+from semantic_llm_cache.values import check_json_value, check_text, shown
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
@@ -434,7 +434,7 @@ class SemanticCache:
         if not isinstance(hit, CacheHit):
             raise InvalidInputError(f"feedback takes the CacheHit that lookup() returned, got {type(hit).__name__}")
         if not isinstance(correct, bool):
-            raise InvalidInputError(f"feedback's correct must be True or False, got {correct!r}")
+            raise InvalidInputError(f"feedback's correct must be True or False, got {shown(correct)}")
         self.stats.count("feedback_correct" if correct else "feedback_wrong")
         with self._budget():
             entry = await self._guarded(self.backend.get(hit.key), "backend", default=None)
@@ -464,7 +464,7 @@ class SemanticCache:
     async def clear(self, namespace: str | None = None) -> None:
         """Delete every entry of the backend, or only those of `namespace`."""
         if namespace is not None and (not isinstance(namespace, str) or not namespace):
-            raise InvalidInputError(f"namespace must be a non-empty string or None, got {namespace!r}")
+            raise InvalidInputError(f"namespace must be a non-empty string or None, got {shown(namespace)}")
         if namespace is not None:
             check_text(namespace, "namespace")
         with self._budget():
@@ -525,9 +525,9 @@ class SemanticCache:
         except SemanticCacheError as exc:
             raise InvalidInputError(str(exc)) from exc
         if compute_seconds is not None and (not isinstance(compute_seconds, (int, float)) or compute_seconds < 0):
-            raise InvalidInputError(f"compute_seconds must be a non-negative number, got {compute_seconds!r}")
+            raise InvalidInputError(f"compute_seconds must be a non-negative number, got {shown(compute_seconds)}")
         if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0):
-            raise InvalidInputError(f"tokens must be a non-negative integer, got {tokens!r}")
+            raise InvalidInputError(f"tokens must be a non-negative integer, got {shown(tokens)}")
 
     async def _join_flight(self, flights: dict[str, asyncio.Future[Any]], key: str) -> Any:
         """Wait for a computation of `key` already under way; _FAILED when there is none."""

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from semantic_llm_cache.errors import ConfigurationError, InvalidInputError
-from semantic_llm_cache.values import check_json_value, check_text
+from semantic_llm_cache.values import check_json_value, check_text, shown
 
 #: Cosine similarity at or above which a stored prompt may answer a new one. Calibrated on the Quora
 #: question pairs in ../shared/data/qqp_dev.jsonl with the bundled model and the answer guard on
@@ -29,9 +29,9 @@ OnError = Literal["log", "raise"]
 
 def validate_threshold(value: float, name: str = "threshold") -> float:
     """Return `value` as a float if it is a cosine similarity in [0, 1], else raise ConfigurationError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ConfigurationError(
-            f"{name} must be a cosine similarity between 0 and 1 inclusive (higher = stricter), got {value!r}"
+            f"{name} must be a cosine similarity between 0 and 1 inclusive (higher = stricter), got {shown(value)}"
         )
     return float(value)
 
@@ -43,7 +43,7 @@ def validate_ttl(value: float | None, name: str = "ttl") -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TTL:
         raise ConfigurationError(
             f"{name} must be a positive number of seconds up to {MAX_TTL:.0f} (100 years), or None (never expire); "
-            f"got {value!r}"
+            f"got {shown(value)}"
         )
     return float(value)
 
@@ -120,7 +120,7 @@ class CacheEntry:
         ):
             raise InvalidInputError(
                 f"expires_at must be a Unix timestamp between 0 and {MAX_TIMESTAMP:.0f} (year 9999) or None, "
-                f"got {self.expires_at!r}"
+                f"got {shown(self.expires_at)}"
             )
         if not isinstance(self.metadata, dict):
             raise InvalidInputError("metadata must be a dict")
@@ -131,20 +131,20 @@ class CacheEntry:
             or not 0.0 <= self.min_similarity <= 2.0
         ):
             raise InvalidInputError(
-                f"min_similarity must be between 0 and 2 (above 1: exact hits only), got {self.min_similarity!r}"
+                f"min_similarity must be between 0 and 2 (above 1: exact hits only), got {shown(self.min_similarity)}"
             )
         self.min_similarity = float(self.min_similarity)
         for name in ("hits", "tokens"):
             count = getattr(self, name)
             if count is not None and (isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2**63):
-                raise InvalidInputError(f"{name} must be a non-negative integer below 2**63, got {count!r}")
+                raise InvalidInputError(f"{name} must be a non-negative integer below 2**63, got {shown(count)}")
         for name in ("created_at", "last_hit_at", "compute_seconds"):
             seconds = getattr(self, name)
             if name != "created_at" and seconds is None:
                 continue
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_TIMESTAMP:
                 raise InvalidInputError(
-                    f"{name} must be a number of seconds between 0 and {MAX_TIMESTAMP:.0f}, got {seconds!r}"
+                    f"{name} must be a number of seconds between 0 and {MAX_TIMESTAMP:.0f}, got {shown(seconds)}"
                 )
 
     @property
@@ -196,18 +196,20 @@ class CacheConfig:
         if self.max_entries is not None and (
             isinstance(self.max_entries, bool) or not isinstance(self.max_entries, int) or self.max_entries <= 0
         ):
-            raise ConfigurationError(f"max_entries must be a positive integer or None, got {self.max_entries!r}")
+            raise ConfigurationError(f"max_entries must be a positive integer or None, got {shown(self.max_entries)}")
         if not isinstance(self.namespace, str) or not self.namespace.strip():
-            raise ConfigurationError(f"namespace must be a non-empty string, got {self.namespace!r}")
+            raise ConfigurationError(f"namespace must be a non-empty string, got {shown(self.namespace)}")
         if self.on_error not in ("log", "raise"):
-            raise ConfigurationError(f'on_error must be "log" or "raise", got {self.on_error!r}')
-        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or not self.timeout > 0:
-            raise ConfigurationError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+            raise ConfigurationError(f'on_error must be "log" or "raise", got {shown(self.on_error)}')
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or not 0 < self.timeout <= 3600:
+            raise ConfigurationError(
+                f"timeout must be a number of seconds above 0 and at most 3600, got {shown(self.timeout)}"
+            )
         if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
-            raise ConfigurationError(f"candidates must be an integer >= 1, got {self.candidates!r}")
+            raise ConfigurationError(f"candidates must be an integer >= 1, got {shown(self.candidates)}")
         if (
             isinstance(self.max_prompt_chars, bool)
             or not isinstance(self.max_prompt_chars, int)
             or self.max_prompt_chars < 1
         ):
-            raise ConfigurationError(f"max_prompt_chars must be an integer >= 1, got {self.max_prompt_chars!r}")
+            raise ConfigurationError(f"max_prompt_chars must be an integer >= 1, got {shown(self.max_prompt_chars)}")

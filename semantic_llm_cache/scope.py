@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from semantic_llm_cache.errors import InvalidInputError
-from semantic_llm_cache.values import check_text
+from semantic_llm_cache.values import check_text, shown
 
 _WHITESPACE = re.compile(r"\s+")
 PARTITION_VERSION = 1
@@ -34,7 +34,7 @@ class Scope:
 
     def __post_init__(self) -> None:
         if self.namespace is not None and (not isinstance(self.namespace, str) or not self.namespace):
-            raise InvalidInputError(f"Scope.namespace must be a non-empty string or None, got {self.namespace!r}")
+            raise InvalidInputError(f"Scope.namespace must be a non-empty string or None, got {shown(self.namespace)}")
         if self.model is not None and not isinstance(self.model, str):
             raise InvalidInputError(f"Scope.model must be a string or None, got {type(self.model).__name__}")
         if not isinstance(self.params, Mapping):
@@ -43,7 +43,7 @@ class Scope:
             )
         for name in self.params:
             if not isinstance(name, str):
-                raise InvalidInputError(f"Scope.params keys must be strings, got {name!r}")
+                raise InvalidInputError(f"Scope.params keys must be strings, got {shown(name)}")
 
     def with_namespace(self, namespace: str) -> Scope:
         """A copy with `namespace` filled in when this scope names none."""
@@ -74,7 +74,7 @@ def partition_id(scope: Scope, default_namespace: str, embedder_name: str) -> st
         )
     namespace = scope.namespace if scope.namespace is not None else default_namespace
     if not isinstance(namespace, str) or not namespace:
-        raise InvalidInputError(f"namespace must be a non-empty string, got {namespace!r}")
+        raise InvalidInputError(f"namespace must be a non-empty string, got {shown(namespace)}")
     identity = {
         "version": PARTITION_VERSION,
         "namespace": namespace,
@@ -107,5 +107,5 @@ def partition_of_key(key: str) -> str:
     """The partition id an exact key belongs to."""
     partition, _, digest = key.partition(":")
     if not partition or not digest:
-        raise InvalidInputError(f"not a cache key: {key!r}")
+        raise InvalidInputError(f"not a cache key: {shown(key)}")
     return partition

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import Any
 
 from semantic_llm_cache.errors import InvalidInputError
@@ -12,6 +13,20 @@ MAX_JSON_DEPTH = 100
 #: The most decimal digits an integer may have (Python's JSON codec refuses longer ones by default).
 MAX_INT_DIGITS = 4000
 _MAX_INT_BITS = int(MAX_INT_DIGITS * math.log2(10))
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlong = 40
+
+
+def shown(value: Any) -> str:
+    """A short repr of a user's value for an error message: never long, never itself an error (a 5,000-digit
+    int or an object whose __repr__ raises is shown by its type)."""
+    try:
+        return _SHORT.repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 def check_text(value: str, what: str) -> None:
@@ -33,7 +48,7 @@ def _render_path(trail: Any) -> str:
     while isinstance(trail, tuple):
         trail, key = trail
         keys.append(key)
-    return str(trail) + "".join(f"[{key!r}]" for key in reversed(keys))
+    return str(trail) + "".join(f"[{shown(key)}]" for key in reversed(keys))
 
 
 def check_json_value(value: Any, path: str = "response") -> None:
@@ -68,7 +83,7 @@ def check_json_value(value: Any, path: str = "response") -> None:
             for key, child in item.items():
                 if not isinstance(key, str):
                     raise InvalidInputError(
-                        f"{_render_path(trail)} has a non-string key {key!r}; JSON object keys are strings"
+                        f"{_render_path(trail)} has a non-string key {shown(key)}; JSON object keys are strings"
                     )
                 if not key.isascii():
                     check_text(key, f"a key of {_render_path(trail)}")
@@ -80,4 +95,4 @@ def check_json_value(value: Any, path: str = "response") -> None:
             )
 
 
-__all__ = ["MAX_INT_DIGITS", "MAX_JSON_DEPTH", "check_json_value", "check_text"]
+__all__ = ["MAX_INT_DIGITS", "MAX_JSON_DEPTH", "check_json_value", "check_text", "shown"]
