@@ -71,9 +71,11 @@ scopes = st.one_of(
     ),
     st.dictionaries(any_text, any_text, max_size=2),  # a plain dict where a Scope belongs
 )
-ttls = mostly(
-    st.none() | st.floats(min_value=0.5, max_value=1e9),
-    st.floats(allow_nan=True, allow_infinity=True) | st.integers() | any_text | st.booleans(),
+ttls = mostly(  # no valid TTL short enough to expire between a store and the lookup after it
+    st.none() | st.floats(min_value=60, max_value=1e9),
+    (st.floats(allow_nan=True, allow_infinity=True) | st.integers()).filter(lambda ttl: not 0 < ttl < 60)
+    | any_text
+    | st.booleans(),
 )
 metadatas = mostly(st.none() | st.dictionaries(any_text, json_values, max_size=2), junk | st.just({"m": nested(5000)}))
 

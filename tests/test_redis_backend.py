@@ -6,6 +6,8 @@ Every test runs against real redis-server processes started by tests/plugins/red
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
 import json
 import subprocess
 import time
@@ -16,8 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
-from semantic_llm_cache import CacheBackendError, CacheEntry, ConfigurationError, SemanticCache
+from semantic_llm_cache import CacheBackendError, CacheEntry, ConfigurationError, Scope, SemanticCache
 from semantic_llm_cache.backends.redis import RedisBackend, namespace_tag
 from semantic_llm_cache.serialization import vector_from_bytes
 from tests.fakes import BagOfWordsEmbedder, unit
@@ -59,6 +62,15 @@ async def mode_backend(request: Any) -> AsyncIterator[RedisBackend]:
     fixture = "redis_plain_server" if request.param == "client" else "redis_search_server"
     server: RedisServer = request.getfixturevalue(fixture)
     async with fresh_backend(server.url, index=request.param) as backend:
+        yield backend
+
+
+@pytest.fixture(params=["client", "search", "cluster"])
+async def every_backend(request: Any) -> AsyncIterator[RedisBackend]:
+    """mode_backend's two, and client mode on the Redis Cluster."""
+    fixture = {"client": "redis_plain_server", "search": "redis_search_server", "cluster": "redis_cluster"}
+    server: RedisServer | RedisClusterServers = request.getfixturevalue(fixture[request.param])
+    async with fresh_backend(server.url, index="search" if request.param == "search" else "client") as backend:
         yield backend
 
 
@@ -518,3 +530,205 @@ async def test_client_mode_moves_a_large_local_partition_to_hnsw_and_finds_the_s
             got = await backend.find_nearest(query, 0.5, 1, partition=partition)
             want = await reference.find_nearest(query, 0.5, 1, partition=partition)
             assert [key for key, _, _ in got] == [key for key, _, _ in want]
+
+
+def short_namespace_tag(namespace: str) -> str:
+    """The 32-bit namespace tag every entry carried before 128-bit tags (computed here, not imported from the
+    backend, so that these tests also run against that older code)."""
+    return "n" + hashlib.blake2b(namespace.encode(), digest_size=4).hexdigest()
+
+
+def colliding_namespaces() -> tuple[str, str]:
+    """The first two namespaces "tenant-<n>" whose 32-bit tags collide, by brute force (a birthday search:
+    tenant-40387 and tenant-51778, found after 51779 tries)."""
+    seen: dict[str, str] = {}
+    for number in itertools.count():
+        namespace = f"tenant-{number}"
+        first = seen.setdefault(short_namespace_tag(namespace), namespace)
+        if first != namespace:
+            return first, namespace
+    raise AssertionError("unreachable")
+
+
+async def raw_client(backend: RedisBackend) -> Any:
+    """A client of the backend's server (a cluster client on a cluster) for writing what older code wrote."""
+    assert backend._url is not None
+    await backend.get_stats()  # connects: the backend knows whether it is a cluster
+    if backend._cluster:
+        return RedisCluster.from_url(backend._url)
+    return aioredis.Redis.from_url(backend._url)
+
+
+async def nearest_keys(backend: RedisBackend, namespace: str | None = None, partition: str | None = None) -> set[str]:
+    matches = await backend.find_nearest(unit(basis(0)), 0.5, 500, namespace, partition=partition)
+    return {key for key, _, _ in matches}
+
+
+async def test_clear_of_a_namespace_spares_another_whose_short_tag_is_the_same(every_backend: RedisBackend) -> None:
+    """The adversarial review: "tenant-40387" and "tenant-51778" shared a 32-bit tag, and clearing one deleted the
+    other's entries. Now the tag has 128 bits and clear checks each candidate's own namespace; entries written
+    with the old tag (kept here by rewriting `s` as the older code wrote it) are still found and still spared."""
+    backend = every_backend
+    doomed, kept = colliding_namespaces()
+    assert short_namespace_tag(doomed) == short_namespace_tag(kept)
+    partitions = [P1, P2, "c" * 32]
+    keys: dict[str, set[str]] = {doomed: set(), kept: set(), "other": set()}
+    older: set[str] = set()
+    client = await raw_client(backend)
+    try:
+        for partition in partitions:
+            for namespace, namespace_keys in keys.items():
+                for number in range(3):
+                    key = f"{partition}:{namespace}-{number}"
+                    await backend.set(key, entry(key, basis(0, mix=number / 10), partition=partition,
+                                                 namespace=namespace))  # fmt: skip
+                    namespace_keys.add(key)
+                exact_only = f"{partition}:{namespace}-exact"  # no vector: not in the search index, still cleared
+                await backend.set(exact_only, entry(exact_only, None, partition=partition, namespace=namespace))
+                if namespace != "other":  # as the older code wrote it: the 32-bit tag
+                    legacy = f"{partition}:{namespace}-legacy"
+                    await backend.set(legacy, entry(legacy, basis(0, mix=0.5), partition=partition,
+                                                    namespace=namespace))  # fmt: skip
+                    await client.hset(f"{backend.prefix}e:{{{partition}}}:{namespace}-legacy", "s",
+                                      f"{partition},{short_namespace_tag(namespace)}")  # fmt: skip
+                    namespace_keys.add(legacy)
+                    older.add(legacy)
+        for namespace in (doomed, kept):  # the short tag selects both tenants' older entries: only one's are served
+            assert await nearest_keys(backend, namespace) == keys[namespace]
+            for partition in partitions:
+                in_partition = {key for key in keys[namespace] if key.startswith(partition)}
+                assert await nearest_keys(backend, namespace, partition) == in_partition
+        assert {key for key, _ in await backend.iterate(kept)} == keys[kept] | {f"{p}:{kept}-exact" for p in partitions}
+
+        await backend.record_hit(f"{P1}:{doomed}-0")  # counters of its own, deleted with the entry
+        await backend.record_hit(f"{P1}:{kept}-0")
+        await backend.clear(doomed)
+
+        for namespace in (kept, "other"):
+            exact_keys = {f"{partition}:{namespace}-exact" for partition in partitions}
+            for key in keys[namespace] | exact_keys:
+                got = await backend.get(key)
+                assert got is not None and got.namespace == namespace, key
+            assert {key for key, _ in await backend.iterate(namespace)} == keys[namespace] | exact_keys
+            assert await nearest_keys(backend, namespace) == keys[namespace]
+        for key in keys[doomed] | {f"{partition}:{doomed}-exact" for partition in partitions}:
+            assert await backend.get(key) is None, key
+        assert await backend.iterate(doomed) == []
+        for partition in partitions:  # the local index follows the deletes through the changelog
+            expected = {key for key in keys[kept] | keys["other"] if key.startswith(partition)}
+            assert await nearest_keys(backend, partition=partition) == expected
+        assert (await backend.get_stats())["size"] == len(keys[kept]) + len(keys["other"]) + 2 * len(partitions)
+        assert not await client.exists(f"{backend.prefix}h:{{{P1}}}:{doomed}-0")
+        spared = await backend.get(f"{P1}:{kept}-0")
+        assert spared is not None and spared.hits == 1
+        for key in older:  # the older entries of the spared tenant are still there, as written
+            partition, digest = key.split(":")
+            stored = await client.hget(f"{backend.prefix}e:{{{partition}}}:{digest}", "s")
+            assert (stored is None) == key.endswith(f"{doomed}-legacy"), key
+    finally:
+        await client.aclose()
+
+
+# Partition ids the backend accepts (any non-empty text without braces, commas or colons), chosen to break a query
+# string or to meet as TAG values: the search module trims whitespace and cuts at a NUL, so " a", "a " and "a"
+# or "nul\x00x" and "nul" would share one.
+ODD_PARTITIONS = [
+    "a", " a", "a ", "nul", "nul\x00x", "\x00", " ", "\t\n", "a b", "a\tb", "a|b", "(a)", "-", "-a", "*", "x*",
+    "$p0", "$n0", "@s", "\\", "\\)", "|@*-$()[]~!^%&=+<>?/\\\"'#;.`", "ünïcødé 中文 😀", "e\u0301", "\u00e9",
+    short_namespace_tag("tenant-40387"), "A" * 200, "a" * 200,
+]  # fmt: skip
+ODD_NAMESPACES = [
+    "{}|@*-", " spaced ", "spaced", "nul\x00byte", "nul", "ünï 😀", "$n0", "$p0", "a,b", "x:y", "\\", "*", ",",
+    "@s:{x}", "tab\t", "default", "n:" + "0" * 32,
+]  # fmt: skip
+
+
+async def test_any_partition_and_namespace_text_works_and_stays_apart(every_backend: RedisBackend) -> None:
+    """The adversarial review: in search mode a partition id or namespace with a NUL byte (or other special
+    characters) made the query a syntax error. The backend is called directly here, with ids the engine would
+    never make (it hashes partitions to hex): every operation works and keeps partitions and namespaces apart."""
+    backend = every_backend
+    where: dict[str, tuple[str, str]] = {}  # key -> (partition, namespace)
+    for number, partition in enumerate(ODD_PARTITIONS):
+        for offset, suffix in ((0, "a"), (1, "b")):
+            namespace = ODD_NAMESPACES[(number + offset) % len(ODD_NAMESPACES)]
+            key = f"{partition}:d{number}{suffix}"
+            await backend.set(key, entry(key, basis(0, mix=offset / 10), partition=partition, namespace=namespace))
+            where[key] = (partition, namespace)
+
+    def keys_of(partition: str | None = None, namespace: str | None = None) -> set[str]:
+        return {key for key, (p, n) in where.items() if partition in (None, p) and namespace in (None, n)}
+
+    for key, (partition, namespace) in where.items():
+        got = await backend.get(key)
+        assert got is not None and (got.prompt, got.partition_id, got.namespace) == (key, partition, namespace)
+    for partition in ODD_PARTITIONS:
+        assert await nearest_keys(backend, partition=partition) == keys_of(partition), repr(partition)
+        match = await backend.find_similar(unit(basis(0)), 0.5, partition=partition)
+        assert match is not None and match[0] == f"{partition}:d{ODD_PARTITIONS.index(partition)}a"
+        for namespace in {where[key][1] for key in keys_of(partition)}:
+            assert await nearest_keys(backend, namespace, partition) == keys_of(partition, namespace)
+        assert await nearest_keys(backend, "not-there", partition) == set()
+    # Without a partition (the engine always gives one) search mode asks the search module, which does not index
+    # a key with a NUL byte: those entries are found by partition only (through the changelog, as in client mode).
+    unindexed = {key for key, (partition, _) in where.items() if "\x00" in partition and backend.mode == "search"}
+    for namespace in ODD_NAMESPACES:
+        assert await nearest_keys(backend, namespace) == keys_of(namespace=namespace) - unindexed, repr(namespace)
+        assert {key for key, _ in await backend.iterate(namespace)} == keys_of(namespace=namespace)
+    assert await nearest_keys(backend) == set(where) - unindexed
+
+    cleared = ODD_NAMESPACES[0]
+    await backend.clear(cleared)
+    for key, (_, namespace) in where.items():
+        assert (await backend.get(key) is None) == (namespace == cleared), key
+    survivors = set(where) - keys_of(namespace=cleared)
+    for partition in ODD_PARTITIONS:
+        assert await nearest_keys(backend, partition=partition) == keys_of(partition) & survivors, repr(partition)
+    assert {key for key, _ in await backend.iterate()} == survivors
+    nul_key = next(iter(keys_of("nul\x00x") & survivors))
+    await backend.record_hit(nul_key)
+    got = await backend.get(nul_key)
+    assert got is not None and got.hits == 1
+    assert await backend.delete(nul_key) and await backend.get(nul_key) is None
+    assert await backend.get(next(iter(keys_of("nul") & survivors))) is not None
+
+
+async def test_the_engine_with_odd_namespaces(mode_backend: RedisBackend) -> None:
+    embedder = BagOfWordsEmbedder()
+    async with SemanticCache(backend=mode_backend, embedder=embedder, threshold=0.8, on_error="raise") as cache:
+        scopes = [Scope(namespace=namespace) for namespace in ("nul\x00 {}|@*-", "nul", " x ", "tenant-40387",
+                                                               "tenant-51778")]  # fmt: skip
+        for scope in scopes:
+            await cache.store("what is the boiling point of water", f"answer for {scope.namespace!r}", scope)
+        for scope in scopes:
+            hit = await cache.lookup("what is the boiling point of the water", scope)
+            assert hit is not None and hit.kind == "semantic" and hit.response == f"answer for {scope.namespace!r}"
+        await cache.clear(scopes[0].namespace)
+        await cache.clear("tenant-40387")
+        for scope in scopes:
+            hit = await cache.lookup("what is the boiling point of water", scope)
+            assert (hit is None) == (scope.namespace in (scopes[0].namespace, "tenant-40387")), scope
+
+
+async def test_older_entries_of_odd_partitions_stay_found(mode_backend: RedisBackend) -> None:
+    """Before digests, `s` held any partition id as it is (and the 32-bit namespace tag): such entries, written
+    by the older code, are still searched, read and cleared (those it could find: no NUL, no outer spaces)."""
+    backend = mode_backend
+    partitions = ["a b", "a|b", "ünï 中文", "|@*-$()[]~!", "x*"]
+    client = await raw_client(backend)
+    try:
+        for number, partition in enumerate(partitions):
+            for namespace in ("t1", "t2"):
+                key = f"{partition}:{namespace}"
+                await backend.set(key, entry(key, basis(0, mix=number / 10), partition=partition, namespace=namespace))
+                await client.hset(f"{backend.prefix}e:{{{partition}}}:{namespace}", "s",
+                                  f"{partition},{short_namespace_tag(namespace)}")  # fmt: skip
+        for partition in partitions:
+            assert await nearest_keys(backend, partition=partition) == {f"{partition}:t1", f"{partition}:t2"}
+            assert await nearest_keys(backend, "t1", partition) == {f"{partition}:t1"}
+            got = await backend.get(f"{partition}:t2")
+            assert got is not None and got.namespace == "t2"
+        await backend.clear("t1")
+        assert {key for key, _ in await backend.iterate()} == {f"{partition}:t2" for partition in partitions}
+    finally:
+        await client.aclose()

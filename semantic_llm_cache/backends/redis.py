@@ -3,7 +3,8 @@
 Layout under the key prefix (``slc:`` by default); ``{P}`` is the partition id, used as the Redis Cluster hash
 tag so that a partition's keys live on one slot:
 
-- ``slc:e:{P}:<digest>``: one hash per entry: ``s`` holds the partition and a namespace tag (one TAG field),
+- ``slc:e:{P}:<digest>``: one hash per entry: ``s`` holds the partition's and the namespace's tags (one TAG
+  field, see `scope_tags`; only a candidate filter: results are checked against the key and the payload),
   ``j`` the JSON payload (the versioned codec of serialization.py, without the vector, defaults left out) and
   ``v<dim>`` the vector as little-endian float32 bytes. The entry's TTL is Redis EXPIRE (PEXPIREAT to its
   ``expires_at``), set by the same script that writes the hash, on every write.
@@ -125,6 +126,21 @@ end
 return removed
 """
 
+# KEYS: entry, log, hits. ARGV: digest, log max length, sha1 of the payload (`j`) the entry must still hold.
+# Used by clear(namespace) after checking that payload's namespace: an entry rewritten meanwhile is left alone.
+_DELETE_IF_SCRIPT = """
+local payload = redis.call('HGET', KEYS[1], 'j')
+if not payload or redis.sha1hex(payload) ~= ARGV[3] then return 0 end
+redis.call('DEL', KEYS[3])
+redis.call('DEL', KEYS[1])
+local log_type = redis.call('TYPE', KEYS[2])
+if type(log_type) == 'table' then log_type = log_type['ok'] end
+if log_type == 'stream' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'o', 'd', 'k', ARGV[1])
+end
+return 1
+"""
+
 # KEYS: entry, hits. ARGV: now. The counters live beside the entry, not in it: changing an indexed hash makes
 # the search module re-insert its vector (about a millisecond at 384 dimensions). They get the entry's TTL, and
 # nothing is created for an entry that is gone.
@@ -149,25 +165,68 @@ _SCRIPTS = {name: (text, _sha1(text)) for name, text in
 _PAYLOAD_DEFAULTS: dict[str, Any] = {"namespace": "default", "embedder": None, "expires_at": None, "metadata": {},
                                      "compute_seconds": None, "tokens": None, "min_similarity": 0.0}  # fmt: skip
 
-_TAG_SPECIAL = re.compile(r"([^A-Za-z0-9_])")
+_PLAIN_PARTITION = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a partition id that is its own TAG value
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 _VECTOR_FIELD = re.compile(rb"v([0-9]+)")
-
-
-def _tag_literal(value: str) -> str:
-    """A TAG value escaped for a RediSearch query (every punctuation and space character)."""
-    return _TAG_SPECIAL.sub(r"\\\1", value)
+_TAG_DIGEST_HEX = 32  # 128 bits of sha256: tag values that no two namespaces or partitions share in practice
 
 
 def namespace_tag(namespace: str) -> str:
-    """The namespace's TAG value: a short digest, so any namespace is a safe TAG (a collision only costs a
-    candidate: results are also checked against the entry's own namespace)."""
+    """The namespace's TAG value: 128 bits of its sha256, so any namespace is a safe TAG. Search results and
+    `clear` are still checked against the entry's own namespace; the tag only selects candidates. The ``:``
+    keeps it apart from every partition's TAG value (a partition id never contains one)."""
+    return "n:" + hashlib.sha256(namespace.encode()).hexdigest()[:_TAG_DIGEST_HEX]
+
+
+def legacy_namespace_tag(namespace: str) -> str:
+    """The 32-bit namespace tag written before 128-bit tags: still matched, so older entries stay found (many
+    namespaces share one, hence the exact check of every candidate's namespace)."""
     return "n" + hashlib.blake2b(namespace.encode(), digest_size=4).hexdigest()
 
 
+def partition_tag(partition: str) -> str:
+    """The partition's TAG value: the id itself when it is plain (the engine's 32 hex digits, unchanged from
+    before), else 128 bits of its sha256. The search module trims whitespace from TAG values and cuts them at
+    a NUL byte, so an id like " a" or "a\\x00b" could not be told from "a" as a TAG."""
+    if _PLAIN_PARTITION.fullmatch(partition):
+        return partition
+    return "p:" + hashlib.sha256(partition.encode()).hexdigest()[:_TAG_DIGEST_HEX]
+
+
+def _legacy_partition_tags(partition: str) -> list[str]:
+    """TAG values older entries of `partition` may carry besides partition_tag(partition): the raw id, written
+    before digests were used for ids that are not plain (such entries were findable only without a NUL or
+    surrounding whitespace)."""
+    if partition_tag(partition) == partition or "\x00" in partition or partition != partition.strip():
+        return []
+    return [partition]
+
+
 def scope_tags(partition: str, namespace: str) -> str:
-    """The ``s`` field: the partition and the namespace tag, one TAG field (one hash field less per entry)."""
-    return f"{partition},{namespace_tag(namespace)}"
+    """The ``s`` field: the partition's and the namespace's tags, one TAG field (one hash field less per entry)."""
+    return f"{partition_tag(partition)},{namespace_tag(namespace)}"
+
+
+def scope_filter(partition: str | None, namespace: str | None) -> tuple[str, list[str]]:
+    """The FT.SEARCH prefilter selecting `partition` and/or `namespace` (current and legacy tags), and its
+    PARAMS (name, value, ...). Values only ever travel as PARAMS: no escaping, any character is safe."""
+    clauses: list[str] = []
+    params: list[str] = []
+    for letter, tags in (
+        ("p", None if partition is None else [partition_tag(partition), *_legacy_partition_tags(partition)]),
+        ("n", None if namespace is None else [namespace_tag(namespace), legacy_namespace_tag(namespace)]),
+    ):
+        if tags is None:
+            continue
+        names = [f"{letter}{position}" for position in range(len(tags))]
+        clauses.append("@s:{" + " | ".join(f"${name}" for name in names) + "}")
+        for name, tag in zip(names, tags, strict=True):
+            params.extend((name, tag))
+    return (f"({' '.join(clauses)})" if clauses else "*"), params
+
+
+def _params_arguments(params: Sequence[Any]) -> list[Any]:
+    return ["PARAMS", str(len(params)), *params] if params else []
 
 
 def _stream_id(raw: bytes | str) -> tuple[int, int]:
@@ -315,6 +374,11 @@ class RedisBackend(NearestFirstBackend):
     Entries returned by `find_similar`/`find_nearest` carry everything stored except the hit counters
     (`hits` 0, `last_hit_at` None): those live in a key of their own and reading them would cost every search a
     round trip. `get` and `iterate` return them.
+
+    Partition ids and namespaces may be any text (a partition id without braces, commas or colons, which the
+    keys use); they reach the search module only as query PARAMS and TAG values as digests where needed. Its
+    index cannot hold a key with a NUL byte: with ``index="search"`` a partition whose id has one is searched
+    through its changelog, and a search without a partition does not see it.
     """
 
     def __init__(
@@ -402,7 +466,7 @@ class RedisBackend(NearestFirstBackend):
         self._mode: Literal["search", "client"] | None = None
         self._server_version: str | None = None
         self._indexed_dimensions: set[int] = set()
-        self._filter_sizes: dict[tuple[int, str], tuple[int, int, float]] = {}
+        self._filter_sizes: dict[tuple[int, str, tuple[str, ...]], tuple[int, int, float]] = {}
         self._local: OrderedDict[tuple[str, int], _LocalPartition] = OrderedDict()
         self._local_lock = threading.Lock()
         self._counter_lock = threading.Lock()
@@ -598,8 +662,8 @@ class RedisBackend(NearestFirstBackend):
     def _decode(partition: str, fields: dict[bytes, bytes]) -> CacheEntry:
         """Rebuild an entry from its hash; raise _CorruptEntry for anything this backend did not write."""
         try:
-            if fields[b"s"].partition(b",")[0] != partition.encode():
-                raise ValueError("partition field does not match the key")
+            if fields[b"s"].partition(b",")[0].decode() not in (partition_tag(partition), partition):
+                raise ValueError("partition field does not match the key")  # (the raw id: an older entry)
             data = json.loads(fields[b"j"])
             if not isinstance(data, dict):
                 raise ValueError("payload is not a JSON object")
@@ -723,29 +787,42 @@ class RedisBackend(NearestFirstBackend):
                 self._local.clear()
             return
 
-        tag = b"," + namespace_tag(namespace).encode()
+        tags = tuple(f",{tag}".encode() for tag in (namespace_tag(namespace), legacy_namespace_tag(namespace)))
 
         async def clear_namespace(client: Client) -> None:
             async for chunk in self._scan_chunks(client, f"{_glob_escape(self.prefix)}e:*"):
                 pipe = client.pipeline(transaction=False)
                 for redis_key in chunk:
-                    pipe.hget(redis_key, "s")
-                tags = await pipe.execute(raise_on_error=False)
-                doomed = [
-                    parsed
-                    for redis_key, value in zip(chunk, tags, strict=True)
-                    if isinstance(value, bytes)
-                    and value.endswith(tag)
-                    and (parsed := self._parse_entry_key(redis_key)) is not None
-                ]
+                    pipe.hmget(redis_key, "s", "j")
+                replies = await self._execute(pipe)
+                doomed: list[tuple[str, str, str]] = []
+                for redis_key, reply in zip(chunk, replies, strict=True):
+                    if isinstance(reply, BaseException) or not isinstance(reply[0], bytes):
+                        continue  # not an entry hash
+                    if not reply[0].endswith(tags) or (parsed := self._parse_entry_key(redis_key)) is None:
+                        continue  # the tag selects candidates only: the payload's namespace decides
+                    if self._payload_namespace(reply[1]) == namespace:
+                        doomed.append((*parsed, hashlib.sha1(reply[1]).hexdigest()))
                 if doomed:
                     pipe = client.pipeline(transaction=False)
-                    for partition, digest in doomed:
-                        pipe.eval(_DELETE_SCRIPT, 3, self._entry_key(partition, digest), self._log_key(partition),
-                                  self._hits_key(partition, digest), digest, self.log_length)  # fmt: skip
-                    await pipe.execute(raise_on_error=False)
+                    for partition, digest, payload_sha in doomed:
+                        pipe.eval(_DELETE_IF_SCRIPT, 3, self._entry_key(partition, digest), self._log_key(partition),
+                                  self._hits_key(partition, digest), digest, self.log_length, payload_sha)  # fmt: skip
+                    await self._execute(pipe)
 
         await self._run(clear_namespace)
+
+    def _payload_namespace(self, payload: Any) -> str | None:
+        """The namespace in an entry's JSON payload (missing: the default); None when it is no payload of ours."""
+        try:
+            data = json.loads(payload) if isinstance(payload, bytes) else None
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        namespace = data.get("namespace", _PAYLOAD_DEFAULTS["namespace"]) if isinstance(data, dict) else None
+        if not isinstance(namespace, str):
+            self._count("corrupt_skipped")
+            return None
+        return namespace
 
     async def iterate(self, namespace: str | None = None) -> list[tuple[str, CacheEntry]]:
         async def operation(client: Client) -> list[tuple[str, CacheEntry]]:
@@ -774,8 +851,11 @@ class RedisBackend(NearestFirstBackend):
             return []
 
         async def operation(client: Client) -> list[Match]:
-            if self._mode == "search":
+            if self._mode == "search" and (partition is None or "\x00" not in partition):
                 return await self._search_server(client, query, threshold, k, namespace, partition)
+            # The search module does not index a key with a NUL byte (its FILTER reads the key as a C string): a
+            # partition whose id has one is searched through its changelog, which both modes write, as in client
+            # mode. (A search without a partition, which the engine never makes, does not see such entries.)
             if partition is not None:
                 return await self._search_local(client, query, threshold, k, namespace, partition)
             return await self._search_scan(client, query, threshold, k, namespace)
@@ -955,7 +1035,7 @@ class RedisBackend(NearestFirstBackend):
                 return
             await asyncio.sleep(0.02)
 
-    async def _hybrid_policy(self, client: Client, dimension: int, prefilter: str) -> str:
+    async def _hybrid_policy(self, client: Client, dimension: int, prefilter: str, params: Sequence[str] = ()) -> str:
         """How the server should combine the partition filter with the vector search.
 
         Left to itself, the search module brute-forces every document the filter matches when the filter matches
@@ -965,13 +1045,14 @@ class RedisBackend(NearestFirstBackend):
         """
         if prefilter == "*":
             return ""
-        cache_key = (dimension, prefilter)
+        cache_key = (dimension, prefilter, tuple(params))
         cached = self._filter_sizes.get(cache_key)
         now = time.monotonic()
         if cached is None or now - cached[2] > _FILTER_SIZE_TTL:
             index = self._index_name(dimension)
             pipe = client.pipeline(transaction=False)
-            pipe.execute_command("FT.SEARCH", index, prefilter, "LIMIT", "0", "0", "DIALECT", "2")
+            pipe.execute_command("FT.SEARCH", index, prefilter, *_params_arguments(params), "LIMIT", "0", "0",
+                                 "DIALECT", "2")  # fmt: skip
             pipe.execute_command("FT.SEARCH", index, "*", "LIMIT", "0", "0", "DIALECT", "2")
             replies = await self._execute(pipe)
             if any(isinstance(reply, BaseException) for reply in replies):
@@ -993,20 +1074,16 @@ class RedisBackend(NearestFirstBackend):
         partition: str | None,
     ) -> list[Match]:
         dimension = int(query.size)
-        filters = []
-        if partition is not None:
-            filters.append(f"@s:{{{_tag_literal(partition)}}}")
-        if namespace is not None:
-            filters.append(f"@s:{{{namespace_tag(namespace)}}}")
-        prefilter = f"({' '.join(filters)})" if filters else "*"
-        policy = await self._hybrid_policy(client, dimension, prefilter)
+        prefilter, params = scope_filter(partition, namespace)
+        policy = await self._hybrid_policy(client, dimension, prefilter, params)
         blob = vector_to_bytes(query)
         want = k + 2  # room for an expired or corrupt neighbour without a second round trip
         for _ in range(_MAX_SEARCH_ROUNDS):
             command = (
                 "FT.SEARCH", self._index_name(dimension),
                 f"{prefilter}=>[KNN {want} @v{dimension} $vec{policy} AS __distance]",
-                "PARAMS", "2", "vec", blob, "SORTBY", "__distance", "ASC", "LIMIT", "0", str(want), "DIALECT", "2",
+                "PARAMS", str(len(params) + 2), *params, "vec", blob,
+                "SORTBY", "__distance", "ASC", "LIMIT", "0", str(want), "DIALECT", "2",
             )  # fmt: skip
             try:
                 reply = await client.execute_command(*command)
