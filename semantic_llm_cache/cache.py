@@ -620,10 +620,11 @@ class SemanticCache:
         except asyncio.CancelledError:
             breaker.abandon(probe)
             raise
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, asyncio.TimeoutError):
             self.stats.count("timeouts")
-            breaker.failure(exc)
-            return self._failed(exc, component, default)
+            timed_out = TimeoutError(f"no answer within {seconds:.3g}s")
+            breaker.failure(timed_out)
+            return self._failed(timed_out, component, default)
         except Exception as exc:
             breaker.failure(exc)
             return self._failed(exc, component, default)
