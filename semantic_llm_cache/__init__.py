@@ -2,7 +2,7 @@
 
 from semantic_llm_cache._sync import run_sync
 from semantic_llm_cache.backends.memory import MemoryBackend
-from semantic_llm_cache.cache import CacheHit, Computed, Resolution, SemanticCache
+from semantic_llm_cache.cache import ResolvedStream, ResolvedSyncStream, SemanticCache
 from semantic_llm_cache.config import DEFAULT_THRESHOLD, CacheConfig, CacheEntry
 from semantic_llm_cache.decorators import cached
 from semantic_llm_cache.embeddings import CallableEmbedder, Embedder, LocalEmbedder, as_embedder
@@ -13,6 +13,7 @@ from semantic_llm_cache.errors import (
     InvalidInputError,
     SemanticCacheError,
 )
+from semantic_llm_cache.results import CacheHit, Computed, Resolution
 from semantic_llm_cache.scope import Scope
 from semantic_llm_cache.storage import StorageBackend
 
@@ -33,6 +34,8 @@ __all__ = [
     "LocalEmbedder",
     "MemoryBackend",
     "Resolution",
+    "ResolvedStream",
+    "ResolvedSyncStream",
     "Scope",
     "SemanticCache",
     "SemanticCacheError",

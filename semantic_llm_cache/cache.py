@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -29,8 +29,10 @@ from semantic_llm_cache.embeddings.adapters import as_embedder
 from semantic_llm_cache.embeddings.base import Embedder, normalized_matrix
 from semantic_llm_cache.embeddings.local import LocalEmbedder
 from semantic_llm_cache.errors import CacheBackendError, EmbeddingError, InvalidInputError, SemanticCacheError
+from semantic_llm_cache.flights import LEADER_GONE, Flights, wait_async
 from semantic_llm_cache.guard import guard_refusal
 from semantic_llm_cache.health import CircuitBreaker, CircuitOpen, FailureLog
+from semantic_llm_cache.results import CacheHit, Computed, Resolution
 from semantic_llm_cache.scope import Scope, exact_key, normalize_prompt, partition_id
 from semantic_llm_cache.stats import CacheStats
 from semantic_llm_cache.storage import StorageBackend
@@ -45,7 +47,7 @@ else:  # pragma: no cover - Python 3.10: the package asyncio.timeout came from (
 logger = logging.getLogger("semantic_llm_cache")
 T = TypeVar("T")
 _FAILED: Any = object()
-_LEADER_CANCELLED: Any = object()
+_UNREADABLE: Any = object()
 _default_embedder: LocalEmbedder | None = None
 MODEL_LOAD_TIMEOUT = 300.0  # seconds a first embedding call may take while the model loads
 _RECENT_VECTORS = 1024  # vectors kept between a miss's lookup and the store that follows it
@@ -103,41 +105,58 @@ def default_embedder() -> LocalEmbedder:
     return _default_embedder
 
 
-@dataclass(frozen=True)
-class CacheHit:
-    """A served answer: the response, how it matched (`kind`, `similarity`), what it matched and how old it is."""
+class ResolvedStream:
+    """A streamed answer from `resolve_stream`: iterate it with `async for`; `resolution` says how it is
+    served (a hit or a shared answer replayed, or computed live by this caller)."""
 
-    response: Any
-    similarity: float
-    kind: Literal["exact", "semantic"]
-    prompt: str
-    age: float
-    key: str
-    metadata: dict[str, Any]
+    def __init__(self, resolution: Resolution, chunks: AsyncIterator[Any]) -> None:
+        self.resolution = resolution
+        self._chunks = chunks
 
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._chunks
 
-@dataclass(frozen=True)
-class Computed:
-    """What a `compute` callable may return instead of a bare value, to say more about it.
-
-    value: the answer returned to every caller. tokens: what it cost, credited to savings on later hits.
-    store: False shares the answer with concurrent callers but keeps it out of the cache (e.g. an answer the
-    adapter cannot serialise faithfully).
-    """
-
-    value: Any
-    tokens: int | None = None
-    store: bool = True
+    async def aclose(self) -> None:
+        """Stop early: a live stream stores nothing, and a caller waiting on it streams the model itself."""
+        closer = getattr(self._chunks, "aclose", None)
+        if closer is not None:
+            await closer()
 
 
-@dataclass(frozen=True)
-class Resolution:
-    """What `resolve` did: the response, the hit that served it (None when computed), and who computed it."""
+class ResolvedSyncStream:
+    """A streamed answer from `resolve_stream_sync`: iterate it; `resolution` says how it is served."""
 
-    response: Any
-    hit: CacheHit | None
-    computed: bool
-    shared: bool = False
+    def __init__(self, resolution: Resolution, chunks: Iterator[Any]) -> None:
+        self.resolution = resolution
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._chunks
+
+    def close(self) -> None:
+        """Stop early (see ResolvedStream.aclose)."""
+        closer = getattr(self._chunks, "close", None)
+        if closer is not None:
+            closer()
+
+
+def replay_checked(replay: Callable[[Any], Iterable[Any]]) -> Callable[[Any], list[Any]]:
+    """A decoder that replays a stored answer into its chunks at once, so a bad entry fails while it can still
+    be treated as a miss (not halfway through the caller's stream)."""
+    return lambda value: list(replay(value))
+
+
+async def _live_chunks(open_stream: Callable[[], Any]) -> AsyncIterator[Any]:
+    stream = open_stream()
+    if inspect.isawaitable(stream):
+        stream = await stream
+    async for chunk in stream:
+        yield chunk
+
+
+async def _replayed_chunks(chunks: Iterable[Any]) -> AsyncIterator[Any]:
+    for chunk in chunks:
+        yield chunk
 
 
 class SemanticCache:
@@ -180,14 +199,10 @@ class SemanticCache:
         self.backend: StorageBackend = backend if backend is not None else MemoryBackend(self.config.max_entries)
         self.embedder: Embedder = default_embedder() if embedder is None else as_embedder(embedder)
         self.stats = CacheStats()
-        self._flights: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[Any]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._flights = Flights()
         self._partition_of_default_scope: str | None = None
         self._recent_vectors: OrderedDict[bytes, Vector] = OrderedDict()
         self._recent_vectors_lock = threading.Lock()
-        self._sync_flights: dict[str, Future[Any]] = {}
-        self._sync_flights_lock = threading.Lock()
         self._failures = FailureLog(logger)
         self._breakers = {
             "backend": CircuitBreaker("the cache backend", logger=logger),
@@ -203,6 +218,10 @@ class SemanticCache:
             return None
         with self._budget():
             hit, _ = await self._lookup(prepared)
+        if hit is None:
+            self.stats.count("misses")
+        else:
+            self._credit(hit)
         return hit
 
     async def store(
@@ -259,8 +278,14 @@ class SemanticCache:
         *,
         ttl: float | None = None,
         metadata: dict[str, Any] | None = None,
+        decode: Callable[[Any], Any] | None = None,
     ) -> Resolution:
         """Like get_or_compute, but says whether the answer came from the cache and how (for adapters).
+
+        decode: turns a stored or shared answer (JSON) into what the caller returns (e.g. a framework object).
+        An answer it cannot decode (it raises) is treated as a miss: computed under the same single-flight and
+        stored in place of the unreadable entry (logged and counted; `on_error="raise"` raises instead).
+        The caller that computes gets `computed=True` and the JSON its compute returned (undecoded).
 
         The time spent waiting on the backend and the embedder is bounded by `timeout` for the whole call (the
         lookup and the store share it); the time `compute()` takes is not counted.
@@ -269,36 +294,24 @@ class SemanticCache:
         prepared = await self._prepare(prompt, scope)
         if prepared is None:
             return Resolution(await self._compute_uncached(compute), None, computed=True)
-        key = prepared.key
-        flights = self._flights.setdefault(asyncio.get_running_loop(), {})
         with self._budget():
             while True:
-                shared = await self._join_flight(flights, key)
-                if shared is _LEADER_CANCELLED:
-                    continue
-                if shared is not _FAILED:
-                    return shared  # type: ignore[no-any-return]
-                hit, vector = await self._lookup(prepared)
-                if hit is not None:
-                    return Resolution(hit.response, hit, computed=False)
-                if key not in flights:  # no await between this check and claiming the key below
+                lead, outcome = await self._settle(prepared, decode)
+                if outcome is not None:
+                    return outcome
+                if lead is not None:
                     break
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            flights[key] = future
+            future, vector = lead
             try:
                 result = await self._compute_and_store(prepared, compute, scope, vector, ttl, metadata)
-            except asyncio.CancelledError:
-                future.set_result(_LEADER_CANCELLED)
-                raise
             except BaseException as exc:
-                future.set_exception(exc)
-                future.exception()  # mark retrieved: with no waiters, asyncio must not warn about it
+                self._fail_flight(future, exc)
                 raise
             else:
                 future.set_result(result)
                 return Resolution(result, None, computed=True)
             finally:
-                flights.pop(key, None)
+                self._flights.finish(prepared.key, future)
 
     def resolve_sync(
         self,
@@ -308,49 +321,278 @@ class SemanticCache:
         *,
         ttl: float | None = None,
         metadata: dict[str, Any] | None = None,
+        decode: Callable[[Any], Any] | None = None,
     ) -> Resolution:
-        """`resolve` for sync code: `compute()` runs in the calling thread; concurrent threads asking the same
-        prompt and scope share one call. Lookups and stores go through the shared background loop."""
+        """`resolve` for sync code: `compute()` runs in the calling thread. Threads and async callers asking the
+        same prompt and scope share one call. Lookups and stores go through the shared background loop."""
         self._check_payload(None, metadata, ttl, None, None)
         prepared = self._prepare_now(prompt, scope)
         if prepared is None:
             self._count_too_long()
             return Resolution(self._unwrap(compute()), None, computed=True)
-        key = prepared.key
         budget = _Budget(self.config.timeout)
         while True:
-            with self._sync_flights_lock:
-                running = self._sync_flights.get(key)
-            if running is not None:
-                result = running.result()
-                if result is _LEADER_CANCELLED:
-                    continue
-                self.stats.count("shared_computations")
-                return Resolution(result, None, computed=False, shared=True)
-            hit, vector = run_sync(self._within(budget, self._lookup(prepared)))
-            if hit is not None:
-                return Resolution(hit.response, hit, computed=False)
-            with self._sync_flights_lock:
-                if key in self._sync_flights:
-                    continue
-                future: Future[Any] = Future()
-                self._sync_flights[key] = future
-            break
+            lead, outcome = self._settle_sync(prepared, decode, budget)
+            if outcome is not None:
+                return outcome
+            if lead is not None:
+                break
+        future, vector = lead
         try:
             started = time.perf_counter()
-            outcome = compute()
+            outcome_value = compute()
             elapsed = time.perf_counter() - started
-            stored = self._store_computed(prepared, outcome, elapsed, scope, vector, ttl, metadata)
+            stored = self._store_computed(prepared, outcome_value, elapsed, scope, vector, ttl, metadata)
             result = run_sync(self._within(budget, stored))
         except BaseException as exc:
-            future.set_exception(exc)
+            self._fail_flight(future, exc)
             raise
         else:
             future.set_result(result)
             return Resolution(result, None, computed=True)
         finally:
-            with self._sync_flights_lock:
-                self._sync_flights.pop(key, None)
+            self._flights.finish(prepared.key, future)
+
+    async def resolve_stream(
+        self,
+        prompt: str,
+        open_stream: Callable[[], Any],
+        scope: Scope | None = None,
+        *,
+        assemble: Callable[[list[Any]], Any],
+        replay: Callable[[Any], Iterable[Any]],
+        ttl: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> ResolvedStream:
+        """Resolve a streamed answer: the caller that computes gets the model's chunks live; a hit, or a caller
+        that joined another's stream, gets `replay(stored answer)`. The answer is stored once, when the stream
+        has been read to the end (`assemble(chunks)` -> a JSON value, or a Computed; None stores nothing):
+        never a partial one, nothing for a stream that failed or was abandoned (a waiting caller then streams
+        the model itself). `open_stream()` returns an async iterator of chunks (or an awaitable of one).
+
+        Returns a `ResolvedStream`: iterate it (`async for`); its `resolution` says how it was served."""
+        self._check_payload(None, metadata, ttl, None, None)
+        prepared = await self._prepare(prompt, scope)
+        budget = _Budget(self.config.timeout)
+        if prepared is None:
+            return ResolvedStream(Resolution(None, None, computed=True), _live_chunks(open_stream))
+        while True:
+            lead, outcome = await self._within(budget, self._settle(prepared, replay_checked(replay)))
+            if outcome is not None:
+                return ResolvedStream(outcome, _replayed_chunks(outcome.response))
+            if lead is not None:
+                break
+        future, vector = lead
+        started: list[bool] = []
+        chunks = self._leader_stream(
+            prepared, open_stream, assemble, future, vector, scope, ttl, metadata, budget, started
+        )
+        resolved = ResolvedStream(Resolution(None, None, computed=True), chunks)
+        weakref.finalize(resolved, self._release_unstarted, prepared.key, future, started)
+        return resolved
+
+    def resolve_stream_sync(
+        self,
+        prompt: str,
+        open_stream: Callable[[], Iterable[Any]],
+        scope: Scope | None = None,
+        *,
+        assemble: Callable[[list[Any]], Any],
+        replay: Callable[[Any], Iterable[Any]],
+        ttl: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> ResolvedSyncStream:
+        """`resolve_stream` for sync code: the model's stream is read in the calling thread."""
+        self._check_payload(None, metadata, ttl, None, None)
+        prepared = self._prepare_now(prompt, scope)
+        if prepared is None:
+            self._count_too_long()
+            return ResolvedSyncStream(Resolution(None, None, computed=True), iter(open_stream()))
+        budget = _Budget(self.config.timeout)
+        while True:
+            lead, outcome = self._settle_sync(prepared, replay_checked(replay), budget)
+            if outcome is not None:
+                return ResolvedSyncStream(outcome, iter(outcome.response))
+            if lead is not None:
+                break
+        future, vector = lead
+        started: list[bool] = []
+        chunks = self._leader_stream_sync(
+            prepared, open_stream, assemble, future, vector, scope, ttl, metadata, budget, started
+        )
+        resolved = ResolvedSyncStream(Resolution(None, None, computed=True), chunks)
+        weakref.finalize(resolved, self._release_unstarted, prepared.key, future, started)
+        return resolved
+
+    # -- single-flight ----------------------------------------------------------------------------------
+
+    async def _settle(
+        self, prepared: _Prepared, decode: Callable[[Any], Any] | None
+    ) -> tuple[tuple[Future[Any], Vector | None] | None, Resolution | None]:
+        """One round of resolve before computing: join a flight under way, or look up and serve a hit, or
+        claim the key. Returns (lead, None) to compute, (None, outcome) when served, (None, None) to go again."""
+        running = self._flights.running(prepared.key)
+        if running is not None:
+            return None, await self._joined(await wait_async(running), decode)
+        ticket = self._flights.ticket(prepared.key)
+        hit, vector = await self._lookup(prepared)
+        if hit is not None:
+            served = self._decoded_hit(hit, decode)
+            if served is not None:
+                return None, served
+        claim = self._flights.claim(ticket)
+        if not claim.leader:
+            return None, await self._joined(await wait_async(claim.future), decode)
+        self.stats.count("misses")
+        return (claim.future, vector), None
+
+    def _settle_sync(
+        self, prepared: _Prepared, decode: Callable[[Any], Any] | None, budget: _Budget
+    ) -> tuple[tuple[Future[Any], Vector | None] | None, Resolution | None]:
+        """`_settle` for a thread: the same steps, waiting on flights by blocking."""
+        running = self._flights.running(prepared.key)
+        if running is not None:
+            return None, self._joined_now(running.result(), decode)
+        ticket = self._flights.ticket(prepared.key)
+        hit, vector = run_sync(self._within(budget, self._lookup(prepared)))
+        if hit is not None:
+            served = self._decoded_hit(hit, decode)
+            if served is not None:
+                return None, served
+        claim = self._flights.claim(ticket)
+        if not claim.leader:
+            return None, self._joined_now(claim.future.result(), decode)
+        self.stats.count("misses")
+        return (claim.future, vector), None
+
+    async def _joined(self, result: Any, decode: Callable[[Any], Any] | None) -> Resolution | None:
+        return self._joined_now(result, decode)
+
+    def _joined_now(self, result: Any, decode: Callable[[Any], Any] | None) -> Resolution | None:
+        """A caller that waited on another's flight: its answer (a shared hit), or None to go again (the leader
+        was cancelled, or its answer cannot be decoded: then this caller looks up, and computes, itself)."""
+        if result is LEADER_GONE:
+            return None
+        value = self._decode(result, decode)
+        if value is _UNREADABLE:
+            return None
+        self.stats.count("shared_hits")
+        return Resolution(value, None, computed=False, shared=True)
+
+    def _decoded_hit(self, hit: CacheHit, decode: Callable[[Any], Any] | None) -> Resolution | None:
+        """A hit's answer through `decode` (and credited to the stats); None when it cannot be decoded."""
+        value = self._decode(hit.response, decode)
+        if value is _UNREADABLE:
+            return None
+        self._credit(hit)
+        return Resolution(value, hit, computed=False)
+
+    def _decode(self, value: Any, decode: Callable[[Any], Any] | None) -> Any:
+        if decode is None:
+            return value
+        try:
+            return decode(value)
+        except Exception as exc:
+            self.stats.count("undecodable_entries")
+            if self.config.on_error == "raise":
+                raise CacheBackendError(f"a cached answer could not be decoded: {type(exc).__name__}: {exc}") from exc
+            self._failures.warning(
+                "undecodable",
+                "semantic cache: a cached answer could not be decoded (%s: %s); computing it again to replace it",
+                type(exc).__name__,
+                exc,
+            )
+            return _UNREADABLE
+
+    def _release_unstarted(self, key: str, future: Future[Any], started: list[bool]) -> None:
+        """A leader's stream dropped before it was read: let the callers waiting on it take over."""
+        if not started and not future.done():
+            future.set_result(LEADER_GONE)
+            self._flights.finish(key, future)
+
+    @staticmethod
+    def _fail_flight(future: Future[Any], error: BaseException) -> None:
+        """The leader did not finish: waiters get its exception, or take over if it was cancelled or stopped."""
+        if future.done():
+            return
+        if isinstance(error, Exception):
+            future.set_exception(error)
+        else:  # CancelledError, GeneratorExit, KeyboardInterrupt: no answer, and no fault of the answer
+            future.set_result(LEADER_GONE)
+
+    async def _leader_stream(
+        self,
+        prepared: _Prepared,
+        open_stream: Callable[[], Any],
+        assemble: Callable[[list[Any]], Any],
+        future: Future[Any],
+        vector: Vector | None,
+        scope: Scope | None,
+        ttl: float | None,
+        metadata: dict[str, Any] | None,
+        budget: _Budget,
+        started: list[bool],
+    ) -> AsyncIterator[Any]:
+        chunks: list[Any] = []
+        started.append(True)  # from here on this generator settles the flight itself
+        try:
+            began = time.perf_counter()
+            async for chunk in _live_chunks(open_stream):
+                chunks.append(chunk)
+                yield chunk
+            outcome = assemble(chunks)
+            elapsed = time.perf_counter() - began
+            if outcome is None:
+                self.stats.count("not_stored")
+                result: Any = None
+            else:
+                stored = self._store_computed(prepared, outcome, elapsed, scope, vector, ttl, metadata)
+                result = await self._within(budget, stored)
+        except BaseException as exc:
+            self._fail_flight(future, exc)
+            raise
+        else:
+            if not future.done():
+                future.set_result(result if result is not None else LEADER_GONE)
+        finally:
+            self._flights.finish(prepared.key, future)
+
+    def _leader_stream_sync(
+        self,
+        prepared: _Prepared,
+        open_stream: Callable[[], Iterable[Any]],
+        assemble: Callable[[list[Any]], Any],
+        future: Future[Any],
+        vector: Vector | None,
+        scope: Scope | None,
+        ttl: float | None,
+        metadata: dict[str, Any] | None,
+        budget: _Budget,
+        started: list[bool],
+    ) -> Iterator[Any]:
+        chunks: list[Any] = []
+        started.append(True)  # from here on this generator settles the flight itself
+        try:
+            began = time.perf_counter()
+            for chunk in open_stream():
+                chunks.append(chunk)
+                yield chunk
+            outcome = assemble(chunks)
+            elapsed = time.perf_counter() - began
+            if outcome is None:
+                self.stats.count("not_stored")
+                result: Any = None
+            else:
+                stored = self._store_computed(prepared, outcome, elapsed, scope, vector, ttl, metadata)
+                result = run_sync(self._within(budget, stored))
+        except BaseException as exc:
+            self._fail_flight(future, exc)
+            raise
+        else:
+            if not future.done():
+                future.set_result(result if result is not None else LEADER_GONE)
+        finally:
+            self._flights.finish(prepared.key, future)
 
     async def _compute_and_store(
         self,
@@ -529,17 +771,6 @@ class SemanticCache:
         if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0):
             raise InvalidInputError(f"tokens must be a non-negative integer, got {shown(tokens)}")
 
-    async def _join_flight(self, flights: dict[str, asyncio.Future[Any]], key: str) -> Any:
-        """Wait for a computation of `key` already under way; _FAILED when there is none."""
-        future = flights.get(key)
-        if future is None:
-            return _FAILED
-        result = await asyncio.shield(future)
-        if result is _LEADER_CANCELLED:
-            return _LEADER_CANCELLED
-        self.stats.count("shared_computations")
-        return Resolution(result, None, computed=False, shared=True)
-
     @contextmanager
     def _budget(self) -> Iterator[None]:
         """Give the public call in progress `timeout` seconds in all for the backend and the embedder (a call
@@ -688,7 +919,6 @@ class SemanticCache:
             return await self._served(key, entry, 1.0, "exact"), None
         vector = await self._embed(text)
         if vector is None:
-            self.stats.count("misses")
             return None, None
         matches = await self._guarded(
             self.backend.find_nearest(vector, self.config.threshold, self.config.candidates, partition=partition),
@@ -709,7 +939,6 @@ class SemanticCache:
                 self.stats.count("guard_refusals")
                 continue
             return await self._served(match_key, match, similarity, "semantic"), vector
-        self.stats.count("misses")
         return None, vector
 
     @staticmethod
@@ -722,8 +951,6 @@ class SemanticCache:
     async def _served(
         self, key: str, entry: CacheEntry, similarity: float, kind: Literal["exact", "semantic"]
     ) -> CacheHit:
-        self.stats.count("exact_hits" if kind == "exact" else "semantic_hits")
-        self.stats.add_savings(entry.compute_seconds, entry.tokens)
         await self._guarded(self.backend.record_hit(key), "backend", default=None)
         return CacheHit(
             response=entry.response,
@@ -733,7 +960,14 @@ class SemanticCache:
             age=max(0.0, time.time() - entry.created_at),
             key=key,
             metadata=entry.metadata,
+            compute_seconds=entry.compute_seconds,
+            tokens=entry.tokens,
         )
+
+    def _credit(self, hit: CacheHit) -> None:
+        """Count a hit that was served, and what it saved."""
+        self.stats.count("exact_hits" if hit.kind == "exact" else "semantic_hits")
+        self.stats.add_savings(hit.compute_seconds, hit.tokens)
 
     async def _write(
         self,
@@ -768,4 +1002,12 @@ class SemanticCache:
         return prepared.key
 
 
-__all__ = ["CacheHit", "Computed", "Resolution", "SemanticCache", "default_embedder"]
+__all__ = [
+    "CacheHit",
+    "Computed",
+    "Resolution",
+    "ResolvedStream",
+    "ResolvedSyncStream",
+    "SemanticCache",
+    "default_embedder",
+]

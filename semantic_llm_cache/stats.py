@@ -53,11 +53,20 @@ class CacheStats:
             counts = dict(self._counts)
             latencies = np.array(self._latencies, dtype=np.float64) * 1000.0
             saved_seconds, saved_tokens = self.saved_seconds, self.saved_tokens
-        hits = counts.get("exact_hits", 0) + counts.get("semantic_hits", 0)
+        hits = counts.get("exact_hits", 0) + counts.get("semantic_hits", 0) + counts.get("shared_hits", 0)
         lookups = hits + counts.get("misses", 0)
         result: dict[str, Any] = {
             name: counts.get(name, 0)
-            for name in ("exact_hits", "semantic_hits", "misses", "stores", "errors", "guard_refusals", "timeouts")
+            for name in (
+                "exact_hits",
+                "semantic_hits",
+                "shared_hits",
+                "misses",
+                "stores",
+                "errors",
+                "guard_refusals",
+                "timeouts",
+            )
         }
         result.update({name: value for name, value in counts.items() if name not in result})
         result["lookups"] = lookups

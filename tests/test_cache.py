@@ -470,7 +470,8 @@ async def test_one_hundred_concurrent_calls_compute_once(cache: SemanticCache) -
     assert calls == 1
     assert answers == ["the answer"] * 100
     assert cache.stats["stores"] == 1
-    assert cache.stats["shared_computations"] == 99
+    assert cache.stats["shared_hits"] == 99  # joined callers are hits, not misses (#11)
+    assert cache.stats["misses"] == 1 and cache.stats.snapshot()["hit_rate"] == 0.99
 
 
 async def test_concurrent_calls_compute_once_when_embedding_yields() -> None:
