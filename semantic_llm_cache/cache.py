@@ -34,6 +34,7 @@ from semantic_llm_cache.guard import guard_refusal
 from semantic_llm_cache.health import CircuitBreaker, CircuitOpen, FailureLog
 from semantic_llm_cache.results import CacheHit, Computed, Resolution
 from semantic_llm_cache.scope import Scope, exact_key, normalize_prompt, partition_id
+from semantic_llm_cache.shared_text import Difference, differing_parts
 from semantic_llm_cache.stats import CacheStats
 from semantic_llm_cache.storage import StorageBackend
 from semantic_llm_cache.values import check_json_value, check_text, shown
@@ -48,6 +49,7 @@ logger = logging.getLogger("semantic_llm_cache")
 T = TypeVar("T")
 _FAILED: Any = object()
 _UNREADABLE: Any = object()
+_TOO_LONG: Any = object()  # in the recent-vectors memory: this text is over the embedder's window
 _default_embedder: LocalEmbedder | None = None
 MODEL_LOAD_TIMEOUT = 300.0  # seconds a first embedding call may take while the model loads
 _RECENT_VECTORS = 1024  # vectors kept between a miss's lookup and the store that follows it
@@ -889,16 +891,44 @@ class SemanticCache:
             recent = self._recent_vectors.get(digest)
             if recent is not None:
                 self._recent_vectors.move_to_end(digest)
-                return recent
-        matrix = await self._guarded(self._embed_checked(text), "embedder", default=None)
-        if matrix is None:
-            return None
-        vector: Vector = matrix[0]
+                return None if recent is _TOO_LONG else recent
+        if not await self._fits_window(text):
+            self.stats.count("too_long_for_semantic")
+            self._failures.warning(
+                "too_long_for_semantic",
+                "semantic cache: a prompt is longer than the embedder's window (%s tokens), so it is cached and "
+                "served by exact match only. Put only the question in the prompt you cache (the rest in the Scope's "
+                "context, or use the integrations' question_key), or use an embedder with a longer window",
+                getattr(self.embedder, "max_tokens", None),
+            )
+            vector: Any = _TOO_LONG
+        else:
+            matrix = await self._guarded(self._embed_checked(text), "embedder", default=None)
+            if matrix is None:
+                return None
+            vector = matrix[0]
         with self._recent_vectors_lock:
             self._recent_vectors[digest] = vector
             if len(self._recent_vectors) > _RECENT_VECTORS:
                 self._recent_vectors.popitem(last=False)
-        return vector
+        return None if vector is _TOO_LONG else vector
+
+    async def _fits_window(self, text: str) -> bool:
+        """False when the embedder states a window and `text` has more of its tokens than that (counted in a
+        worker thread for a long text, or while the embedder still has to load its tokenizer)."""
+        if getattr(self.embedder, "count_tokens", None) is None:
+            return True
+        if len(text) > _GUARD_OFF_LOOP_CHARS or not getattr(self.embedder, "tokenizer_loaded", True):
+            return await asyncio.to_thread(self._fits_window_now, text)
+        return self._fits_window_now(text)
+
+    def _fits_window_now(self, text: str) -> bool:
+        try:
+            limit = getattr(self.embedder, "max_tokens", None)
+            return limit is None or int(self.embedder.count_tokens(text)) <= int(limit)  # type: ignore[attr-defined]
+        except Exception as exc:  # a user's counter that fails: the window is unknown, as without one
+            self._failures.warning("count_tokens", "semantic cache: counting tokens failed (%s); not checked", exc)
+            return True
 
     async def _embed_checked(self, text: str) -> Vector:
         """One embedding, checked (one finite, non-zero row of the embedder's dimension) and normalised: a
@@ -935,18 +965,43 @@ class SemanticCache:
             if similarity < match.min_similarity:
                 self.stats.count("feedback_refusals")
                 continue
-            if self.config.answer_guard and await self._guard_refuses(text, match.prompt):
-                self.stats.count("guard_refusals")
+            refusal = await self._refusal(text, match.prompt)
+            if refusal is not None:
+                self.stats.count(refusal)
                 continue
             return await self._served(match_key, match, similarity, "semantic"), vector
         return None, vector
 
-    @staticmethod
-    async def _guard_refuses(query: str, candidate: str) -> bool:
-        """The answer guard's verdict, in a worker thread when the prompts are long (its cost grows with them)."""
+    async def _refusal(self, query: str, candidate: str) -> str | None:
+        """Why a candidate above the threshold must not be served (the counter to add), or None to serve it.
+
+        The answer guard (numbers, negation, names, opposites), then the shared-text check: when the prompts
+        share most of their text (a template, a context), the sentences that differ must be as similar as the
+        threshold asks on their own. Text-heavy work runs in a worker thread when the prompts are long.
+        """
         if len(query) + len(candidate) > _GUARD_OFF_LOOP_CHARS:
-            return await asyncio.to_thread(guard_refusal, query, candidate) is not None
-        return guard_refusal(query, candidate) is not None
+            guarded, difference = await asyncio.to_thread(self._read_pair, query, candidate)
+        else:
+            guarded, difference = self._read_pair(query, candidate)
+        if guarded:
+            return "guard_refusals"
+        if difference is None:
+            return None
+        if not difference.query_part or not difference.candidate_part:
+            return "shared_text_refusals"  # one adds or drops a sentence the other lacks: not the same request
+        parts = await self._guarded(
+            self._embed_parts([difference.query_part, difference.candidate_part]), "embedder", default=None
+        )
+        if parts is None or float(parts[0] @ parts[1]) < self.config.threshold:
+            return "shared_text_refusals"
+        return None
+
+    def _read_pair(self, query: str, candidate: str) -> tuple[bool, Difference | None]:
+        guarded = self.config.answer_guard and guard_refusal(query, candidate) is not None
+        return guarded, None if guarded else differing_parts(query, candidate)
+
+    async def _embed_parts(self, texts: list[str]) -> Vector:
+        return normalized_matrix(await self.embedder.embed(texts), len(texts), self.embedder.dimension)
 
     async def _served(
         self, key: str, entry: CacheEntry, similarity: float, kind: Literal["exact", "semantic"]

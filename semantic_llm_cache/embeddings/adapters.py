@@ -73,6 +73,8 @@ class CallableEmbedder:
     """Any sync or async callable `texts -> vectors` as an Embedder.
 
     Sync callables run in a worker thread (`asyncio.to_thread`) so a slow one never blocks the event loop.
+    `max_tokens` and `count_tokens` state the model's window: a prompt longer than that is cached exactly only,
+    never matched on a vector of its first part. Without them the window is unknown and not checked.
     `name` identifies the model (it partitions the cache: two embedders with one name share entries, so give
     each model its own). Without it, the name comes from the model the object names (`model_name`, `model`...)
     or, failing that, is unique to this object (see `default_embedder_name`).
@@ -85,9 +87,15 @@ class CallableEmbedder:
         name: str | None = None,
         dimension: int | None = None,
         run_in_thread: bool = True,
+        max_tokens: int | None = None,
+        count_tokens: Callable[[str], int] | None = None,
     ) -> None:
         if not callable(function):
             raise ConfigurationError(f"embedder must be callable, got {type(function).__name__}")
+        if (max_tokens is None) != (count_tokens is None):
+            raise ConfigurationError("give max_tokens and count_tokens together (the window, and how to measure it)")
+        self.max_tokens = max_tokens
+        self._count_tokens = count_tokens
         self._function = function
         self._name = name or default_embedder_name(function)
         self._dimension = dimension
@@ -98,6 +106,10 @@ class CallableEmbedder:
     @property
     def name(self) -> str:
         return self._name
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in the model's own tokenizer (only when `count_tokens` was given)."""
+        return 0 if self._count_tokens is None else int(self._count_tokens(text))
 
     @property
     def dimension(self) -> int | None:

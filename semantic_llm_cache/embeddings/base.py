@@ -20,6 +20,10 @@ class Embedder(Protocol):
     `name` is stable across processes and identifies the model: it is part of every partition, so vectors of
     two embedders are never compared. `dimension` is the vector size (None until known, for embedders that
     learn it from their first call).
+
+    An embedder may also state its window: `max_tokens` (int, or None when unknown) and `count_tokens(text)
+    -> int` in its own tokens. The engine then serves a longer prompt by exact match only: a vector of a
+    truncated text says nothing about the part the model did not read.
     """
 
     @property

@@ -65,6 +65,23 @@ def model_directory_name(model_path: str) -> str:
     return f"{folder}:{digest.hexdigest()[:16]}"
 
 
+def _read_token_window(model_path: str) -> tuple[int | None, Any]:
+    """(max_seq_length, tokenizer) of a sentence-transformers folder; (None, None) when its files do not say."""
+    from semantic_llm_cache.embeddings.onnx import read_sentence_model_config  # onnx imports this module
+
+    try:
+        from tokenizers import Tokenizer
+
+        limit = read_sentence_model_config(model_path).max_seq_length
+        tokenizer = Tokenizer.from_file(str(Path(model_path) / "tokenizer.json"))
+    except Exception as exc:  # a folder without these files, or one the tokenizers library cannot read
+        logger.warning("cannot read the token window of %s (%s): long prompts are not checked", model_path, exc)
+        return None, None
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return limit, tokenizer
+
+
 @dataclass
 class _Request:
     texts: list[str]
@@ -112,6 +129,8 @@ class LocalEmbedder:
         self._model: Any = None
         self.batches = 0
         self.texts_embedded = 0
+        self._window: tuple[int | None, Any] | None = None  # (max tokens, tokenizer), read on first use
+        self._window_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -125,6 +144,31 @@ class LocalEmbedder:
     @property
     def dimension(self) -> int | None:
         return self._dimension
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The most word pieces the model reads (special tokens included); the rest of a text is cut off."""
+        return self._token_window()[0]
+
+    @property
+    def tokenizer_loaded(self) -> bool:
+        """True once `count_tokens` is cheap (its tokenizer is in memory)."""
+        return self._window is not None
+
+    def count_tokens(self, text: str) -> int:
+        """How many word pieces the model would see in `text` before truncation (special tokens included)."""
+        tokenizer = self._token_window()[1]
+        if tokenizer is None:
+            return 0
+        return len(tokenizer.encode(text).ids)
+
+    def _token_window(self) -> tuple[int | None, Any]:
+        """The model's window and a tokenizer without truncation, from the model folder's files (no torch)."""
+        if self._window is None:
+            with self._window_lock:
+                if self._window is None:
+                    self._window = _read_token_window(self._model_path or bundled_model_path())
+        return self._window
 
     async def embed(self, texts: Sequence[str]) -> Matrix:
         """Embed `texts` in the worker thread; concurrent calls share forward passes."""
