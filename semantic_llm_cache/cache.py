@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -17,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -111,9 +112,12 @@ class ResolvedStream:
     """A streamed answer from `resolve_stream`: iterate it with `async for`; `resolution` says how it is
     served (a hit or a shared answer replayed, or computed live by this caller)."""
 
-    def __init__(self, resolution: Resolution, chunks: AsyncIterator[Any]) -> None:
+    def __init__(
+        self, resolution: Resolution, chunks: AsyncIterator[Any], on_close: Callable[[], None] | None = None
+    ) -> None:
         self.resolution = resolution
         self._chunks = chunks
+        self._on_close = on_close
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._chunks
@@ -123,14 +127,19 @@ class ResolvedStream:
         closer = getattr(self._chunks, "aclose", None)
         if closer is not None:
             await closer()
+        if self._on_close is not None:
+            self._on_close()
 
 
 class ResolvedSyncStream:
     """A streamed answer from `resolve_stream_sync`: iterate it; `resolution` says how it is served."""
 
-    def __init__(self, resolution: Resolution, chunks: Iterator[Any]) -> None:
+    def __init__(
+        self, resolution: Resolution, chunks: Iterator[Any], on_close: Callable[[], None] | None = None
+    ) -> None:
         self.resolution = resolution
         self._chunks = chunks
+        self._on_close = on_close
 
     def __iter__(self) -> Iterator[Any]:
         return self._chunks
@@ -140,6 +149,8 @@ class ResolvedSyncStream:
         closer = getattr(self._chunks, "close", None)
         if closer is not None:
             closer()
+        if self._on_close is not None:
+            self._on_close()
 
 
 def replay_checked(replay: Callable[[Any], Iterable[Any]]) -> Callable[[Any], list[Any]]:
@@ -148,12 +159,20 @@ def replay_checked(replay: Callable[[Any], Iterable[Any]]) -> Callable[[Any], li
     return lambda value: list(replay(value))
 
 
-async def _live_chunks(open_stream: Callable[[], Any]) -> AsyncIterator[Any]:
-    stream = open_stream()
+async def _live_chunks(open_stream: Callable[[], Any], context: Context | None = None) -> AsyncIterator[Any]:
+    """The chunks of `open_stream()`, opened in `context` (the resolve caller's: its tracing spans and context
+    variables) though the stream is first read later, perhaps elsewhere: the call, and the awaitable it may
+    return, run there; the chunks are then read in the reader's context."""
+    context = context or copy_context()
+    stream = context.run(open_stream)
     if inspect.isawaitable(stream):
-        stream = await stream
+        stream = await context.run(asyncio.ensure_future, stream)
     async for chunk in stream:
         yield chunk
+
+
+def _sync_chunks(open_stream: Callable[[], Iterable[Any]], context: Context) -> Iterator[Any]:
+    yield from context.run(open_stream)
 
 
 async def _replayed_chunks(chunks: Iterable[Any]) -> AsyncIterator[Any]:
@@ -311,7 +330,7 @@ class SemanticCache:
                 raise
             else:
                 future.set_result(result)
-                return Resolution(result, None, computed=True)
+                return Resolution(result, None, computed=True, key=prepared.key)
             finally:
                 self._flights.finish(prepared.key, future)
 
@@ -351,7 +370,7 @@ class SemanticCache:
             raise
         else:
             future.set_result(result)
-            return Resolution(result, None, computed=True)
+            return Resolution(result, None, computed=True, key=prepared.key)
         finally:
             self._flights.finish(prepared.key, future)
 
@@ -379,18 +398,18 @@ class SemanticCache:
         if prepared is None:
             return ResolvedStream(Resolution(None, None, computed=True), _live_chunks(open_stream))
         while True:
-            lead, outcome = await self._within(budget, self._settle(prepared, replay_checked(replay)))
+            lead, outcome = await self._within(budget, self._settle(prepared, replay_checked(replay), stream=True))
             if outcome is not None:
                 return ResolvedStream(outcome, _replayed_chunks(outcome.response))
             if lead is not None:
                 break
         future, vector = lead
         started: list[bool] = []
-        chunks = self._leader_stream(
-            prepared, open_stream, assemble, future, vector, scope, ttl, metadata, budget, started
-        )
-        resolved = ResolvedStream(Resolution(None, None, computed=True), chunks)
-        weakref.finalize(resolved, self._release_unstarted, prepared.key, future, started)
+        opener = functools.partial(_live_chunks, open_stream, copy_context())
+        chunks = self._leader_stream(prepared, opener, assemble, future, vector, scope, ttl, metadata, budget, started)
+        release = functools.partial(self._release_unstarted, prepared.key, future, started)
+        resolved = ResolvedStream(Resolution(None, None, computed=True, key=prepared.key), chunks, release)
+        weakref.finalize(resolved, release)
         return resolved
 
     def resolve_stream_sync(
@@ -412,65 +431,81 @@ class SemanticCache:
             return ResolvedSyncStream(Resolution(None, None, computed=True), iter(open_stream()))
         budget = _Budget(self.config.timeout)
         while True:
-            lead, outcome = self._settle_sync(prepared, replay_checked(replay), budget)
+            lead, outcome = self._settle_sync(prepared, replay_checked(replay), budget, stream=True)
             if outcome is not None:
                 return ResolvedSyncStream(outcome, iter(outcome.response))
             if lead is not None:
                 break
         future, vector = lead
         started: list[bool] = []
+        opener = functools.partial(_sync_chunks, open_stream, copy_context())
         chunks = self._leader_stream_sync(
-            prepared, open_stream, assemble, future, vector, scope, ttl, metadata, budget, started
+            prepared, opener, assemble, future, vector, scope, ttl, metadata, budget, started
         )
-        resolved = ResolvedSyncStream(Resolution(None, None, computed=True), chunks)
-        weakref.finalize(resolved, self._release_unstarted, prepared.key, future, started)
+        release = functools.partial(self._release_unstarted, prepared.key, future, started)
+        resolved = ResolvedSyncStream(Resolution(None, None, computed=True, key=prepared.key), chunks, release)
+        weakref.finalize(resolved, release)
         return resolved
 
     # -- single-flight ----------------------------------------------------------------------------------
 
     async def _settle(
-        self, prepared: _Prepared, decode: Callable[[Any], Any] | None
+        self, prepared: _Prepared, decode: Callable[[Any], Any] | None, *, stream: bool = False
     ) -> tuple[tuple[Future[Any], Vector | None] | None, Resolution | None]:
         """One round of resolve before computing: join a flight under way, or look up and serve a hit, or
-        claim the key. Returns (lead, None) to compute, (None, outcome) when served, (None, None) to go again."""
+        claim the key. Returns (lead, None) to compute, (None, outcome) when served, (None, None) to go again.
+        A flight that is a stream nobody reads yet is not waited on: this caller computes on its own."""
         running = self._flights.running(prepared.key)
         if running is not None:
-            return None, await self._joined(await wait_async(running), decode)
+            if not self._flights.waitable(running):
+                return self._alone(), None
+            return None, await self._joined(await wait_async(running), decode, prepared.key)
         ticket = self._flights.ticket(prepared.key)
         hit, vector = await self._lookup(prepared)
         if hit is not None:
             served = self._decoded_hit(hit, decode)
             if served is not None:
                 return None, served
-        claim = self._flights.claim(ticket)
+        claim = self._flights.claim(ticket, unstarted=stream)
         if not claim.leader:
-            return None, await self._joined(await wait_async(claim.future), decode)
+            if not self._flights.waitable(claim.future):
+                return self._alone(vector), None
+            return None, await self._joined(await wait_async(claim.future), decode, prepared.key)
         self.stats.count("misses")
         return (claim.future, vector), None
 
     def _settle_sync(
-        self, prepared: _Prepared, decode: Callable[[Any], Any] | None, budget: _Budget
+        self, prepared: _Prepared, decode: Callable[[Any], Any] | None, budget: _Budget, *, stream: bool = False
     ) -> tuple[tuple[Future[Any], Vector | None] | None, Resolution | None]:
         """`_settle` for a thread: the same steps, waiting on flights by blocking."""
         running = self._flights.running(prepared.key)
         if running is not None:
-            return None, self._joined_now(running.result(), decode)
+            if not self._flights.waitable(running):
+                return self._alone(), None
+            return None, self._joined_now(running.result(), decode, prepared.key)
         ticket = self._flights.ticket(prepared.key)
         hit, vector = run_sync(self._within(budget, self._lookup(prepared)))
         if hit is not None:
             served = self._decoded_hit(hit, decode)
             if served is not None:
                 return None, served
-        claim = self._flights.claim(ticket)
+        claim = self._flights.claim(ticket, unstarted=stream)
         if not claim.leader:
-            return None, self._joined_now(claim.future.result(), decode)
+            if not self._flights.waitable(claim.future):
+                return self._alone(vector), None
+            return None, self._joined_now(claim.future.result(), decode, prepared.key)
         self.stats.count("misses")
         return (claim.future, vector), None
 
-    async def _joined(self, result: Any, decode: Callable[[Any], Any] | None) -> Resolution | None:
-        return self._joined_now(result, decode)
+    def _alone(self, vector: Vector | None = None) -> tuple[Future[Any], Vector | None]:
+        """A flight of this caller's own, outside the table (nobody waits on it), counted as a miss."""
+        self.stats.count("misses")
+        return Future(), vector
 
-    def _joined_now(self, result: Any, decode: Callable[[Any], Any] | None) -> Resolution | None:
+    async def _joined(self, result: Any, decode: Callable[[Any], Any] | None, key: str) -> Resolution | None:
+        return self._joined_now(result, decode, key)
+
+    def _joined_now(self, result: Any, decode: Callable[[Any], Any] | None, key: str) -> Resolution | None:
         """A caller that waited on another's flight: its answer (a shared hit), or None to go again (the leader
         was cancelled, or its answer cannot be decoded: then this caller looks up, and computes, itself)."""
         if result is LEADER_GONE:
@@ -479,7 +514,7 @@ class SemanticCache:
         if value is _UNREADABLE:
             return None
         self.stats.count("shared_hits")
-        return Resolution(value, None, computed=False, shared=True)
+        return Resolution(value, None, computed=False, shared=True, key=key)
 
     def _decoded_hit(self, hit: CacheHit, decode: Callable[[Any], Any] | None) -> Resolution | None:
         """A hit's answer through `decode` (and credited to the stats); None when it cannot be decoded."""
@@ -537,9 +572,10 @@ class SemanticCache:
     ) -> AsyncIterator[Any]:
         chunks: list[Any] = []
         started.append(True)  # from here on this generator settles the flight itself
+        self._flights.started(future)
         try:
             began = time.perf_counter()
-            async for chunk in _live_chunks(open_stream):
+            async for chunk in open_stream():
                 chunks.append(chunk)
                 yield chunk
             outcome = assemble(chunks)
@@ -574,6 +610,7 @@ class SemanticCache:
     ) -> Iterator[Any]:
         chunks: list[Any] = []
         started.append(True)  # from here on this generator settles the flight itself
+        self._flights.started(future)
         try:
             began = time.perf_counter()
             for chunk in open_stream():

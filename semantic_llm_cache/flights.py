@@ -44,6 +44,7 @@ class Flights:
         self._finished: OrderedDict[str, tuple[int, Future[Any]]] = OrderedDict()
         self._sequence = 0
         self._remember = remember
+        self._unstarted: set[Future[Any]] = set()
 
     def running(self, key: str) -> Future[Any] | None:
         """The flight of `key` under way, if any."""
@@ -55,8 +56,10 @@ class Flights:
             finished = self._finished.get(key)
         return Ticket(key, 0 if finished is None else finished[0])
 
-    def claim(self, ticket: Ticket) -> Claim:
-        """Join the flight of the ticket's key that runs now or finished since the ticket; else lead one."""
+    def claim(self, ticket: Ticket, *, unstarted: bool = False) -> Claim:
+        """Join the flight of the ticket's key that runs now or finished since the ticket; else lead one.
+
+        unstarted: the new flight is a stream its caller has not begun to read (see `waitable`)."""
         with self._lock:
             active = self._active.get(ticket.key)
             if active is not None:
@@ -66,11 +69,25 @@ class Flights:
                 return Claim(finished[1], leader=False)
             future: Future[Any] = Future()
             self._active[ticket.key] = future
+            if unstarted:
+                self._unstarted.add(future)
             return Claim(future, leader=True)
+
+    def started(self, future: Future[Any]) -> None:
+        """The leader's stream is being read: waiting on it now ends."""
+        with self._lock:
+            self._unstarted.discard(future)
+
+    def waitable(self, future: Future[Any]) -> bool:
+        """False for a stream nobody reads yet: its caller may be the one about to wait (same task or thread),
+        so a caller that finds it computes on its own instead of waiting forever."""
+        with self._lock:
+            return future not in self._unstarted
 
     def finish(self, key: str, future: Future[Any]) -> None:
         """Called by the leader once `future` is resolved: the flight leaves the table, its result is kept."""
         with self._lock:
+            self._unstarted.discard(future)
             if self._active.get(key) is future:
                 del self._active[key]
             self._sequence += 1

@@ -47,6 +47,7 @@ class Resolution:
     hit: CacheHit | None
     computed: bool
     shared: bool = False
+    key: str | None = None  # the entry's key: the hit's, or where a computed or shared answer is stored
 
     @property
     def kind(self) -> Literal["exact", "semantic", "shared", "miss"]:
@@ -66,7 +67,7 @@ class Resolution:
             "similarity": None if hit is None else hit.similarity,
             "matched_prompt": None if hit is None else hit.prompt,
             "age_seconds": None if hit is None else round(hit.age, 3),
-            "key": None if hit is None else hit.key,
+            "key": hit.key if hit is not None else self.key,
             "shared": self.shared,
         }
         if prompt is not None:

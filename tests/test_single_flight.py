@@ -318,3 +318,58 @@ def test_sync_streams_share_with_async_ones_and_replay_hits() -> None:
         return "".join([chunk async for chunk in stream])
 
     assert asyncio.run(from_a_loop()) == "Open Settings, then Security." and streams == 1
+
+
+async def test_a_second_identical_stream_in_the_same_task_does_not_wait_for_the_unread_first() -> None:
+    cache = new_cache()
+    model = Model()
+    first = await cache.resolve_stream(PROMPT, model.astream, assemble=assemble, replay=replay)
+    second = await asyncio.wait_for(
+        cache.resolve_stream(PROMPT, model.astream, assemble=assemble, replay=replay), timeout=2
+    )
+    plain = await asyncio.wait_for(cache.resolve(PROMPT, lambda: "plain"), timeout=2)
+    assert second.resolution.computed and plain.computed
+    assert "".join([chunk async for chunk in second]) == model.text
+    assert "".join([chunk async for chunk in first]) == model.text
+
+
+async def test_closing_an_unread_leader_stream_lets_its_waiters_take_over() -> None:
+    cache = new_cache()
+    model = Model()
+    leader = await cache.resolve_stream(PROMPT, model.astream, assemble=assemble, replay=replay)
+    list(leader.resolution.info())  # resolution is known before reading
+
+    async def wait_then_stream() -> str:
+        await asyncio.sleep(0.01)
+        cache._flights.started(next(iter(cache._flights._unstarted)))  # another thread is reading it, say
+        stream = await cache.resolve_stream(PROMPT, model.astream, assemble=assemble, replay=replay)
+        return "".join([chunk async for chunk in stream])
+
+    waiter = asyncio.ensure_future(wait_then_stream())
+    await asyncio.sleep(0.05)
+    await leader.aclose()  # never read: the waiter must not wait for it
+    assert await asyncio.wait_for(waiter, timeout=2) == model.text
+
+
+async def test_the_stream_opens_in_the_callers_context() -> None:
+    cache = new_cache()
+    marker: ContextVar[str] = ContextVar("marker", default="reader")
+    seen: list[str] = []
+
+    async def chunks() -> AsyncIterator[str]:
+        yield "chunk"
+
+    async def opened() -> AsyncIterator[str]:  # like LlamaIndex's `await llm.astream_complete(...)`
+        seen.append(marker.get())
+        return chunks()
+
+    marker.set("caller")
+    stream = await cache.resolve_stream(PROMPT, opened, assemble=assemble, replay=replay)
+
+    async def read_elsewhere() -> list[str]:
+        marker.set("reader")
+        return [chunk async for chunk in stream]
+
+    assert await asyncio.ensure_future(read_elsewhere()) == ["chunk"]
+    assert seen == ["caller"]
+    assert stream.resolution.key is not None and stream.resolution.info()["key"] == stream.resolution.key
