@@ -31,8 +31,8 @@ from _tables import markdown_table
 
 import semantic_llm_cache.cache as cache_module
 from semantic_llm_cache import SemanticCache
-from semantic_llm_cache.calibration import LabeledPair, load_pairs
 from semantic_llm_cache.cache import default_embedder
+from semantic_llm_cache.calibration import LabeledPair, load_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PAIRS = os.environ.get("SEMANTIC_CACHE_PAIRS", str(ROOT.parent / "shared" / "data" / "qqp_dev.jsonl"))
