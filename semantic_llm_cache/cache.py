@@ -153,6 +153,15 @@ class ResolvedSyncStream:
             self._on_close()
 
 
+def _caller() -> object:
+    """Who is calling: the running asyncio task, else the thread (its ident)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running event loop in this thread
+        task = None
+    return task if task is not None else threading.get_ident()
+
+
 def replay_checked(replay: Callable[[Any], Iterable[Any]]) -> Callable[[Any], list[Any]]:
     """A decoder that replays a stored answer into its chunks at once, so a bad entry fails while it can still
     be treated as a miss (not halfway through the caller's stream)."""
@@ -457,7 +466,7 @@ class SemanticCache:
         A flight that is a stream nobody reads yet is not waited on: this caller computes on its own."""
         running = self._flights.running(prepared.key)
         if running is not None:
-            if not self._flights.waitable(running):
+            if not self._flights.waitable(running, _caller()):
                 return self._alone(), None
             return None, await self._joined(await wait_async(running), decode, prepared.key)
         ticket = self._flights.ticket(prepared.key)
@@ -466,9 +475,9 @@ class SemanticCache:
             served = self._decoded_hit(hit, decode)
             if served is not None:
                 return None, served
-        claim = self._flights.claim(ticket, unstarted=stream)
+        claim = self._flights.claim(ticket, opener=_caller() if stream else None)
         if not claim.leader:
-            if not self._flights.waitable(claim.future):
+            if not self._flights.waitable(claim.future, _caller()):
                 return self._alone(vector), None
             return None, await self._joined(await wait_async(claim.future), decode, prepared.key)
         self.stats.count("misses")
@@ -480,7 +489,7 @@ class SemanticCache:
         """`_settle` for a thread: the same steps, waiting on flights by blocking."""
         running = self._flights.running(prepared.key)
         if running is not None:
-            if not self._flights.waitable(running):
+            if not self._flights.waitable(running, _caller()):
                 return self._alone(), None
             return None, self._joined_now(running.result(), decode, prepared.key)
         ticket = self._flights.ticket(prepared.key)
@@ -489,9 +498,9 @@ class SemanticCache:
             served = self._decoded_hit(hit, decode)
             if served is not None:
                 return None, served
-        claim = self._flights.claim(ticket, unstarted=stream)
+        claim = self._flights.claim(ticket, opener=_caller() if stream else None)
         if not claim.leader:
-            if not self._flights.waitable(claim.future):
+            if not self._flights.waitable(claim.future, _caller()):
                 return self._alone(vector), None
             return None, self._joined_now(claim.future.result(), decode, prepared.key)
         self.stats.count("misses")

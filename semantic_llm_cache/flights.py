@@ -44,7 +44,7 @@ class Flights:
         self._finished: OrderedDict[str, tuple[int, Future[Any]]] = OrderedDict()
         self._sequence = 0
         self._remember = remember
-        self._unstarted: set[Future[Any]] = set()
+        self._unstarted: dict[Future[Any], object] = {}  # stream flights nobody reads yet -> who opened them
 
     def running(self, key: str) -> Future[Any] | None:
         """The flight of `key` under way, if any."""
@@ -56,10 +56,10 @@ class Flights:
             finished = self._finished.get(key)
         return Ticket(key, 0 if finished is None else finished[0])
 
-    def claim(self, ticket: Ticket, *, unstarted: bool = False) -> Claim:
+    def claim(self, ticket: Ticket, *, opener: object = None) -> Claim:
         """Join the flight of the ticket's key that runs now or finished since the ticket; else lead one.
 
-        unstarted: the new flight is a stream its caller has not begun to read (see `waitable`)."""
+        opener: the new flight is a stream not read yet, opened by this task or thread (see `waitable`)."""
         with self._lock:
             active = self._active.get(ticket.key)
             if active is not None:
@@ -69,25 +69,25 @@ class Flights:
                 return Claim(finished[1], leader=False)
             future: Future[Any] = Future()
             self._active[ticket.key] = future
-            if unstarted:
-                self._unstarted.add(future)
+            if opener is not None:
+                self._unstarted[future] = opener
             return Claim(future, leader=True)
 
     def started(self, future: Future[Any]) -> None:
         """The leader's stream is being read: waiting on it now ends."""
         with self._lock:
-            self._unstarted.discard(future)
+            self._unstarted.pop(future, None)
 
-    def waitable(self, future: Future[Any]) -> bool:
-        """False for a stream nobody reads yet: its caller may be the one about to wait (same task or thread),
-        so a caller that finds it computes on its own instead of waiting forever."""
+    def waitable(self, future: Future[Any], caller: object) -> bool:
+        """False for a stream not read yet that `caller` (a task or thread) opened itself: waiting on it there
+        would wait forever, so such a caller computes on its own. Any other caller may wait."""
         with self._lock:
-            return future not in self._unstarted
+            return self._unstarted.get(future, None) != caller
 
     def finish(self, key: str, future: Future[Any]) -> None:
         """Called by the leader once `future` is resolved: the flight leaves the table, its result is kept."""
         with self._lock:
-            self._unstarted.discard(future)
+            self._unstarted.pop(future, None)
             if self._active.get(key) is future:
                 del self._active[key]
             self._sequence += 1

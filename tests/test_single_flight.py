@@ -14,6 +14,7 @@ import pytest
 
 from semantic_llm_cache import Computed, SemanticCache
 from semantic_llm_cache.backends.memory import MemoryBackend
+from semantic_llm_cache.cache import _deadline as deadline
 from semantic_llm_cache.config import CacheEntry
 from tests.fakes import BagOfWordsEmbedder
 
@@ -324,10 +325,9 @@ async def test_a_second_identical_stream_in_the_same_task_does_not_wait_for_the_
     cache = new_cache()
     model = Model()
     first = await cache.resolve_stream(PROMPT, model.astream, assemble=assemble, replay=replay)
-    second = await asyncio.wait_for(
-        cache.resolve_stream(PROMPT, model.astream, assemble=assemble, replay=replay), timeout=2
-    )
-    plain = await asyncio.wait_for(cache.resolve(PROMPT, lambda: "plain"), timeout=2)
+    async with deadline(2):  # in this task (asyncio.wait_for would run them in another, which may wait)
+        second = await cache.resolve_stream(PROMPT, model.astream, assemble=assemble, replay=replay)
+        plain = await cache.resolve(PROMPT, lambda: "plain")
     assert second.resolution.computed and plain.computed
     assert "".join([chunk async for chunk in second]) == model.text
     assert "".join([chunk async for chunk in first]) == model.text

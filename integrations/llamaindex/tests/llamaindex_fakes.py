@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +37,8 @@ _PIECE = re.compile(r"\S+\s*")
 class CountingLLM(LLM):
     """Answers "answer <n> to: <question>" (n counts the calls), natively in all eight methods.
 
-    `calls` lists (method, question) per call; `delay` slows every call so concurrent callers overlap.
+    `calls` lists (method, question) per call; `delay` slows every async call, and every sync stream before its
+    first chunk, so concurrent callers overlap.
     """
 
     model_name: str = "counting-model"
@@ -75,6 +77,7 @@ class CountingLLM(LLM):
         text = self._answer("stream_complete", prompt)
 
         def gen() -> CompletionResponseGen:
+            time.sleep(self.delay)
             so_far = ""
             for piece in _PIECE.findall(text):
                 so_far += piece
@@ -111,6 +114,7 @@ class CountingLLM(LLM):
         text = self._answer("stream_chat", self._question(messages))
 
         def gen() -> ChatResponseGen:
+            time.sleep(self.delay)
             so_far = ""
             for piece in _PIECE.findall(text):
                 so_far += piece

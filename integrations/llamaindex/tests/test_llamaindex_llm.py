@@ -11,8 +11,10 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import llama_index.llms.semantic_cache as semantic_cache_package
 import pytest
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, MessageRole
@@ -25,6 +27,7 @@ from llama_index.core.llms import LLM, MockLLM
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.prompts import PromptTemplate
 from llama_index.llms.semantic_cache import CACHE_INFO_KEY, SemanticCacheEvent, SemanticCacheLLM
+from llama_index.llms.semantic_cache._keys import Request, completion_request
 from llamaindex_fakes import BagOfWordsEmbedding, CountingLLM, EventRecorder
 
 from semantic_llm_cache import ConfigurationError, SemanticCache
@@ -36,6 +39,21 @@ OTHER = "How many people live in Brazil today"
 
 COMPLETION_METHODS = ["complete", "acomplete", "stream_complete", "astream_complete"]
 CHAT_METHODS = ["chat", "achat", "stream_chat", "astream_chat"]
+# `Resolution.info()` of a miss: the one vocabulary of additional_kwargs["semantic_cache"] and SemanticCacheEvent.
+MISS_INFO = {
+    "hit": False,
+    "kind": "miss",
+    "similarity": None,
+    "matched_prompt": None,
+    "age_seconds": None,
+    "key": None,
+    "shared": False,
+}
+
+
+def is_miss_info(info: dict, prompt: str) -> bool:
+    """A miss's info: the vocabulary above, with the key its answer is stored under (a miss stores it)."""
+    return isinstance(info.get("key"), str) and {**info, "key": None} == MISS_INFO | {"prompt": prompt}
 
 
 async def ask(llm: LLM, method: str, text: str, history: list[ChatMessage] | None = None) -> tuple[str, list[dict]]:
@@ -128,11 +146,13 @@ async def test_paraphrase_is_served_from_the_cache(llm: SemanticCacheLLM, inner:
     second = llm.complete(PARAPHRASE)
     assert len(inner.calls) == 1
     assert first.text == second.text == f"answer 1 to: {QUESTION}"
-    assert first.additional_kwargs[CACHE_INFO_KEY] == {"hit": False, "outcome": "miss"}
+    assert is_miss_info(first.additional_kwargs[CACHE_INFO_KEY], QUESTION)
     info = second.additional_kwargs[CACHE_INFO_KEY]
-    assert info["hit"] is True and info["kind"] == "semantic"
+    assert set(info) == set(MISS_INFO) | {"prompt"}  # one vocabulary on hits and misses
+    assert info["hit"] is True and info["kind"] == "semantic" and info["shared"] is False
     assert 0.8 <= info["similarity"] < 1.0
-    assert info["matched_prompt"] == QUESTION
+    assert info["matched_prompt"] == QUESTION and info["prompt"] == PARAPHRASE
+    assert info["age_seconds"] >= 0 and isinstance(info["key"], str)
 
 
 async def test_exact_repeat_is_an_exact_hit(llm: SemanticCacheLLM, inner: CountingLLM) -> None:
@@ -160,7 +180,7 @@ async def test_completion_methods_store_and_serve(
     answer, infos = await ask(llm, first, QUESTION)
     assert inner.calls == [(first, QUESTION)]
     assert answer == f"answer 1 to: {QUESTION}"
-    assert all(info["outcome"] == "miss" for info in infos)
+    assert all(info["kind"] == "miss" for info in infos)
 
     served, infos = await ask(llm, second, PARAPHRASE)
     assert len(inner.calls) == 1
@@ -176,7 +196,7 @@ async def test_chat_methods_store_and_serve(llm: SemanticCacheLLM, inner: Counti
     answer, infos = await ask(llm, first, QUESTION)
     assert inner.calls == [(first, QUESTION)]
     assert answer == f"answer 1 to: {QUESTION}"
-    assert all(info["outcome"] == "miss" for info in infos)
+    assert all(info["kind"] == "miss" for info in infos)
 
     served, infos = await ask(llm, second, PARAPHRASE)
     assert len(inner.calls) == 1
@@ -199,7 +219,85 @@ async def test_an_unfinished_stream_is_not_stored(llm: SemanticCacheLLM, inner: 
     stream.close()  # the reader stopped after one chunk
     answer = llm.complete(QUESTION)
     assert len(inner.calls) == 2
-    assert answer.additional_kwargs[CACHE_INFO_KEY]["outcome"] == "miss"
+    assert answer.additional_kwargs[CACHE_INFO_KEY]["kind"] == "miss"
+
+
+# -- which methods share entries -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(a, b) for a in COMPLETION_METHODS for b in CHAT_METHODS]
+    + [(a, b) for a in CHAT_METHODS for b in COMPLETION_METHODS],
+)
+async def test_a_chat_models_completions_and_chats_share_entries(cache: SemanticCache, first: str, second: str) -> None:
+    """On a chat model, LlamaIndex's complete(p) is chat([user: p]): the model sees the same prompt, so an answer
+    stored by any of the eight methods serves the others (streams replayed as deltas)."""
+    inner = CountingLLM(is_chat=True)
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+    answer, infos = await ask(llm, first, QUESTION)
+    assert inner.calls == [(first, QUESTION)] and answer == f"answer 1 to: {QUESTION}"
+    assert all(info["kind"] == "miss" for info in infos)
+
+    served, infos = await ask(llm, second, PARAPHRASE)
+    assert len(inner.calls) == 1
+    assert served == answer
+    assert all(info["hit"] and info["kind"] == "semantic" for info in infos)
+    if "stream" in second:
+        assert len(infos) == len(answer.split())
+
+
+async def test_the_issue_example_complete_then_chat_calls_a_chat_model_once(cache: SemanticCache) -> None:
+    inner = CountingLLM(is_chat=True)
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+    completion = llm.complete("What is the capital of France?")
+    chat = llm.chat([ChatMessage(role=MessageRole.USER, content="What is the capital of France?")])
+    assert len(inner.calls) == 1
+    assert chat.message.content == completion.text and chat.message.role == MessageRole.ASSISTANT
+    assert chat.additional_kwargs[CACHE_INFO_KEY]["kind"] == "exact"
+    again = llm.complete("What is the capital of France?")
+    assert again.text == completion.text and again.additional_kwargs[CACHE_INFO_KEY]["kind"] == "exact"
+
+
+async def test_a_chat_answer_serves_a_completion_with_its_message_kwargs(cache: SemanticCache) -> None:
+    """A completion read from a chat entry is what LlamaIndex makes of the chat answer (text and message kwargs)."""
+
+    class KwargsChatLLM(CountingLLM):
+        def chat(self, messages: Any, **kwargs: Any) -> ChatResponse:
+            response = super().chat(messages, **kwargs)
+            response.message.additional_kwargs["citations"] = ["doc-1"]
+            return response
+
+    inner = KwargsChatLLM(is_chat=True)
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+    llm.chat([ChatMessage(role=MessageRole.USER, content=QUESTION)])
+    completion = llm.complete(QUESTION)
+    assert len(inner.calls) == 1
+    assert completion.text == f"answer 1 to: {QUESTION}"
+    assert completion.additional_kwargs["citations"] == ["doc-1"]
+
+
+@pytest.mark.parametrize(("first", "second"), [("complete", "chat"), ("chat", "complete")])
+async def test_a_completion_models_completions_and_chats_do_not_share(
+    cache: SemanticCache, first: str, second: str
+) -> None:
+    """On a completion model, chat(messages) sends messages_to_prompt(messages) to the model, not the user text:
+    another prompt, so the two families keep apart."""
+    inner = CountingLLM(is_chat=False)
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+    await ask(llm, first, QUESTION)
+    _, infos = await ask(llm, second, QUESTION)
+    assert len(inner.calls) == 2 and infos[0]["kind"] == "miss"
+
+
+async def test_a_chat_models_formatted_completions_are_kept_apart(cache: SemanticCache) -> None:
+    inner = CountingLLM(is_chat=True)
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+    llm.chat([ChatMessage(role=MessageRole.USER, content=QUESTION)])
+    llm.complete(QUESTION, formatted=True)  # already formatted for the model: not known to be the same prompt
+    assert len(inner.calls) == 2
+    llm.complete(QUESTION, formatted=True)
+    assert len(inner.calls) == 2
 
 
 # -- partitions --------------------------------------------------------------------------------------------
@@ -263,13 +361,13 @@ async def test_formatted_prompts_are_keyed_as_given(
 async def test_uncacheable_calls_bypass_the_cache(
     llm: SemanticCacheLLM, inner: CountingLLM, recorder: EventRecorder
 ) -> None:
-    assert llm.complete("   ").additional_kwargs[CACHE_INFO_KEY]["outcome"] == "bypass"
+    assert llm.complete("   ").additional_kwargs[CACHE_INFO_KEY] == MISS_INFO | {"bypass": "empty prompt"}
     llm.complete(QUESTION, callback=object())
     llm.complete(QUESTION, callback=object())
     assert len(inner.calls) == 3
     events = [event for event in recorder.events if isinstance(event, SemanticCacheEvent)]
-    assert [event.outcome for event in events] == ["bypass"] * 3
-    assert events[1].reason is not None and "JSON" in events[1].reason
+    assert [(event.kind, event.hit) for event in events] == [("miss", False)] * 3
+    assert events[1].bypass is not None and "JSON" in events[1].bypass
 
 
 class ObjectAnswerLLM(CountingLLM):
@@ -295,13 +393,9 @@ async def test_an_answer_json_cannot_hold_is_returned_but_not_stored(cache: Sema
     third = await llm.achat([ChatMessage(role="user", content=QUESTION)])
     assert len(inner.calls) == 3
     assert first.message.additional_kwargs["tool_calls"]  # the wrapped LLM's own answer, untouched
-    assert second.additional_kwargs[CACHE_INFO_KEY]["outcome"] == third.additional_kwargs[CACHE_INFO_KEY]["outcome"]
-    assert third.additional_kwargs[CACHE_INFO_KEY] == {
-        "hit": False,
-        "outcome": "miss",
-        "reason": "the answer cannot be stored as JSON",
-    }
-    assert cache.stats["stores"] == 0
+    assert second.additional_kwargs[CACHE_INFO_KEY] == third.additional_kwargs[CACHE_INFO_KEY]
+    assert is_miss_info(third.additional_kwargs[CACHE_INFO_KEY], QUESTION)
+    assert cache.stats["stores"] == 0 and cache.stats["not_stored"] == 3
 
 
 @pytest.mark.parametrize("method", ["chat", "achat"])
@@ -317,8 +411,23 @@ async def test_concurrent_calls_share_an_answer_json_cannot_hold(cache: Semantic
         responses = await asyncio.gather(*(llm.achat(messages) for _ in range(6)))
     assert len(inner.calls) == 1
     assert all(response.message.additional_kwargs["tool_calls"] for response in responses)
-    outcomes = sorted(response.additional_kwargs[CACHE_INFO_KEY]["outcome"] for response in responses)
-    assert outcomes == ["miss"] + ["shared"] * 5
+    kinds = sorted(response.additional_kwargs[CACHE_INFO_KEY]["kind"] for response in responses)
+    assert kinds == ["miss"] + ["shared"] * 5
+    assert cache.stats["stores"] == 0 and cache.stats["shared_hits"] == 5
+
+
+async def test_a_chat_models_unstorable_answer_is_shared_with_concurrent_completions(cache: SemanticCache) -> None:
+    """A chat answer JSON cannot hold, shared as it is with concurrent completions and streams of the same question:
+    each gets it as its own type (a completion, a chat answer, or replayed chunks), and nothing is stored."""
+    inner = ObjectAnswerLLM(is_chat=True, delay=0.3)
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+    leader = asyncio.ensure_future(ask(llm, "achat", QUESTION))
+    await asyncio.sleep(0.1)  # the chat is asking the model now
+    methods = ["acomplete", "astream_complete", "astream_chat", "achat"]
+    results = await asyncio.gather(leader, *(ask(llm, method, QUESTION) for method in methods))
+    assert [method for method, _ in inner.calls] == ["achat"]
+    assert {answer for answer, _ in results} == {f"answer 1 to: {QUESTION}"}
+    assert [infos[0]["kind"] for _, infos in results] == ["miss"] + ["shared"] * 4
     assert cache.stats["stores"] == 0
 
 
@@ -332,8 +441,8 @@ async def test_concurrent_identical_calls_reach_the_llm_once(cache: SemanticCach
     results = await asyncio.gather(*(ask(llm, method, QUESTION) for _ in range(8)))
     assert len(inner.calls) == 1
     assert {answer for answer, _ in results} == {f"answer 1 to: {QUESTION}"}
-    outcomes = sorted(infos[0]["outcome"] for _, infos in results)
-    assert outcomes.count("miss") == 1 and set(outcomes) <= {"miss", "shared", "hit"}
+    kinds = sorted(infos[0]["kind"] for _, infos in results)
+    assert kinds.count("miss") == 1 and set(kinds) <= {"miss", "shared", "exact"}
 
 
 def test_concurrent_sync_calls_from_threads_reach_the_llm_once(cache: SemanticCache) -> None:
@@ -350,16 +459,93 @@ def test_concurrent_sync_calls_from_threads_reach_the_llm_once(cache: SemanticCa
 
     def ask_sync(_: int) -> tuple[str, str, int]:
         response = llm.complete(QUESTION)
-        return response.text, response.additional_kwargs[CACHE_INFO_KEY]["outcome"], threading.get_ident()
+        return response.text, response.additional_kwargs[CACHE_INFO_KEY]["kind"], threading.get_ident()
 
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(ask_sync, range(6)))
     assert len(inner.calls) == 1
     assert {text for text, _, _ in results} == {f"answer 1 to: {QUESTION}"}
-    outcomes = [outcome for _, outcome, _ in results]
-    assert outcomes.count("miss") == 1 and set(outcomes) <= {"miss", "shared", "hit"}
+    kinds = [kind for _, kind, _ in results]
+    assert kinds.count("miss") == 1 and set(kinds) <= {"miss", "shared", "exact"}
     # The wrapped LLM ran in the calling thread of the call that missed (no hop to another thread).
-    assert answered_in == [thread for _, outcome, thread in results if outcome == "miss"]
+    assert answered_in == [thread for _, kind, thread in results if kind == "miss"]
+
+
+@pytest.mark.parametrize("method", ["astream_complete", "astream_chat"])
+async def test_concurrent_streamed_misses_reach_the_llm_once(cache: SemanticCache, method: str) -> None:
+    """One caller streams the model live; the others wait for it and get the stored answer replayed."""
+    inner = CountingLLM(delay=0.05)
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+    results = await asyncio.gather(*(ask(llm, method, QUESTION) for _ in range(6)))
+    assert inner.calls == [(method, QUESTION)]
+    assert {answer for answer, _ in results} == {f"answer 1 to: {QUESTION}"}
+    kinds = sorted(infos[0]["kind"] for _, infos in results)
+    assert kinds.count("miss") == 1 and set(kinds) <= {"miss", "shared", "exact"}
+    assert all(len(infos) == len(results[0][0].split()) for _, infos in results)  # everyone got deltas
+    assert cache.stats["stores"] == 1
+
+
+def test_concurrent_sync_streams_from_threads_reach_the_llm_once(cache: SemanticCache) -> None:
+    inner = CountingLLM(delay=0.1)
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+
+    def stream(_: int) -> tuple[str, str]:
+        chunks = list(llm.stream_complete(QUESTION))
+        return "".join(chunk.delta or "" for chunk in chunks), chunks[0].additional_kwargs[CACHE_INFO_KEY]["kind"]
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(stream, range(6)))
+    assert inner.calls == [("stream_complete", QUESTION)]
+    assert {text for text, _ in results} == {f"answer 1 to: {QUESTION}"}
+    kinds = [kind for _, kind in results]
+    assert kinds.count("miss") == 1 and set(kinds) <= {"miss", "shared", "exact"}
+
+
+async def test_streams_and_calls_of_a_chat_model_share_one_flight(cache: SemanticCache) -> None:
+    """Concurrent identical questions through any of the async methods of a chat model: one model call."""
+    inner = CountingLLM(is_chat=True, delay=0.05)
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+    methods = ["acomplete", "astream_complete", "achat", "astream_chat"] * 2
+    results = await asyncio.gather(*(ask(llm, method, QUESTION) for method in methods))
+    assert len(inner.calls) == 1
+    assert {answer for answer, _ in results} == {f"answer 1 to: {QUESTION}"}
+
+
+async def test_an_abandoned_stream_lets_a_waiting_caller_stream_the_model(cache: SemanticCache) -> None:
+    inner = CountingLLM(delay=0.05)
+    llm = SemanticCacheLLM(llm=inner, cache=cache)
+    leader = await llm.astream_complete(QUESTION)
+    first_chunk = await leader.__anext__()
+    assert first_chunk.additional_kwargs[CACHE_INFO_KEY]["kind"] == "miss"
+    waiter = asyncio.ensure_future(ask(llm, "astream_complete", QUESTION))
+    await asyncio.sleep(0.02)
+    await leader.aclose()  # the leader's reader stops: nothing is stored, the waiter asks the model itself
+    answer, infos = await waiter
+    assert [method for method, _ in inner.calls] == ["astream_complete", "astream_complete"]
+    assert answer == f"answer 2 to: {QUESTION}" and infos[0]["kind"] == "miss"
+    assert cache.stats["stores"] == 1
+
+
+@pytest.mark.parametrize("method", ["complete", "acomplete", "stream_complete", "astream_complete"])
+async def test_an_unreadable_entry_is_recomputed_once_and_replaced(embedder: BagOfWordsEmbedder, method: str) -> None:
+    """An entry that is not a LlamaIndex answer is a miss: concurrent callers make one model call, which replaces it
+    (the engine does this; the adapter only says the entry cannot be decoded)."""
+    async with SemanticCache(embedder=embedder, threshold=0.8) as cache:  # on_error="log": the default
+        inner = CountingLLM(delay=0.05)
+        llm = SemanticCacheLLM(llm=inner, cache=cache)
+        request = completion_request(inner, QUESTION, False, {}, None)  # how complete(QUESTION) is keyed
+        assert isinstance(request, Request)
+        await cache.store(request.prompt, {"not": "an answer"}, request.scope)
+        if method.startswith("a"):
+            results = await asyncio.gather(*(ask(llm, method, QUESTION) for _ in range(4)))
+        else:
+            with ThreadPoolExecutor(4) as pool:
+                results = list(pool.map(lambda _: asyncio.run(ask(llm, method, QUESTION)), range(4)))
+        assert len(inner.calls) == 1
+        assert {answer for answer, _ in results} == {f"answer 1 to: {QUESTION}"}
+        assert cache.stats["undecodable_entries"] >= 1
+        answer, infos = await ask(llm, "complete", QUESTION)
+        assert len(inner.calls) == 1 and infos[0]["kind"] == "exact" and answer == f"answer 1 to: {QUESTION}"
 
 
 # -- observability -----------------------------------------------------------------------------------------
@@ -371,25 +557,27 @@ async def test_hits_and_misses_reach_instrumentation_handlers(llm: SemanticCache
     list(llm.stream_chat([ChatMessage(role="user", content=OTHER)]))
     await llm.achat([ChatMessage(role="user", content=OTHER)])
     events = [event for event in recorder.events if isinstance(event, SemanticCacheEvent)]
-    assert [(event.method, event.outcome) for event in events] == [
-        ("complete", "miss"),
-        ("complete", "hit"),
-        ("stream_chat", "miss"),
-        ("achat", "hit"),
+    assert [(event.method, event.hit, event.kind) for event in events] == [
+        ("complete", False, "miss"),
+        ("complete", True, "semantic"),
+        ("stream_chat", False, "miss"),
+        ("achat", True, "exact"),
     ]
     hit = events[1]
-    assert hit.kind == "semantic" and hit.similarity is not None and hit.similarity >= 0.8
+    assert hit.similarity is not None and hit.similarity >= 0.8
     assert hit.prompt == PARAPHRASE and hit.matched_prompt == QUESTION
+    assert hit.age_seconds is not None and hit.key is not None and hit.shared is False and hit.bypass is None
     # Dispatched inside the wrapper call's span (also for sync calls, whose cache work runs on another thread).
     assert all(event.span_id and event.span_id.startswith(f"SemanticCacheLLM.{event.method}-") for event in events)
     assert events[3].model_dump()["class_name"] == "SemanticCacheEvent"
 
 
-@pytest.mark.parametrize("method", ["complete", "acomplete", "chat", "achat"])
+@pytest.mark.parametrize("method", [*COMPLETION_METHODS, *CHAT_METHODS])
 async def test_the_wrapped_llm_runs_inside_the_wrapper_span(
     llm: SemanticCacheLLM, inner: CountingLLM, method: str
 ) -> None:
-    """On a miss the wrapped LLM's span is a child of the wrapper call's span (the caller's context reaches it)."""
+    """On a miss the wrapped LLM's span is a child of the wrapper call's span (the caller's context reaches it),
+    for streams too, although the engine opens the wrapped stream only when it is first read."""
     spans = SimpleSpanHandler()
     root_dispatcher.add_span_handler(spans)
     try:
@@ -429,10 +617,48 @@ async def test_reported_tokens_are_credited_to_later_hits(cache: SemanticCache, 
     assert cache.stats.saved_tokens == 2 * 19
 
 
+@pytest.mark.parametrize("method", ["stream_complete", "astream_chat"])
+async def test_tokens_a_streams_last_chunk_reports_are_credited_to_later_hits(
+    cache: SemanticCache, method: str
+) -> None:
+    class UsageInLastChunkLLM(CountingLLM):
+        def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+            chunks = list(super().stream_complete(prompt, formatted, **kwargs))
+            chunks[-1].raw = {"usage": {"total_tokens": 11}}
+            return iter(chunks)
+
+        async def astream_chat(self, messages: Any, **kwargs: Any) -> Any:
+            chunks = [chunk async for chunk in await super().astream_chat(messages, **kwargs)]
+            chunks[-1].raw = {"usage": {"total_tokens": 11}}
+
+            async def gen() -> Any:
+                for chunk in chunks:
+                    yield chunk
+
+            return gen()
+
+    llm = SemanticCacheLLM(llm=UsageInLastChunkLLM(), cache=cache)
+    await ask(llm, method, QUESTION)
+    await ask(llm, method, PARAPHRASE)
+    assert cache.stats.saved_tokens == 11
+
+
 async def test_an_llm_without_usage_reports_no_tokens(llm: SemanticCacheLLM, cache: SemanticCache) -> None:
     llm.complete(QUESTION)
     llm.complete(PARAPHRASE)
     assert cache.stats["semantic_hits"] == 1 and cache.stats.saved_tokens == 0
+
+
+def test_the_adapter_only_translates() -> None:
+    """No threads, queues, flights, background loops or direct lookups and stores in the integration: every call
+    goes through the engine's resolve, resolve_sync, resolve_stream or resolve_stream_sync."""
+    package = Path(semantic_cache_package.__file__).parent
+    source = "\n".join(path.read_text() for path in sorted(package.glob("*.py")))
+    for forbidden in ("threading", "queue", "concurrent.futures", "run_sync", ".lookup(", ".store(", "to_thread"):
+        assert forbidden not in source, forbidden
+    base = (package / "base.py").read_text()
+    for used in ("resolve_sync(", "resolve(", "resolve_stream(", "resolve_stream_sync(", "decode=", "replay="):
+        assert used in base, used
 
 
 # -- inside LlamaIndex -------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""LlamaIndex responses <-> the JSON payloads the cache stores; streamed answers assembled and replayed."""
+"""LlamaIndex responses <-> the JSON payloads the cache stores; streamed answers assembled and replayed.
+
+Two payloads: {"text": ...} for completions and {"message": <ChatMessage JSON>} for chats. The completion methods
+of a chat model store and read the chat payload, because they share entries with its chat methods.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,12 @@ import re
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
-from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse
+from llama_index.core.base.llms.generic_utils import completion_response_to_chat_response
+from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, MessageRole
 from llama_index.llms.semantic_cache._keys import message_json
-from llama_index.llms.semantic_cache.events import CACHE_INFO_KEY, CacheOutcome
+from llama_index.llms.semantic_cache.events import CACHE_INFO_KEY
+
+from semantic_llm_cache import Computed
 
 R = TypeVar("R", CompletionResponse, ChatResponse)
 
@@ -16,11 +23,9 @@ R = TypeVar("R", CompletionResponse, ChatResponse)
 _PIECE = re.compile(r"\S+\s*|\s+")
 
 
-def with_info(response: R, outcome: CacheOutcome) -> R:
+def with_info(response: R, info: dict[str, Any]) -> R:
     """A copy of `response` whose additional_kwargs say how the cache answered."""
-    return response.model_copy(
-        update={"additional_kwargs": {**response.additional_kwargs, CACHE_INFO_KEY: outcome.info()}}
-    )
+    return response.model_copy(update={"additional_kwargs": {**response.additional_kwargs, CACHE_INFO_KEY: info}})
 
 
 # Where providers put token counts: LlamaIndex's own token counter reads the same keys.
@@ -68,91 +73,143 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _streamed_text(deltas: Sequence[str | None], last_text: str | None) -> str:
+def _streamed_text(chunks: Sequence[CompletionResponse | ChatResponse], last_text: str | None) -> str:
     # Consumers of a stream read its deltas, so the deltas are what was answered; `text` only if none came.
+    deltas = [chunk.delta for chunk in chunks]
     if any(delta is not None for delta in deltas):
         return "".join(delta or "" for delta in deltas)
     return last_text or ""
 
 
+def _pieces(text: str) -> list[str]:
+    return _PIECE.findall(text) or [""]
+
+
 class Codec(Generic[R]):
-    """How one response type is stored, read back, assembled from a stream and replayed as one."""
+    """How one response type is stored, read back, assembled from a stream and replayed as one.
+
+    `computed`, `decode`, `assemble` and `replay` are what the engine's resolve calls take; `decode` and `replay`
+    raise ValueError for a value that is not one of ours (the engine then treats the entry as a miss).
+    """
 
     def encode(self, response: R) -> Any:
         """The JSON payload for `response`, or None when JSON cannot hold it faithfully."""
         raise NotImplementedError
 
-    def decode(self, payload: Any) -> R | None:
-        """The response a stored payload stands for, or None if the payload is not one of ours."""
+    def read(self, payload: Any) -> R:
+        """The response a stored payload stands for (ValueError if it is not one of ours)."""
         raise NotImplementedError
 
-    def assemble(self, deltas: Sequence[str | None], last: R | None) -> Any:
+    def adopt(self, response: CompletionResponse | ChatResponse) -> R:
+        """A response object a concurrent identical call got (an answer it could not store), as this type."""
+        raise NotImplementedError
+
+    def chunks(self, response: R) -> list[R]:
+        """`response` as a stream of chunks whose deltas join to the whole text."""
+        raise NotImplementedError
+
+    def assembled(self, chunks: Sequence[R]) -> Any:
         """The payload for a finished stream (None: do not store it)."""
         raise NotImplementedError
 
-    def replay(self, payload: Any) -> list[R] | None:
-        """The stored answer as a stream of chunks whose deltas join to the whole text."""
-        raise NotImplementedError
+    def computed(self, response: R) -> Computed:
+        """What a compute hands the engine: the payload and the tokens it cost; or, when JSON cannot hold the
+        answer, the answer itself, shared with concurrent identical calls but not stored."""
+        payload = self.encode(response)
+        if payload is None:
+            return Computed(response, store=False)
+        return Computed(payload, tokens=reported_tokens(response))
+
+    def decode(self, value: Any) -> R:
+        """A stored or shared answer (a payload, or a response object that could not be stored) as a response."""
+        if isinstance(value, (CompletionResponse, ChatResponse)):
+            return self.adopt(value)
+        return self.read(value)
+
+    def replay(self, value: Any) -> list[R]:
+        """A stored or shared answer as the chunks of a stream."""
+        return self.chunks(self.decode(value))
+
+    def assemble(self, chunks: list[R]) -> Computed | None:
+        """What a finished stream stores: its payload, and the tokens its last chunk reports."""
+        payload = self.assembled(chunks)
+        if payload is None:
+            return None
+        return Computed(payload, tokens=reported_tokens(chunks[-1]))
 
 
 class CompletionCodec(Codec[CompletionResponse]):
+    """Completions, stored as {"text": ...}."""
+
     def encode(self, response: CompletionResponse) -> Any:
         return {"text": response.text} if isinstance(response.text, str) else None
 
-    def decode(self, payload: Any) -> CompletionResponse | None:
+    def read(self, payload: Any) -> CompletionResponse:
         if isinstance(payload, dict) and isinstance(payload.get("text"), str):
             return CompletionResponse(text=payload["text"])
-        return None
+        raise ValueError("the cached entry is not a LlamaIndex completion")
 
-    def assemble(self, deltas: Sequence[str | None], last: CompletionResponse | None) -> Any:
-        text = _streamed_text(deltas, None if last is None else last.text)
-        return {"text": text} if text else None
+    def adopt(self, response: CompletionResponse | ChatResponse) -> CompletionResponse:
+        if isinstance(response, CompletionResponse):
+            return response
+        # chat_response_to_completion_response, without updating the other caller's message in place
+        message = response.message
+        return CompletionResponse(
+            text=message.content or "",
+            additional_kwargs={**message.additional_kwargs, **response.additional_kwargs},
+            raw=response.raw,
+        )
 
-    def replay(self, payload: Any) -> list[CompletionResponse] | None:
-        response = self.decode(payload)
-        if response is None:
-            return None
+    def chunks(self, response: CompletionResponse) -> list[CompletionResponse]:
+        pieces = _pieces(response.text)
         chunks, text = [], ""
-        for piece in _PIECE.findall(response.text) or [""]:
+        for position, piece in enumerate(pieces):
             text += piece
-            chunks.append(CompletionResponse(text=text, delta=piece))
+            is_last = position == len(pieces) - 1
+            extra = dict(response.additional_kwargs) if is_last else {}
+            chunks.append(CompletionResponse(text=text, delta=piece, additional_kwargs=extra))
         return chunks
+
+    def assembled(self, chunks: Sequence[CompletionResponse]) -> Any:
+        text = _streamed_text(chunks, chunks[-1].text if chunks else None)
+        return self.encode(CompletionResponse(text=text)) if text else None
+
+
+class CompletionViaChatCodec(CompletionCodec):
+    """Completions of a chat model, stored as the chat answer they are ({"message": ...}): LlamaIndex answers
+    `complete(p)` on a chat model as `chat([user: p])`, so both read and write the same entries."""
+
+    def encode(self, response: CompletionResponse) -> Any:
+        if not isinstance(response.text, str):
+            return None
+        return CHAT.encode(ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text)))
+
+    def read(self, payload: Any) -> CompletionResponse:
+        return self.adopt(CHAT.read(payload))
 
 
 class ChatCodec(Codec[ChatResponse]):
+    """Chat answers, stored as {"message": <the assistant ChatMessage as JSON>}."""
+
     def encode(self, response: ChatResponse) -> Any:
         message = message_json(response.message)
         return None if message is None else {"message": message}
 
-    def decode(self, payload: Any) -> ChatResponse | None:
+    def read(self, payload: Any) -> ChatResponse:
         if not isinstance(payload, dict) or not isinstance(payload.get("message"), dict):
-            return None
-        try:
-            return ChatResponse(message=ChatMessage.model_validate(payload["message"]))
-        except ValueError:
-            return None
+            raise ValueError("the cached entry is not a LlamaIndex chat answer")
+        return ChatResponse(message=ChatMessage.model_validate(payload["message"]))  # a ValidationError is a ValueError
 
-    def assemble(self, deltas: Sequence[str | None], last: ChatResponse | None) -> Any:
-        if last is None:
-            return None
-        text = _streamed_text(deltas, last.message.content)
-        if not text:
-            return None
-        message = last.message
-        if message.content != text:
-            message = message.model_copy(deep=True)
-            try:
-                message.content = text
-            except ValueError:  # several blocks: which one the deltas belong to is unknown, so do not store
-                return None
-        return self.encode(ChatResponse(message=message))
+    def adopt(self, response: CompletionResponse | ChatResponse) -> ChatResponse:
+        if isinstance(response, ChatResponse):
+            return response
+        return completion_response_to_chat_response(
+            response.model_copy(update={"additional_kwargs": dict(response.additional_kwargs)})
+        )
 
-    def replay(self, payload: Any) -> list[ChatResponse] | None:
-        response = self.decode(payload)
-        if response is None:
-            return None
+    def chunks(self, response: ChatResponse) -> list[ChatResponse]:
         final = response.message
-        pieces = _PIECE.findall(final.content or "") or [""]
+        pieces = _pieces(final.content or "")
         chunks, text = [], ""
         for position, piece in enumerate(pieces):
             text += piece
@@ -161,6 +218,22 @@ class ChatCodec(Codec[ChatResponse]):
             chunks.append(ChatResponse(message=message, delta=piece))
         return chunks
 
+    def assembled(self, chunks: Sequence[ChatResponse]) -> Any:
+        if not chunks:
+            return None
+        message = chunks[-1].message
+        text = _streamed_text(chunks, message.content)
+        if not text:
+            return None
+        if message.content != text:
+            message = message.model_copy(deep=True)
+            try:
+                message.content = text
+            except ValueError:  # several blocks: which one the deltas belong to is unknown, so do not store
+                return None
+        return self.encode(ChatResponse(message=message))
+
 
 COMPLETION = CompletionCodec()
+COMPLETION_VIA_CHAT = CompletionViaChatCodec()
 CHAT = ChatCodec()

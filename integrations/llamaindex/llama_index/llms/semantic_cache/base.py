@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Sequence,
+)
 from contextvars import ContextVar
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.base.llms.generic_utils import prompt_to_messages
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -26,11 +35,11 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
 from llama_index.core.types import Model, TokenAsyncGen, TokenGen
-from llama_index.llms.semantic_cache._codecs import CHAT, COMPLETION, Codec, R, reported_tokens, with_info
+from llama_index.llms.semantic_cache._codecs import CHAT, COMPLETION, COMPLETION_VIA_CHAT, Codec, R, with_info
 from llama_index.llms.semantic_cache._keys import Bypass, Request, TemplateKey, chat_request, completion_request
-from llama_index.llms.semantic_cache.events import CacheOutcome
+from llama_index.llms.semantic_cache.events import bypass_info, cache_event
 
-from semantic_llm_cache import Computed, ConfigurationError, InvalidInputError, Resolution, SemanticCache, run_sync
+from semantic_llm_cache import Computed, ConfigurationError, InvalidInputError, SemanticCache
 
 if TYPE_CHECKING:
     from llama_index.core.chat_engine.types import AgentChatResponse
@@ -53,29 +62,23 @@ _FORMATTING_FIELDS = (
 )
 
 
-_NOT_STORED = "the answer cannot be stored as JSON"
-
-
-def _computed(response: R, codec: Codec[R]) -> Computed:
-    """What a compute hands the engine: the answer's payload and the tokens it cost; or, when JSON cannot hold the
-    answer, the answer itself, shared with concurrent identical calls but not stored."""
-    payload = codec.encode(response)
-    if payload is None:
-        return Computed(response, store=False)
-    return Computed(payload, tokens=reported_tokens(response))
-
-
 class SemanticCacheLLM(LLM):
     """A LlamaIndex LLM that serves the wrapped LLM's earlier answers to prompts that mean the same.
 
     Use it wherever an LLM goes: `Settings.llm = SemanticCacheLLM(llm=OpenAI(...))`, `index.as_query_engine(llm=...)`.
     All eight call methods are cached (streams replay a cached answer as deltas; a streamed miss is stored when it
-    completes). Partitions: the wrapped LLM's class, model and settings and the call's arguments, plus for chats
-    every message but the last user message, must match exactly; only the question is embedded. A prompt template
-    with a `question_variable` ("query_str", as in query engines) is keyed by that variable alone, the rest of the
-    formatted prompt (retrieved context included) exactly. Responses say how they were answered in
-    `additional_kwargs["semantic_cache"]`, and each call dispatches a `SemanticCacheEvent`.
+    completes), and concurrent identical calls, streams included, call the wrapped LLM once. On a chat model the
+    completion methods share entries with the chat methods (`complete(p)` is `chat([user: p])` there); on a
+    completion model the two families keep apart. Partitions: the wrapped LLM's class, model and settings and the
+    call's arguments, plus for chats every message but the last user message, must match exactly; only the
+    question is embedded. A prompt template with a `question_variable` ("query_str", as in query engines) is keyed
+    by that variable alone, the rest of the formatted prompt (retrieved context included) exactly. Responses say
+    how they were answered in `additional_kwargs["semantic_cache"]` (the engine's `Resolution.info()`), and each
+    call dispatches a `SemanticCacheEvent` with the same fields.
     Anything else (metadata, tool calling, attributes such as `model`) is the wrapped LLM's.
+
+    The engine (`SemanticCache.resolve*`) does the looking up, single-flight, storing and error handling; this
+    class only translates LlamaIndex calls and responses to and from it.
     """
 
     llm: SerializeAsAny[LLM] = Field(description="The LLM whose answers are cached.")
@@ -143,43 +146,42 @@ class SemanticCacheLLM(LLM):
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         call = partial(self.llm.complete, prompt, formatted=formatted, **kwargs)
-        return self._serve("complete", self._completion_request(prompt, formatted, kwargs), call, COMPLETION)
+        return self._serve("complete", *self._completion_request(prompt, formatted, kwargs), call)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         call = partial(self.llm.acomplete, prompt, formatted=formatted, **kwargs)
-        return await self._aserve("acomplete", self._completion_request(prompt, formatted, kwargs), call, COMPLETION)
+        return await self._aserve("acomplete", *self._completion_request(prompt, formatted, kwargs), call)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         call = partial(self.llm.stream_complete, prompt, formatted=formatted, **kwargs)
-        return self._stream("stream_complete", self._completion_request(prompt, formatted, kwargs), call, COMPLETION)
+        return self._stream("stream_complete", *self._completion_request(prompt, formatted, kwargs), call)
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         call = partial(self.llm.astream_complete, prompt, formatted=formatted, **kwargs)
-        request = self._completion_request(prompt, formatted, kwargs)
-        return await self._astream("astream_complete", request, call, COMPLETION)
+        return await self._astream("astream_complete", *self._completion_request(prompt, formatted, kwargs), call)
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         call = partial(self.llm.chat, messages, **kwargs)
-        return self._serve("chat", self._chat_request(messages, kwargs), call, CHAT)
+        return self._serve("chat", self._chat_request(messages, kwargs), CHAT, call)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         call = partial(self.llm.achat, messages, **kwargs)
-        return await self._aserve("achat", self._chat_request(messages, kwargs), call, CHAT)
+        return await self._aserve("achat", self._chat_request(messages, kwargs), CHAT, call)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         call = partial(self.llm.stream_chat, messages, **kwargs)
-        return self._stream("stream_chat", self._chat_request(messages, kwargs), call, CHAT)
+        return self._stream("stream_chat", self._chat_request(messages, kwargs), CHAT, call)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         call = partial(self.llm.astream_chat, messages, **kwargs)
-        return await self._astream("astream_chat", self._chat_request(messages, kwargs), call, CHAT)
+        return await self._astream("astream_chat", self._chat_request(messages, kwargs), CHAT, call)
 
     # -- prompt templates: key by the question, match the rest exactly ----------------------------------
 
@@ -312,10 +314,21 @@ class SemanticCacheLLM(LLM):
             return None
         return TemplateKey(id(self), question, {"prompt": masked_prompt}, prompt=formatted)
 
-    def _completion_request(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> Request | Bypass:
+    def _completion_request(
+        self, prompt: str, formatted: bool, kwargs: dict[str, Any]
+    ) -> tuple[Request | Bypass, Codec[CompletionResponse]]:
+        """The key of a completion and how its answer is stored.
+
+        A chat model's LlamaIndex `complete(prompt)` is `chat([user: prompt])`: the model sees the same messages,
+        so it is keyed (and stored) as that chat. A `formatted=True` prompt is keyed as given, apart.
+        """
         key = _TEMPLATE_KEY.get()
         template = key if key is not None and key.owner == id(self) and formatted and key.prompt == prompt else None
-        return self._checked(completion_request(self.llm, prompt, formatted, kwargs, self.namespace, template))
+        if template is None and not formatted and self.llm.metadata.is_chat_model:
+            as_chat = chat_request(self.llm, prompt_to_messages(prompt), kwargs, self.namespace)
+            return self._checked(as_chat), COMPLETION_VIA_CHAT
+        request = completion_request(self.llm, prompt, formatted, kwargs, self.namespace, template)
+        return self._checked(request), COMPLETION
 
     def _chat_request(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> Request | Bypass:
         key = _TEMPLATE_KEY.get()
@@ -323,6 +336,7 @@ class SemanticCacheLLM(LLM):
         return self._checked(chat_request(self.llm, messages, kwargs, self.namespace, template))
 
     def _checked(self, request: Request | Bypass) -> Request | Bypass:
+        """A call whose arguments cannot be put in a Scope (not JSON) is not cached."""
         if isinstance(request, Request):
             try:
                 self.cache.partition_for(request.scope)
@@ -330,140 +344,96 @@ class SemanticCacheLLM(LLM):
                 return Bypass("the call's arguments or messages are not JSON-serialisable")
         return request
 
-    # -- serving ----------------------------------------------------------------------------------------
+    # -- serving: the engine resolves; this only translates -------------------------------------------
 
-    def _deliver(self, method: str, response: R, outcome: CacheOutcome) -> R:
-        dispatcher.event(outcome.event(method))  # here, in the caller's context: the event carries its span
-        return with_info(response, outcome)
-
-    def _answer(
-        self, request: Request, resolution: Resolution, computed: list[R], codec: Codec[R]
-    ) -> tuple[R | None, CacheOutcome]:
-        """The answer and how it came; (None, bypass) if the entry found is unreadable (then call the LLM)."""
-        # A payload is JSON; a response object is an answer the compute kept out of the cache (see _computed).
-        not_stored = isinstance(resolution.response, (CompletionResponse, ChatResponse))
-        reason = _NOT_STORED if not_stored else None
-        if resolution.computed:
-            return computed[0], CacheOutcome("miss", request.prompt, reason=reason)
-        if not_stored:
-            return cast(R, resolution.response), CacheOutcome("shared", request.prompt, reason=reason)
-        response = codec.decode(resolution.response)
-        if response is None:
-            return None, CacheOutcome("bypass", request.prompt, reason="the cached entry is not a LlamaIndex answer")
-        return response, CacheOutcome("hit" if resolution.hit else "shared", request.prompt, hit=resolution.hit)
-
-    def _serve(self, method: str, request: Request | Bypass, call: Callable[[], R], codec: Codec[R]) -> R:
+    def _serve(self, method: str, request: Request | Bypass, codec: Codec[R], call: Callable[[], R]) -> R:
         if isinstance(request, Bypass):
-            return self._deliver(method, call(), CacheOutcome("bypass", reason=request.reason))
-        computed: list[R] = []
+            return _delivered(method, call(), bypass_info(request.reason))
+        answered: list[R] = []
 
-        def compute() -> Computed:  # runs in this thread (spans, template keys), once for concurrent threads
-            computed.append(call())
-            return _computed(computed[0], codec)
+        def compute() -> Computed:  # runs in this thread (spans, template keys), once for concurrent callers
+            answered.append(call())
+            return codec.computed(answered[0])
 
-        resolution = self.cache.resolve_sync(request.prompt, compute, request.scope, ttl=self.ttl)
-        response, outcome = self._answer(request, resolution, computed, codec)
-        return self._deliver(method, call() if response is None else response, outcome)
+        resolution = self.cache.resolve_sync(request.prompt, compute, request.scope, ttl=self.ttl, decode=codec.decode)
+        response = answered[0] if resolution.computed else resolution.response
+        return _delivered(method, response, resolution.info(request.prompt))
 
     async def _aserve(
-        self, method: str, request: Request | Bypass, call: Callable[[], Awaitable[R]], codec: Codec[R]
+        self, method: str, request: Request | Bypass, codec: Codec[R], call: Callable[[], Awaitable[R]]
     ) -> R:
         if isinstance(request, Bypass):
-            return self._deliver(method, await call(), CacheOutcome("bypass", reason=request.reason))
-        computed: list[R] = []
+            return _delivered(method, await call(), bypass_info(request.reason))
+        answered: list[R] = []
 
-        async def compute() -> Computed:  # awaited in this task (spans, template keys), once for concurrent calls
-            computed.append(await call())
-            return _computed(computed[0], codec)
+        async def compute() -> Computed:  # awaited in this task (spans, template keys), once for concurrent callers
+            answered.append(await call())
+            return codec.computed(answered[0])
 
-        resolution = await self.cache.resolve(request.prompt, compute, request.scope, ttl=self.ttl)
-        response, outcome = self._answer(request, resolution, computed, codec)
-        return self._deliver(method, await call() if response is None else response, outcome)
+        resolution = await self.cache.resolve(request.prompt, compute, request.scope, ttl=self.ttl, decode=codec.decode)
+        response = answered[0] if resolution.computed else resolution.response
+        return _delivered(method, response, resolution.info(request.prompt))
 
     def _stream(
-        self, method: str, request: Request | Bypass, open_stream: Callable[[], Iterable[R]], codec: Codec[R]
+        self, method: str, request: Request | Bypass, codec: Codec[R], open_stream: Callable[[], Iterable[R]]
     ) -> Generator[R, None, None]:
         if isinstance(request, Bypass):
-            outcome = CacheOutcome("bypass", reason=request.reason)
-            dispatcher.event(outcome.event(method))
-            return _tagged(open_stream(), outcome)
-        hit = run_sync(self.cache.lookup(request.prompt, request.scope))
-        chunks = None if hit is None else codec.replay(hit.response)
-        if chunks is not None:
-            outcome = CacheOutcome("hit", request.prompt, hit=hit)
-            dispatcher.event(outcome.event(method))
-            return _tagged(chunks, outcome)
-        outcome = CacheOutcome("miss", request.prompt)
-        dispatcher.event(outcome.event(method))
-        return self._recorded(open_stream(), request, outcome, codec)
+            info = bypass_info(request.reason)
+            dispatcher.event(cache_event(method, info))
+            return _tagged(open_stream(), info)
+        # The engine opens the wrapped LLM's stream in this call's context (though when it is first read), so the
+        # wrapped LLM's span and events nest under this call's span.
+        stream = self.cache.resolve_stream_sync(
+            request.prompt,
+            open_stream,
+            request.scope,
+            assemble=codec.assemble,
+            replay=codec.replay,
+            ttl=self.ttl,
+        )
+        info = stream.resolution.info(request.prompt)
+        dispatcher.event(cache_event(method, info))
+        return _tagged(stream, info)
 
     async def _astream(
         self,
         method: str,
         request: Request | Bypass,
-        open_stream: Callable[[], Awaitable[AsyncIterator[R]]],
         codec: Codec[R],
+        open_stream: Callable[[], Awaitable[AsyncIterator[R]]],
     ) -> AsyncGenerator[R, None]:
         if isinstance(request, Bypass):
-            outcome = CacheOutcome("bypass", reason=request.reason)
-            dispatcher.event(outcome.event(method))
-            return _atagged(await open_stream(), outcome)
-        hit = await self.cache.lookup(request.prompt, request.scope)
-        chunks = None if hit is None else codec.replay(hit.response)
-        if chunks is not None:
-            outcome = CacheOutcome("hit", request.prompt, hit=hit)
-            dispatcher.event(outcome.event(method))
-            return _replayed(chunks, outcome)
-        outcome = CacheOutcome("miss", request.prompt)
-        dispatcher.event(outcome.event(method))
-        return self._arecorded(await open_stream(), request, outcome, codec)
+            info = bypass_info(request.reason)
+            dispatcher.event(cache_event(method, info))
+            return _atagged(await open_stream(), info)
+        stream = await self.cache.resolve_stream(  # opened in this call's context, as in _stream
+            request.prompt, open_stream, request.scope, assemble=codec.assemble, replay=codec.replay, ttl=self.ttl
+        )
+        info = stream.resolution.info(request.prompt)
+        dispatcher.event(cache_event(method, info))
+        return _atagged(stream, info)
 
-    def _recorded(
-        self, chunks: Iterable[R], request: Request, outcome: CacheOutcome, codec: Codec[R]
-    ) -> Generator[R, None, None]:
-        """Pass the stream through; store the answer once it has been read to the end (never a partial one)."""
-        started = time.perf_counter()
-        deltas: list[str | None] = []
-        last: R | None = None
+
+def _delivered(method: str, response: R, info: dict[str, Any]) -> R:
+    dispatcher.event(cache_event(method, info))  # here, in the caller's context: the event carries its span
+    return with_info(response, info)
+
+
+def _tagged(chunks: Iterable[R], info: dict[str, Any]) -> Generator[R, None, None]:
+    try:
         for chunk in chunks:
-            deltas.append(chunk.delta)
-            last = chunk
-            yield with_info(chunk, outcome)
-        payload = codec.assemble(deltas, last)
-        if payload is not None:
-            run_sync(
-                self.cache.store(
-                    request.prompt, payload, request.scope, ttl=self.ttl, compute_seconds=time.perf_counter() - started
-                )
-            )
+            yield with_info(chunk, info)
+    finally:  # a reader that stops early stops the stream (the engine then stores nothing)
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
-    async def _arecorded(
-        self, chunks: AsyncIterator[R], request: Request, outcome: CacheOutcome, codec: Codec[R]
-    ) -> AsyncGenerator[R, None]:
-        started = time.perf_counter()
-        deltas: list[str | None] = []
-        last: R | None = None
+
+async def _atagged(chunks: AsyncIterable[R], info: dict[str, Any]) -> AsyncGenerator[R, None]:
+    try:
         async for chunk in chunks:
-            deltas.append(chunk.delta)
-            last = chunk
-            yield with_info(chunk, outcome)
-        payload = codec.assemble(deltas, last)
-        if payload is not None:
-            await self.cache.store(
-                request.prompt, payload, request.scope, ttl=self.ttl, compute_seconds=time.perf_counter() - started
-            )
-
-
-def _tagged(chunks: Iterable[R], outcome: CacheOutcome) -> Generator[R, None, None]:
-    for chunk in chunks:
-        yield with_info(chunk, outcome)
-
-
-async def _replayed(chunks: Iterable[R], outcome: CacheOutcome) -> AsyncGenerator[R, None]:
-    for chunk in chunks:
-        yield with_info(chunk, outcome)
-
-
-async def _atagged(chunks: AsyncIterator[R], outcome: CacheOutcome) -> AsyncGenerator[R, None]:
-    async for chunk in chunks:
-        yield with_info(chunk, outcome)
+            yield with_info(chunk, info)
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()

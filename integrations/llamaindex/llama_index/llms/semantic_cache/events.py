@@ -1,78 +1,52 @@
-"""The instrumentation event a SemanticCacheLLM call dispatches, and the cache info attached to its responses."""
+"""The instrumentation event a SemanticCacheLLM call dispatches, and the cache info attached to its responses.
+
+Both speak the engine's one vocabulary (`semantic_llm_cache.Resolution.info`): hit, kind, similarity,
+matched_prompt, age_seconds, key, shared, prompt; plus `bypass` when the call could not be cached.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from llama_index.core.instrumentation.events import BaseEvent
 
-from semantic_llm_cache import CacheHit
+from semantic_llm_cache import Resolution
 
 CACHE_INFO_KEY = "semantic_cache"
 """The `additional_kwargs` key of a CompletionResponse/ChatResponse that holds the cache info."""
-
-Outcome = Literal["hit", "miss", "shared", "bypass"]
 
 
 class SemanticCacheEvent(BaseEvent):
     """How a SemanticCacheLLM call was answered, dispatched through `llama_index.core.instrumentation`.
 
-    outcome: "hit" (served from the cache), "miss" (the wrapped LLM answered), "shared" (a concurrent identical
-    call's answer was shared), "bypass" (the call could not be cached, see `reason`; the wrapped LLM answered).
-    prompt: the text that was looked up (only the question is embedded). The `span_id` is the wrapper call's span.
+    The fields are those of `additional_kwargs["semantic_cache"]`: hit (served without calling the wrapped LLM),
+    kind ("exact", "semantic", "shared": a concurrent identical call's answer, "miss": the wrapped LLM answered),
+    similarity, matched_prompt, age_seconds and key of the entry that served it, shared, and prompt (the text
+    looked up: only the question is embedded). bypass: why the call was not cached at all (the wrapped LLM
+    answered). method: the SemanticCacheLLM method called. The `span_id` is the wrapper call's span.
     """
 
-    outcome: Outcome
     method: str
-    prompt: str | None = None
-    kind: Literal["exact", "semantic"] | None = None
+    hit: bool
+    kind: Literal["exact", "semantic", "shared", "miss"]
     similarity: float | None = None
     matched_prompt: str | None = None
-    age: float | None = None
+    age_seconds: float | None = None
     key: str | None = None
-    reason: str | None = None
+    shared: bool = False
+    prompt: str | None = None
+    bypass: str | None = None
 
     @classmethod
     def class_name(cls) -> str:
         return "SemanticCacheEvent"
 
 
-@dataclass(frozen=True)
-class CacheOutcome:
-    """What the cache did for one call; rendered both as response info and as an instrumentation event."""
+def bypass_info(reason: str) -> dict[str, Any]:
+    """The cache info of a call that was not cached: a miss that looked nothing up, and why."""
+    return {**Resolution(None, None, computed=True).info(), "bypass": reason}
 
-    outcome: Outcome
-    prompt: str | None = None
-    hit: CacheHit | None = None
-    reason: str | None = None
 
-    def info(self) -> dict[str, Any]:
-        """The `additional_kwargs[CACHE_INFO_KEY]` value: `hit`, `outcome`, and for hits `kind` and `similarity`."""
-        details: dict[str, Any] = {"hit": self.outcome == "hit", "outcome": self.outcome}
-        if self.hit is not None:
-            details.update(
-                kind=self.hit.kind,
-                similarity=self.hit.similarity,
-                matched_prompt=self.hit.prompt,
-                age=self.hit.age,
-                key=self.hit.key,
-            )
-        if self.reason is not None:
-            details["reason"] = self.reason
-        return details
-
-    def event(self, method: str) -> SemanticCacheEvent:
-        """The event, created in the caller's context so that it carries the caller's span id."""
-        hit = self.hit
-        return SemanticCacheEvent(
-            outcome=self.outcome,
-            method=method,
-            prompt=self.prompt,
-            kind=None if hit is None else hit.kind,
-            similarity=None if hit is None else hit.similarity,
-            matched_prompt=None if hit is None else hit.prompt,
-            age=None if hit is None else hit.age,
-            key=None if hit is None else hit.key,
-            reason=self.reason,
-        )
+def cache_event(method: str, info: dict[str, Any]) -> SemanticCacheEvent:
+    """The event for one call; create it in the caller's context, so that it carries the caller's span id."""
+    return SemanticCacheEvent(method=method, **info)
