@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import Context, ContextVar, copy_context
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -66,6 +66,28 @@ class _Budget:
 
 
 _BUDGET: ContextVar[_Budget | None] = ContextVar("semantic_llm_cache_budget", default=None)
+
+
+@dataclass
+class _StreamLead:
+    """A stream this caller leads: what storing its answer needs, and whether its reading has begun."""
+
+    prepared: _Prepared
+    assemble: Callable[[list[Any]], Any]
+    future: Future[Any]
+    vector: Vector | None
+    scope: Scope | None
+    ttl: float | None
+    metadata: dict[str, Any] | None
+    budget: _Budget
+    flights: Flights | None = None
+    started: list[bool] = field(default_factory=list)
+
+    def release(self) -> None:
+        """Dropped or closed before it was read: the callers waiting on it take over."""
+        if not self.started and not self.future.done() and self.flights is not None:
+            self.future.set_result(LEADER_GONE)
+            self.flights.finish(self.prepared.key, self.future)
 
 
 @dataclass(frozen=True)
@@ -241,18 +263,23 @@ class SemanticCache:
 
     # -- public API -------------------------------------------------------------------------------------
 
-    async def lookup(self, prompt: str, scope: Scope | None = None) -> CacheHit | None:
-        """Return the stored answer for `prompt` (exact, else semantic within its partition), or None."""
+    async def lookup(
+        self, prompt: str, scope: Scope | None = None, *, decode: Callable[[Any], Any] | None = None
+    ) -> CacheHit | None:
+        """Return the stored answer for `prompt` (exact, else semantic within its partition), or None.
+
+        decode: as in `resolve`; the hit's `response` is the decoded answer, and an answer it cannot decode is
+        a miss (logged and counted once; `on_error="raise"` raises)."""
         prepared = await self._prepare(prompt, scope)
         if prepared is None:
             return None
         with self._budget():
             hit, _ = await self._lookup(prepared)
-        if hit is None:
+        served = None if hit is None else self._decoded_hit(hit, decode)
+        if served is None or served.hit is None:
             self.stats.count("misses")
-        else:
-            self._credit(hit)
-        return hit
+            return None
+        return served.hit if decode is None else dataclasses.replace(served.hit, response=served.response)
 
     async def store(
         self,
@@ -281,6 +308,28 @@ class SemanticCache:
             vector = await self._embed(prepared.text)
             return await self._write(prepared, response, self._namespace(scope), vector, ttl, metadata,
                                      compute_seconds, tokens)  # fmt: skip
+
+    async def store_computed(
+        self,
+        prompt: str,
+        outcome: Any,
+        scope: Scope | None = None,
+        *,
+        ttl: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        compute_seconds: float | None = None,
+    ) -> str | None:
+        """Store an answer computed outside `resolve` (e.g. LangChain's `BaseCache.update`) under the same
+        policy as a computed one: `outcome` may be a `Computed`; an answer JSON cannot hold is not stored
+        (counted as `unstorable_answers` and logged; `on_error="raise"` raises). Returns the key, or None."""
+        self._check_payload(None, metadata, ttl, compute_seconds, None)
+        prepared = await self._prepare(prompt, scope, count=False)
+        if prepared is None:
+            self.stats.count("prompt_too_long")
+            return None
+        with self._budget():
+            _, key = await self._store_outcome(prepared, outcome, compute_seconds or 0.0, scope, None, ttl, metadata)
+        return key
 
     async def get_or_compute(
         self,
@@ -412,13 +461,10 @@ class SemanticCache:
                 return ResolvedStream(outcome, _replayed_chunks(outcome.response))
             if lead is not None:
                 break
-        future, vector = lead
-        started: list[bool] = []
-        opener = functools.partial(_live_chunks, open_stream, copy_context())
-        chunks = self._leader_stream(prepared, opener, assemble, future, vector, scope, ttl, metadata, budget, started)
-        release = functools.partial(self._release_unstarted, prepared.key, future, started)
-        resolved = ResolvedStream(Resolution(None, None, computed=True, key=prepared.key), chunks, release)
-        weakref.finalize(resolved, release)
+        stream_lead = _StreamLead(prepared, assemble, *lead, scope, ttl, metadata, budget, self._flights)
+        chunks = self._leader_stream(stream_lead, functools.partial(_live_chunks, open_stream, copy_context()))
+        resolved = ResolvedStream(Resolution(None, None, computed=True, key=prepared.key), chunks, stream_lead.release)
+        weakref.finalize(resolved, stream_lead.release)
         return resolved
 
     def resolve_stream_sync(
@@ -445,15 +491,12 @@ class SemanticCache:
                 return ResolvedSyncStream(outcome, iter(outcome.response))
             if lead is not None:
                 break
-        future, vector = lead
-        started: list[bool] = []
-        opener = functools.partial(_sync_chunks, open_stream, copy_context())
-        chunks = self._leader_stream_sync(
-            prepared, opener, assemble, future, vector, scope, ttl, metadata, budget, started
+        stream_lead = _StreamLead(prepared, assemble, *lead, scope, ttl, metadata, budget, self._flights)
+        chunks = self._leader_stream_sync(stream_lead, functools.partial(_sync_chunks, open_stream, copy_context()))
+        resolved = ResolvedSyncStream(
+            Resolution(None, None, computed=True, key=prepared.key), chunks, stream_lead.release
         )
-        release = functools.partial(self._release_unstarted, prepared.key, future, started)
-        resolved = ResolvedSyncStream(Resolution(None, None, computed=True, key=prepared.key), chunks, release)
-        weakref.finalize(resolved, release)
+        weakref.finalize(resolved, stream_lead.release)
         return resolved
 
     # -- single-flight ----------------------------------------------------------------------------------
@@ -550,12 +593,6 @@ class SemanticCache:
             )
             return _UNREADABLE
 
-    def _release_unstarted(self, key: str, future: Future[Any], started: list[bool]) -> None:
-        """A leader's stream dropped before it was read: let the callers waiting on it take over."""
-        if not started and not future.done():
-            future.set_result(LEADER_GONE)
-            self._flights.finish(key, future)
-
     @staticmethod
     def _fail_flight(future: Future[Any], error: BaseException) -> None:
         """The leader did not finish: waiters get its exception, or take over if it was cancelled or stopped."""
@@ -567,80 +604,59 @@ class SemanticCache:
             future.set_result(LEADER_GONE)
 
     async def _leader_stream(
-        self,
-        prepared: _Prepared,
-        open_stream: Callable[[], Any],
-        assemble: Callable[[list[Any]], Any],
-        future: Future[Any],
-        vector: Vector | None,
-        scope: Scope | None,
-        ttl: float | None,
-        metadata: dict[str, Any] | None,
-        budget: _Budget,
-        started: list[bool],
+        self, lead: _StreamLead, open_stream: Callable[[], AsyncIterator[Any]]
     ) -> AsyncIterator[Any]:
         chunks: list[Any] = []
-        started.append(True)  # from here on this generator settles the flight itself
-        self._flights.started(future)
+        self._begin_stream(lead)
         try:
             began = time.perf_counter()
             async for chunk in open_stream():
                 chunks.append(chunk)
                 yield chunk
-            outcome = assemble(chunks)
-            elapsed = time.perf_counter() - began
-            if outcome is None:
-                self.stats.count("not_stored")
-                result: Any = None
-            else:
-                stored = self._store_computed(prepared, outcome, elapsed, scope, vector, ttl, metadata)
-                result = await self._within(budget, stored)
+            store = self._stream_store(lead, chunks, time.perf_counter() - began)
+            result = None if store is None else await self._within(lead.budget, store)
         except BaseException as exc:
-            self._fail_flight(future, exc)
+            self._fail_flight(lead.future, exc)
             raise
         else:
-            if not future.done():
-                future.set_result(result if result is not None else LEADER_GONE)
+            self._end_stream(lead, result)
         finally:
-            self._flights.finish(prepared.key, future)
+            self._flights.finish(lead.prepared.key, lead.future)
 
-    def _leader_stream_sync(
-        self,
-        prepared: _Prepared,
-        open_stream: Callable[[], Iterable[Any]],
-        assemble: Callable[[list[Any]], Any],
-        future: Future[Any],
-        vector: Vector | None,
-        scope: Scope | None,
-        ttl: float | None,
-        metadata: dict[str, Any] | None,
-        budget: _Budget,
-        started: list[bool],
-    ) -> Iterator[Any]:
+    def _leader_stream_sync(self, lead: _StreamLead, open_stream: Callable[[], Iterator[Any]]) -> Iterator[Any]:
         chunks: list[Any] = []
-        started.append(True)  # from here on this generator settles the flight itself
-        self._flights.started(future)
+        self._begin_stream(lead)
         try:
             began = time.perf_counter()
             for chunk in open_stream():
                 chunks.append(chunk)
                 yield chunk
-            outcome = assemble(chunks)
-            elapsed = time.perf_counter() - began
-            if outcome is None:
-                self.stats.count("not_stored")
-                result: Any = None
-            else:
-                stored = self._store_computed(prepared, outcome, elapsed, scope, vector, ttl, metadata)
-                result = run_sync(self._within(budget, stored))
+            store = self._stream_store(lead, chunks, time.perf_counter() - began)
+            result = None if store is None else run_sync(self._within(lead.budget, store))
         except BaseException as exc:
-            self._fail_flight(future, exc)
+            self._fail_flight(lead.future, exc)
             raise
         else:
-            if not future.done():
-                future.set_result(result if result is not None else LEADER_GONE)
+            self._end_stream(lead, result)
         finally:
-            self._flights.finish(prepared.key, future)
+            self._flights.finish(lead.prepared.key, lead.future)
+
+    def _begin_stream(self, lead: _StreamLead) -> None:
+        lead.started.append(True)  # from here on the stream's generator settles the flight itself
+        self._flights.started(lead.future)
+
+    def _stream_store(self, lead: _StreamLead, chunks: list[Any], elapsed: float) -> Coroutine[Any, Any, Any] | None:
+        """The store of a stream read to the end (None when `assemble` says there is nothing to store)."""
+        outcome = lead.assemble(chunks)
+        if outcome is None:
+            self.stats.count("not_stored")
+            return None
+        return self._store_computed(lead.prepared, outcome, elapsed, lead.scope, lead.vector, lead.ttl, lead.metadata)
+
+    @staticmethod
+    def _end_stream(lead: _StreamLead, result: Any) -> None:
+        if not lead.future.done():  # (a caller waiting on an empty answer takes over rather than share it)
+            lead.future.set_result(result if result is not None else LEADER_GONE)
 
     async def _compute_and_store(
         self,
@@ -694,10 +710,24 @@ class SemanticCache:
         metadata: dict[str, Any] | None,
     ) -> Any:
         """Store a computed answer unless told not to or JSON cannot hold it (then log, count, and still return it)."""
+        value, _ = await self._store_outcome(prepared, outcome, elapsed, scope, vector, ttl, metadata)
+        return value
+
+    async def _store_outcome(
+        self,
+        prepared: _Prepared,
+        outcome: Any,
+        elapsed: float,
+        scope: Scope | None,
+        vector: Vector | None,
+        ttl: float | None,
+        metadata: dict[str, Any] | None,
+    ) -> tuple[Any, str | None]:
+        """`_store_computed`, also saying the key it was stored under (None: not stored)."""
         computed = outcome if isinstance(outcome, Computed) else Computed(outcome)
         if not computed.store:
             self.stats.count("not_stored")
-            return computed.value
+            return computed.value, None
         try:
             check_json_value(computed.value)
         except InvalidInputError as exc:
@@ -707,12 +737,12 @@ class SemanticCache:
             self._failures.warning(
                 "unstorable_answer", "semantic cache: answer not stored (%s); returned to the caller uncached", exc
             )
-            return computed.value
+            return computed.value, None
         if vector is None:
             vector = await self._embed(prepared.text)
-        await self._write(prepared, computed.value, self._namespace(scope), vector, ttl, metadata, elapsed,
-                          computed.tokens)  # fmt: skip
-        return computed.value
+        key = await self._write(prepared, computed.value, self._namespace(scope), vector, ttl, metadata, elapsed,
+                                computed.tokens)  # fmt: skip
+        return computed.value, key
 
     async def feedback(self, hit: CacheHit, correct: bool) -> None:
         """Report whether a served hit was right.

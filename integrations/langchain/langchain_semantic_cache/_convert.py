@@ -5,12 +5,14 @@ Nothing here searches, stores or schedules; that is the engine's job.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core._api import suppress_langchain_beta_warning
 from langchain_core.load import dumpd, load
@@ -30,14 +32,17 @@ from langchain_core.messages import (
     ToolMessage,
     ToolMessageChunk,
 )
+from langchain_core.messages.utils import message_chunk_to_message
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
 
-from semantic_llm_cache import CacheHit, Scope
+from semantic_llm_cache import Computed, Scope
 
 logger = logging.getLogger("langchain_semantic_cache")
 
 CACHE_METADATA_KEY = "semantic_cache"
-"""Key under which a served generation's `generation_info` and message `response_metadata` say how it was served."""
+"""Key under which a generation's `generation_info` and its message's `response_metadata` say how the cache served
+it: `semantic_llm_cache.Resolution.info(question)` (hit, kind, similarity, matched_prompt, age_seconds, key, shared,
+prompt)."""
 
 # Only plain data classes: loading one runs nothing but pydantic validation (never a model or a prompt template).
 MESSAGE_CLASSES: tuple[type[Serializable], ...] = (
@@ -61,6 +66,7 @@ GENERATION_CLASSES: tuple[type[Serializable], ...] = (
     ChatGenerationChunk,
     *MESSAGE_CLASSES,
 )
+AnyGeneration = TypeVar("AnyGeneration", bound=Generation)
 _HUMAN_ROLES = frozenset({"human", "user"})
 _WORD = re.compile(r"\S+\s*|\s+")
 
@@ -102,18 +108,28 @@ def _parse_messages(prompt: str) -> list[BaseMessage] | None:
     if not isinstance(raw, list) or not all(isinstance(item, dict) and "lc" in item for item in raw):
         return None
     try:
-        messages = _load(raw, MESSAGE_CLASSES)
+        messages = _load([_without_unread_fields(item) for item in raw], MESSAGE_CLASSES)
     except Exception as exc:  # disallowed class or malformed payload: uncacheable, never an error for the call
         logger.debug("prompt looks like serialized LangChain objects but is not a message list: %s", exc)
         return []
     return [message for message in messages if isinstance(message, BaseMessage)]
 
 
-def request_for_messages(messages: Sequence[BaseMessage], llm_string: str) -> CacheRequest | None:
-    """Embed the last human message's text; the rest of the conversation goes into the partition exactly.
+def _without_unread_fields(item: dict[str, Any]) -> dict[str, Any]:
+    """A serialized message without the fields no partition uses (see `visible_history`), before it is loaded:
+    LangChain serves a cached AIMessage with `usage_metadata={"total_cost": 0}`, which does not load back."""
+    kwargs = item.get("kwargs")
+    if item.get("type") != "constructor" or not isinstance(kwargs, dict):
+        return item
+    unread = {"id", "response_metadata", "usage_metadata"}
+    return {**item, "kwargs": {name: value for name, value in kwargs.items() if name not in unread}}
 
-    The question's own non-text parts (images, names, extra kwargs) stay in the partition too, with its text
-    blanked. Message ids are dropped, as LangChain drops them before its own cache lookup.
+
+def request_for_messages(messages: Sequence[BaseMessage], llm_string: str) -> CacheRequest | None:
+    """Embed the last human message's text; what the model reads of the rest of the conversation goes into the
+    partition exactly (see `visible_history`).
+
+    The question's own non-text parts (images, its name) stay in the partition too, with its text blanked.
     """
     position = next((index for index in range(len(messages) - 1, -1, -1) if _is_human(messages[index])), None)
     if position is None:
@@ -121,13 +137,61 @@ def request_for_messages(messages: Sequence[BaseMessage], llm_string: str) -> Ca
     question, remainder = _split_text(messages[position].content)
     if not question.strip():
         return None
-    context: list[Any] = []
-    for index, message in enumerate(messages):
-        update: dict[str, Any] = {"id": None}
-        if index == position:
-            update["content"] = remainder
-        context.append(dumpd(message.model_copy(update=update)))
-    return CacheRequest(question, Scope(model=llm_string, context=context))
+    return CacheRequest(question, Scope(model=llm_string, context=visible_history(messages, position, remainder)))
+
+
+def visible_history(
+    messages: Sequence[BaseMessage], question_at: int, question_remainder: str | list[str | dict[str, Any]]
+) -> list[Any]:
+    """What changes the answer of each message: its role, content, name, tool calls and tool results.
+
+    Left out, because the model's answer does not depend on them: message ids, `response_metadata` (the
+    provider's response id, the cache's own `semantic_cache` info), `usage_metadata` and a tool result's
+    `artifact`. Tool-call ids are random per run, so each is replaced by its order of first appearance: a tool
+    result still points at its own call, and the same conversation held with other ids falls in one partition.
+    """
+    labels: dict[str, str] = {}
+
+    def label(call_id: Any) -> Any:
+        if not isinstance(call_id, str):
+            return call_id
+        return labels.setdefault(call_id, f"call-{len(labels)}")
+
+    history: list[Any] = []
+    for index, original in enumerate(messages):
+        message = message_chunk_to_message(original)
+        visible: dict[str, Any] = {
+            "role": message.role if isinstance(message, ChatMessage) else message.type,
+            "content": question_remainder if index == question_at else message.content,
+        }
+        if message.name is not None:
+            visible["name"] = message.name
+        if message.additional_kwargs:
+            visible["additional_kwargs"] = _with_labelled_tool_calls(message.additional_kwargs, label)
+        if isinstance(message, AIMessage):
+            if message.tool_calls:
+                visible["tool_calls"] = [
+                    {"name": call["name"], "args": call["args"], "id": label(call["id"])} for call in message.tool_calls
+                ]
+            if message.invalid_tool_calls:
+                visible["invalid_tool_calls"] = [
+                    {"name": call["name"], "args": call["args"], "id": label(call["id"]), "error": call["error"]}
+                    for call in message.invalid_tool_calls
+                ]
+        elif isinstance(message, ToolMessage):
+            visible["tool_call_id"] = label(message.tool_call_id)
+            visible["status"] = message.status
+        history.append(dumpd(visible))
+    return history
+
+
+def _with_labelled_tool_calls(extra: dict[str, Any], label: Callable[[Any], Any]) -> dict[str, Any]:
+    """`additional_kwargs` with the ids of its raw (OpenAI-format) `tool_calls` labelled as the parsed ones."""
+    raw_calls = extra.get("tool_calls")
+    if not isinstance(raw_calls, list):
+        return extra
+    calls = [{**call, "id": label(call.get("id"))} if isinstance(call, dict) else call for call in raw_calls]
+    return {**extra, "tool_calls": calls}
 
 
 def _is_human(message: BaseMessage) -> bool:
@@ -193,27 +257,69 @@ def total_tokens(generations: Sequence[Generation]) -> int | None:
     return sum(counts) if counts else None
 
 
-def hit_metadata(hit: CacheHit) -> dict[str, Any]:
-    """How a generation was served: the match kind, its cosine similarity, the prompt it matched, its age."""
-    return {
-        "hit": True,
-        "kind": hit.kind,
-        "similarity": hit.similarity,
-        "matched_prompt": hit.prompt,
-        "age_seconds": hit.age,
-    }
-
-
-def mark_served(generations: list[Generation], metadata: dict[str, Any]) -> list[Generation]:
-    """Record `metadata` in each generation's `generation_info` and, for chat generations, its message."""
+def with_cache_info(generations: list[AnyGeneration], info: dict[str, Any]) -> list[AnyGeneration]:
+    """Record how the answer was served (`Resolution.info()`) in each generation's `generation_info` and, for
+    chat generations, its message's `response_metadata`, under CACHE_METADATA_KEY."""
     for generation in generations:
-        generation.generation_info = {**(generation.generation_info or {}), CACHE_METADATA_KEY: metadata}
+        generation.generation_info = {**(generation.generation_info or {}), CACHE_METADATA_KEY: info}
         if isinstance(generation, ChatGeneration):
-            generation.message.response_metadata = {
-                **generation.message.response_metadata,
-                CACHE_METADATA_KEY: metadata,
-            }
+            generation.message.response_metadata = {**generation.message.response_metadata, CACHE_METADATA_KEY: info}
     return generations
+
+
+def chunk_with_cache_info(chunk: AIMessageChunk, info: dict[str, Any]) -> AIMessageChunk:
+    """A copy of a stream's last chunk saying how the answer was served (the chunk itself may be stored)."""
+    return chunk.model_copy(update={"response_metadata": {**chunk.response_metadata, CACHE_METADATA_KEY: info}})
+
+
+def info_chunk(info: dict[str, Any]) -> AIMessageChunk:
+    """An empty last chunk saying how the answer was served, for a stream that sent no last chunk."""
+    return AIMessageChunk(content="", response_metadata={CACHE_METADATA_KEY: info}, chunk_position="last")
+
+
+# -- the chat-model wrapper's answers -------------------------------------------------------------------
+
+
+def chat_generations(generations: Sequence[Generation]) -> list[ChatGeneration]:
+    """Chat generations as they are (a plain generation, e.g. from old cache data, becomes an AIMessage)."""
+    return [
+        generation
+        if isinstance(generation, ChatGeneration)
+        else ChatGeneration(message=AIMessage(content=generation.text), generation_info=generation.generation_info)
+        for generation in generations
+    ]
+
+
+def encode_chat_answer(generations: Sequence[ChatGeneration]) -> Computed:
+    """A chat answer for the engine: LangChain's JSON of it and the tokens it cost (an empty answer is shared
+    with concurrent identical calls but not stored)."""
+    return Computed(dump_generations(generations), tokens=total_tokens(generations), store=bool(generations))
+
+
+def decode_chat_answer(value: Any) -> list[ChatGeneration]:
+    """Inverse of encode_chat_answer; raises for an entry that is not a LangChain answer."""
+    return [] if value == [] else chat_generations(load_generations(value))
+
+
+def assemble_stream(chunks: Sequence[AIMessageChunk]) -> Computed | None:
+    """The answer a stream added up to, for the engine to store (None, nothing, for an empty stream)."""
+    if not chunks:
+        return None
+    merged: AIMessageChunk = functools.reduce(operator.add, chunks)
+    return encode_chat_answer([ChatGeneration(message=message_chunk_to_message(merged))])
+
+
+def replay_stream(value: Any) -> list[AIMessageChunk]:
+    """A stored chat answer as the chunks of a stream; raises for an entry that is not a LangChain answer."""
+    generations = decode_chat_answer(value)
+    if not generations:
+        raise ValueError("a cached LangChain answer to replay holds no generation")
+    return replay_chunks(generations[0].message)
+
+
+def as_chunks(message: BaseMessage) -> list[AIMessageChunk]:
+    """A model that cannot stream yields its whole message once (not a chunk): split it as a replay would."""
+    return [message] if isinstance(message, AIMessageChunk) else replay_chunks(message)
 
 
 # -- streaming ------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,18 +9,14 @@ from langchain_core.caches import BaseCache
 from langchain_core.outputs import Generation
 
 from langchain_semantic_cache._convert import (
-    CacheRequest,
     dump_generations,
-    hit_metadata,
     load_generations,
-    mark_served,
     request_for_prompt,
     total_tokens,
+    with_cache_info,
 )
-from semantic_llm_cache import CacheBackendError, CacheHit, ConfigurationError, InvalidInputError, run_sync
+from semantic_llm_cache import Computed, ConfigurationError, Resolution, run_sync
 from semantic_llm_cache import SemanticCache as CoreSemanticCache
-
-logger = logging.getLogger("langchain_semantic_cache")
 
 
 class SemanticCache(BaseCache):
@@ -33,8 +28,9 @@ class SemanticCache(BaseCache):
 
     The model and its call parameters (LangChain's `llm_string`) and, for chat models, the conversation around
     the last human message are part of the partition: only the last human message's text is compared by
-    meaning. A served generation carries `generation_info["semantic_cache"]` (and, for chat models, the
-    message's `response_metadata["semantic_cache"]`) with the match `kind` and its cosine `similarity`.
+    meaning. Every generation it served or stored carries `generation_info["semantic_cache"]` (and, for chat
+    models, the message's `response_metadata["semantic_cache"]`): `Resolution.info()`, e.g. the match `kind` and
+    its cosine `similarity`.
     """
 
     def __init__(self, cache: CoreSemanticCache | None = None, **options: Any) -> None:
@@ -54,14 +50,20 @@ class SemanticCache(BaseCache):
         request = request_for_prompt(prompt, llm_string)
         if request is None:
             return None
-        hit = await self.engine.lookup(request.question, request.scope)
-        return None if hit is None else self.served(hit)
+        hit = await self.engine.lookup(request.question, request.scope, decode=load_generations)
+        if hit is None:
+            return None
+        return with_cache_info(hit.response, Resolution(hit.response, hit, computed=False).info(request.question))
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: Sequence[Generation]) -> None:
-        """Store the generations a model produced for `prompt` (LangChain's JSON serialization)."""
+        """Store the generations a model produced for `prompt` (LangChain's JSON serialization), and mark them
+        as a miss (LangChain returns these very generations to the caller)."""
         request = request_for_prompt(prompt, llm_string)
-        if request is not None:
-            await self.store_generations(request, return_val)
+        if request is None or not return_val:
+            return
+        answer = Computed(dump_generations(return_val), tokens=total_tokens(return_val))
+        key = await self.engine.store_computed(request.question, answer, request.scope)
+        with_cache_info(list(return_val), Resolution(None, None, computed=True, key=key).info(request.question))
 
     async def aclear(self, **kwargs: Any) -> None:
         """Delete this cache's entries (its namespace); `namespace=...` another one, `namespace=None` all."""
@@ -83,39 +85,3 @@ class SemanticCache(BaseCache):
     def clear(self, **kwargs: Any) -> None:
         """Sync `aclear`."""
         run_sync(self.aclear(**kwargs))
-
-    # -- for the chat-model wrapper ---------------------------------------------------------------------
-
-    async def store_generations(
-        self, request: CacheRequest, generations: Sequence[Generation], compute_seconds: float | None = None
-    ) -> None:
-        """Store `generations` as the answer to `request` (nothing when there are none)."""
-        if not generations:
-            return
-        try:
-            await self.engine.store(
-                request.question,
-                dump_generations(generations),
-                request.scope,
-                compute_seconds=compute_seconds,
-                tokens=total_tokens(generations),
-            )
-        except InvalidInputError as exc:  # e.g. a NaN in generation_info: the answer is served, just not cached
-            if self.engine.config.on_error == "raise":
-                raise
-            logger.warning("semantic cache did not store a LangChain answer: %s", exc)
-
-    def served(self, hit: CacheHit) -> list[Generation] | None:
-        """The generations of `hit`, marked with how they were served; None (a miss) if they cannot be read."""
-        generations = self.readable(hit.response)
-        return None if generations is None else mark_served(generations, hit_metadata(hit))
-
-    def readable(self, response: Any) -> list[Generation] | None:
-        """Stored JSON back to generations; an unreadable entry is a miss (or an error with on_error='raise')."""
-        try:
-            return load_generations(response)
-        except Exception as exc:
-            if self.engine.config.on_error == "raise":
-                raise CacheBackendError(f"cached entry is not a LangChain answer: {exc}") from exc
-            logger.warning("semantic cache entry is not a LangChain answer, treating it as a miss: %s", exc)
-            return None

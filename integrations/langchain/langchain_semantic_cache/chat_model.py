@@ -2,35 +2,35 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import operator
-import time
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
+from langchain_core.caches import BaseCache
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.utils import message_chunk_to_message
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableBinding
 from langchain_core.runnables.config import RunnableConfig
 from langchain_core.tools import BaseTool
-from langchain_core.utils.utils import LC_ID_PREFIX
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from langchain_semantic_cache._convert import (
     CacheRequest,
-    dump_generations,
-    mark_served,
-    replay_chunks,
+    as_chunks,
+    assemble_stream,
+    chat_generations,
+    chunk_with_cache_info,
+    decode_chat_answer,
+    encode_chat_answer,
+    info_chunk,
+    replay_stream,
     request_for_messages,
-    total_tokens,
+    with_cache_info,
 )
 from langchain_semantic_cache.cache import SemanticCache
-from semantic_llm_cache import Computed, Resolution, run_sync
+from semantic_llm_cache import Computed, Resolution
 from semantic_llm_cache import SemanticCache as CoreSemanticCache
 
 
@@ -38,38 +38,72 @@ def _inner_config() -> RunnableConfig:
     """The inner model runs without the wrapper run's handlers (its own `callbacks` field still applies).
 
     The wrapper reports the answer; stream handlers (astream_events, LangGraph's message stream) must not get
-    every token twice. An explicit None also keeps a stream from inheriting them from the context.
+    every token twice. An empty list, not None: `ensure_config` ignores None and would take the handlers of the
+    surrounding run (a chain's, a LangGraph node's) from the context.
     """
-    return {"callbacks": None}
-
-
-SHARED_METADATA: dict[str, Any] = {"hit": False, "shared": True}
-"""Marks an answer computed once for several identical concurrent calls, as seen by all but the first."""
+    return {"callbacks": []}
 
 
 class SemanticCacheChatModel(BaseChatModel):
     """A chat model that answers from the semantic cache and asks `model` only on a miss.
 
     Unlike `set_llm_cache`, it also serves `stream()`/`astream()` (a hit replays the cached message as chunks;
-    a streamed miss stores the assembled message) and makes identical concurrent calls (`ainvoke`/`abatch`/
-    `astream` tasks, `invoke`/`batch` threads) share one model call. Entries are shared with
-    `set_llm_cache(cache)` for the same model, parameters and conversation.
+    a streamed miss stores the assembled message) and makes identical concurrent calls (tasks, threads, sync
+    and async alike) share one model call. Entries are shared with `set_llm_cache(semantic_cache)` for the same
+    model, parameters and conversation.
 
-        chat = SemanticCacheChatModel(model=ChatOpenAI(...), cache=SemanticCache())
+        chat = SemanticCacheChatModel(model=ChatOpenAI(...), semantic_cache=SemanticCache())
 
-    `cache` is a `langchain_semantic_cache.SemanticCache` or a core `semantic_llm_cache.SemanticCache`. Give
-    the inner model `cache=False` if a global `set_llm_cache` is also configured, or it caches twice.
+    `semantic_cache` is a `langchain_semantic_cache.SemanticCache` or a core `semantic_llm_cache.SemanticCache`.
+    This model is its own cache: LangChain's cache path never runs for it (`cache` is False) nor for the model
+    it wraps (`model` is kept as given when its `cache` is False, else as a copy with `cache=False`), so a
+    global `set_llm_cache` never stores an answer a second time.
     """
 
     model: BaseChatModel
-    """The chat model that answers misses."""
-    cache: SemanticCache = Field(exclude=True)  # narrows BaseLanguageModel.cache
+    """The chat model that answers misses (with LangChain's own cache turned off)."""
+    semantic_cache: SemanticCache = Field(exclude=True)
     """Where answers are looked up and stored."""
+    cache: BaseCache | bool | None = Field(default=False, exclude=True)
+    """LangChain's own cache: always False, this model caches itself (see `semantic_cache`)."""
 
-    @field_validator("cache", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _accept_core_cache(cls, value: Any) -> Any:
+    def _accept_the_renamed_cache_keyword(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("cache"), (SemanticCache, CoreSemanticCache)):
+            return data
+        if "semantic_cache" in data:
+            raise ValueError("pass the semantic cache once, as semantic_cache= (cache= is its deprecated name)")
+        warnings.warn(
+            "SemanticCacheChatModel(cache=...) is deprecated: pass semantic_cache=... (`cache` is LangChain's own "
+            "cache field, which this model keeps False)",
+            DeprecationWarning,
+            stacklevel=4,  # this validator, pydantic's __init__, Serializable.__init__, the caller
+        )
+        return {**data, "semantic_cache": data["cache"], "cache": False}
+
+    @field_validator("semantic_cache", mode="before")
+    @classmethod
+    def _accept_a_core_cache(cls, value: Any) -> Any:
         return SemanticCache(value) if isinstance(value, CoreSemanticCache) else value
+
+    @field_validator("cache")
+    @classmethod
+    def _no_langchain_cache(cls, value: BaseCache | bool | None) -> BaseCache | bool | None:
+        if value is not False:
+            raise ValueError(
+                "SemanticCacheChatModel caches its answers itself: LangChain's `cache` must stay False (another "
+                "cache would store every answer a second time); pass the semantic cache as semantic_cache="
+            )
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _without_its_own_cache(cls, model: BaseChatModel) -> BaseChatModel:
+        # The model's own LangChain cache (cache=None means the global one) would look up and store every
+        # answer again, under the same key; a shallow copy shares the model's clients and leaves the caller's
+        # object as it was.
+        return model if model.cache is False else model.model_copy(update={"cache": False})
 
     @property
     def _llm_type(self) -> str:
@@ -97,28 +131,6 @@ class SemanticCacheChatModel(BaseChatModel):
 
     # -- invoke / batch ---------------------------------------------------------------------------------
 
-    # LangChain's own cache lookup and update around _generate would cache every answer twice: this model is
-    # the cache, so it bypasses them (and gives served messages this run's id, as LangChain does fresh ones).
-    def _generate_with_cache(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        result = self._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
-        return _with_run_ids(result, run_manager.run_id if run_manager else None)
-
-    async def _agenerate_with_cache(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        result = await self._agenerate(messages, stop=stop, run_manager=run_manager, **kwargs)
-        return _with_run_ids(result, run_manager.run_id if run_manager else None)
-
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -126,25 +138,19 @@ class SemanticCacheChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        produced: list[ChatGeneration] = []
-
-        def call_model() -> Computed:  # in this thread; identical concurrent sync calls (batch threads) wait for it
-            produced[:] = _chat_generations(self.model.generate([messages], stop=stop, **kwargs).generations[0])
-            return _computed(produced)
-
         request = self._request(messages, stop, kwargs)
         if request is None:
-            call_model()
-            return ChatResult(generations=produced)
-        resolution = self.cache.engine.resolve_sync(request.question, call_model, request.scope)
-        if resolution.computed:
-            return ChatResult(generations=produced)
-        served = self._resolved(resolution)
-        if served is None:  # an unreadable entry: answer as on a miss, and replace it
-            call_model()
-            run_sync(self.cache.store_generations(request, produced))
-            return ChatResult(generations=produced)
-        return ChatResult(generations=served)
+            return ChatResult(generations=self._call_model(messages, stop, kwargs))
+        answer: list[ChatGeneration] = []
+
+        def call_model() -> Computed:
+            answer[:] = self._call_model(messages, stop, kwargs)
+            return encode_chat_answer(answer)
+
+        resolution = self.semantic_cache.engine.resolve_sync(
+            request.question, call_model, request.scope, decode=decode_chat_answer
+        )
+        return _result(resolution, answer, request.question)
 
     async def _agenerate(
         self,
@@ -153,26 +159,19 @@ class SemanticCacheChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        produced: list[ChatGeneration] = []
-
-        async def call_model() -> Computed:
-            result = await self.model.agenerate([messages], stop=stop, **kwargs)
-            produced[:] = _chat_generations(result.generations[0])
-            return _computed(produced)
-
         request = self._request(messages, stop, kwargs)
         if request is None:
-            await call_model()
-            return ChatResult(generations=produced)
-        resolution = await self.cache.engine.resolve(request.question, call_model, request.scope)
-        if resolution.computed:
-            return ChatResult(generations=produced)
-        served = self._resolved(resolution)
-        if served is None:  # an unreadable entry: answer as on a miss, and replace it
-            await call_model()
-            await self.cache.store_generations(request, produced)
-            return ChatResult(generations=produced)
-        return ChatResult(generations=served)
+            return ChatResult(generations=await self._acall_model(messages, stop, kwargs))
+        answer: list[ChatGeneration] = []
+
+        async def call_model() -> Computed:
+            answer[:] = await self._acall_model(messages, stop, kwargs)
+            return encode_chat_answer(answer)
+
+        resolution = await self.semantic_cache.engine.resolve(
+            request.question, call_model, request.scope, decode=decode_chat_answer
+        )
+        return _result(resolution, answer, request.question)
 
     # -- stream -----------------------------------------------------------------------------------------
 
@@ -184,19 +183,28 @@ class SemanticCacheChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
-        served = None if request is None else self._sync_hit(request)
-        if served is not None:
-            for chunk in replay_chunks(served[0].message):
+        if request is None:
+            for chunk in self._model_stream(messages, stop, kwargs):
                 yield ChatGenerationChunk(message=chunk)
             return
-        started = time.perf_counter()
-        chunks: list[AIMessageChunk] = []
-        for chunk in self._model_stream(messages, stop, kwargs):
-            chunks.append(chunk)
-            yield ChatGenerationChunk(message=chunk)
-        if request is not None and chunks:
-            elapsed = time.perf_counter() - started
-            run_sync(self.cache.store_generations(request, [_assembled(chunks)], elapsed))
+        stream = self.semantic_cache.engine.resolve_stream_sync(
+            request.question,
+            lambda: self._model_stream(messages, stop, kwargs),
+            request.scope,
+            assemble=assemble_stream,
+            replay=replay_stream,
+        )
+        info = stream.resolution.info(request.question)
+        ended = False
+        try:
+            for chunk in stream:
+                if chunk.chunk_position == "last":
+                    chunk, ended = chunk_with_cache_info(chunk, info), True
+                yield ChatGenerationChunk(message=chunk)
+        finally:
+            stream.close()
+        if not ended:
+            yield ChatGenerationChunk(message=info_chunk(info))
 
     async def _astream(
         self,
@@ -210,67 +218,48 @@ class SemanticCacheChatModel(BaseChatModel):
             async for chunk in self._model_astream(messages, stop, kwargs):
                 yield ChatGenerationChunk(message=chunk)
             return
-        # The model streams inside the engine's single-flight compute; its chunks reach this caller live
-        # through `live`. A hit, or a call that joined another caller's computation, replays the answer.
-        live: asyncio.Queue[AIMessageChunk] = asyncio.Queue()
-
-        async def stream_model() -> Computed:
-            chunks: list[AIMessageChunk] = []
-            async for chunk in self._model_astream(messages, stop, kwargs):
-                chunks.append(chunk)
-                live.put_nowait(chunk)
-            return _computed([_assembled(chunks)] if chunks else [])
-
-        resolving = asyncio.ensure_future(self.cache.engine.resolve(request.question, stream_model, request.scope))
-        next_chunk: asyncio.Future[AIMessageChunk] | None = None
+        stream = await self.semantic_cache.engine.resolve_stream(
+            request.question,
+            lambda: self._model_astream(messages, stop, kwargs),
+            request.scope,
+            assemble=assemble_stream,
+            replay=replay_stream,
+        )
+        info = stream.resolution.info(request.question)
+        ended = False
         try:
-            while True:
-                if not live.empty():
-                    yield ChatGenerationChunk(message=live.get_nowait())
-                    continue
-                if resolving.done():
-                    break
-                next_chunk = asyncio.ensure_future(live.get())
-                await asyncio.wait({next_chunk, resolving}, return_when=asyncio.FIRST_COMPLETED)
-                if next_chunk.done():
-                    yield ChatGenerationChunk(message=next_chunk.result())
-                else:
-                    next_chunk.cancel()
-            resolution = resolving.result()
-        finally:
-            if next_chunk is not None and not next_chunk.done():
-                next_chunk.cancel()
-            if not resolving.done():  # the consumer stopped early: stop the model, store nothing
-                resolving.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await resolving
-        if resolution.computed:
-            return
-        served = self._resolved(resolution)
-        if served is None:  # an unreadable entry: stream the model as on a miss, and replace the entry
-            chunks: list[AIMessageChunk] = []
-            async for chunk in self._model_astream(messages, stop, kwargs):
-                chunks.append(chunk)
+            async for chunk in stream:
+                if chunk.chunk_position == "last":
+                    chunk, ended = chunk_with_cache_info(chunk, info), True
                 yield ChatGenerationChunk(message=chunk)
-            if chunks:
-                await self.cache.store_generations(request, [_assembled(chunks)])
-            return
-        for chunk in replay_chunks(served[0].message):
-            yield ChatGenerationChunk(message=chunk)
+        finally:
+            await stream.aclose()
+        if not ended:
+            yield ChatGenerationChunk(message=info_chunk(info))
 
-    # -- helpers ----------------------------------------------------------------------------------------
+    # -- the inner model --------------------------------------------------------------------------------
+
+    def _call_model(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> list[ChatGeneration]:
+        return chat_generations(self.model.generate([messages], stop=stop, **kwargs).generations[0])
+
+    async def _acall_model(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> list[ChatGeneration]:
+        return chat_generations((await self.model.agenerate([messages], stop=stop, **kwargs)).generations[0])
 
     def _model_stream(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> Iterator[AIMessageChunk]:
         for message in self.model.stream(messages, _inner_config(), stop=stop, **kwargs):
-            yield from _as_chunks(message)
+            yield from as_chunks(message)
 
     async def _model_astream(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> AsyncIterator[AIMessageChunk]:
         async for message in self.model.astream(messages, _inner_config(), stop=stop, **kwargs):
-            for chunk in _as_chunks(message):
+            for chunk in as_chunks(message):
                 yield chunk
 
     def _request(
@@ -280,55 +269,8 @@ class SemanticCacheChatModel(BaseChatModel):
         llm_string = self.model._get_llm_string(stop=stop, **kwargs)
         return request_for_messages(messages, llm_string)
 
-    def _sync_hit(self, request: CacheRequest) -> list[ChatGeneration] | None:
-        hit = run_sync(self.cache.engine.lookup(request.question, request.scope))
-        served = None if hit is None else self.cache.served(hit)
-        return None if served is None else _chat_generations(served)
 
-    def _resolved(self, resolution: Resolution) -> list[ChatGeneration] | None:
-        """The generations of an answer this call did not compute: a cache hit, or another call's result."""
-        if resolution.hit is not None:
-            served = self.cache.served(resolution.hit)
-        else:
-            shared = self.cache.readable(resolution.response)
-            served = None if shared is None else mark_served(shared, dict(SHARED_METADATA))
-        return None if served is None else _chat_generations(served)
-
-
-def _computed(generations: Sequence[ChatGeneration]) -> Computed:
-    """A miss's answer for the engine: LangChain's JSON of it and the tokens it cost.
-
-    An empty answer is shared with concurrent identical calls but not stored. An answer JSON cannot hold (a NaN
-    in its metadata) the engine returns uncached, or raises with on_error="raise", as `store_generations` does.
-    """
-    return Computed(dump_generations(generations), tokens=total_tokens(generations), store=bool(generations))
-
-
-def _chat_generations(generations: Sequence[Generation]) -> list[ChatGeneration]:
-    """Chat generations as they are (a plain generation, e.g. from old cache data, becomes an AIMessage)."""
-    return [
-        generation
-        if isinstance(generation, ChatGeneration)
-        else ChatGeneration(message=AIMessage(content=generation.text), generation_info=generation.generation_info)
-        for generation in generations
-    ]
-
-
-def _as_chunks(message: BaseMessage) -> list[AIMessageChunk]:
-    """A model that cannot stream yields its whole message once (not a chunk): split it as a replay would."""
-    return [message] if isinstance(message, AIMessageChunk) else replay_chunks(message)
-
-
-def _assembled(chunks: Sequence[AIMessageChunk]) -> ChatGeneration:
-    """The message a stream added up to."""
-    merged: AIMessageChunk = functools.reduce(operator.add, chunks)
-    return ChatGeneration(message=message_chunk_to_message(merged))
-
-
-def _with_run_ids(result: ChatResult, run_id: Any) -> ChatResult:
-    """Give served messages (stored without ids) this run's ids, as LangChain names a fresh answer."""
-    if run_id is not None:
-        for index, generation in enumerate(result.generations):
-            if generation.message.id is None:
-                generation.message.id = f"{LC_ID_PREFIX}-{run_id}-{index}"
-    return result
+def _result(resolution: Resolution, answer: list[ChatGeneration], question: str) -> ChatResult:
+    """The call's generations (its own `answer` when it computed them), marked with how they were served."""
+    generations = answer if resolution.computed else resolution.response
+    return ChatResult(generations=with_cache_info(generations, resolution.info(question)))

@@ -16,6 +16,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import FakeListChatModel, FakeListLLM, GenericFakeChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.rate_limiters import BaseRateLimiter
 from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import PrivateAttr
@@ -23,22 +24,35 @@ from pydantic import PrivateAttr
 from tests.fakes import BagOfWordsEmbedder
 
 
+class CallLog:
+    """The calls that reached a fake model. Private, so a copy of the model shares it: SemanticCacheChatModel
+    keeps a copy of its model with LangChain's cache turned off, and the test reads the counts off the original
+    (a public field would be the copy's own)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.threads: list[int] = []
+
+
 class CountingChatModel(FakeListChatModel):
     """FakeListChatModel that counts the calls that reached the model (invoke and stream alike).
 
-    `threads` lists the thread of each invoke-style call (private: public fields are part of the partition).
+    `threads` lists the thread of each invoke-style call.
     """
 
-    calls: int = 0
-    _threads: list[int] = PrivateAttr(default_factory=list)
+    _log: CallLog = PrivateAttr(default_factory=CallLog)
+
+    @property
+    def calls(self) -> int:
+        return self._log.calls
 
     @property
     def threads(self) -> list[int]:
-        return self._threads
+        return self._log.threads
 
     def _call(self, *args: Any, **kwargs: Any) -> str:
-        self.calls += 1
-        self._threads.append(threading.get_ident())
+        self._log.calls += 1
+        self._log.threads.append(threading.get_ident())
         return super()._call(*args, **kwargs)
 
     def _stream(
@@ -48,7 +62,7 @@ class CountingChatModel(FakeListChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        self.calls += 1
+        self._log.calls += 1
         yield from super()._stream(messages, stop, run_manager, **kwargs)
 
     async def _astream(
@@ -58,7 +72,7 @@ class CountingChatModel(FakeListChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        self.calls += 1
+        self._log.calls += 1
         async for chunk in super()._astream(messages, stop, run_manager, **kwargs):
             yield chunk
 
@@ -78,7 +92,11 @@ class CountingLLM(FakeListLLM):
 class ToolCallingFakeChatModel(GenericFakeChatModel):
     """GenericFakeChatModel (scripted AIMessages, tool calls included) that counts calls and can bind tools."""
 
-    calls: int = 0
+    _log: CallLog = PrivateAttr(default_factory=CallLog)
+
+    @property
+    def calls(self) -> int:
+        return self._log.calls
 
     def _generate(
         self,
@@ -87,11 +105,26 @@ class ToolCallingFakeChatModel(GenericFakeChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        self.calls += 1
+        self._log.calls += 1
         return super()._generate(messages, stop, run_manager, **kwargs)
 
     def bind_tools(self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any) -> Runnable[Any, Any]:
         return self.bind(tools=[convert_to_openai_tool(tool) for tool in tools], **kwargs)
+
+
+class CountingRateLimiter(BaseRateLimiter):
+    """A rate limiter that never waits and counts how often it was asked."""
+
+    def __init__(self) -> None:
+        self.acquired = 0
+
+    def acquire(self, *, blocking: bool = True) -> bool:
+        self.acquired += 1
+        return True
+
+    async def aacquire(self, *, blocking: bool = True) -> bool:
+        self.acquired += 1
+        return True
 
 
 class BagOfWordsEmbeddings(Embeddings):

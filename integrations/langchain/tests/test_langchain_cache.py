@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langchain_core.load import dumps
@@ -32,9 +33,14 @@ OTHER = "How tall is Mount Everest in meters?"
 LLM_STRING = "[('_type', 'test-model'), ('stop', None)]"
 
 
-def served_metadata(message: AIMessage) -> dict[str, object] | None:
+INFO_KEYS = {"hit", "kind", "similarity", "matched_prompt", "age_seconds", "key", "shared", "prompt"}
+
+
+def served_metadata(message: AIMessage) -> dict[str, Any]:
+    """How the cache served `message` (Resolution.info()): present on hits and misses alike."""
     value = message.response_metadata.get(CACHE_METADATA_KEY)
-    return value if isinstance(value, dict) else None
+    assert isinstance(value, dict) and set(value) == INFO_KEYS, value
+    return value
 
 
 # -- construction -----------------------------------------------------------------------------------------
@@ -62,9 +68,8 @@ async def test_paraphrase_is_served_from_cache_with_its_similarity(
     first = await model.ainvoke(QUESTION)
     second = await model.ainvoke(PARAPHRASE)
     assert (first.content, second.content, model.calls) == ("Paris", "Paris", 1)
-    assert served_metadata(first) is None
+    assert served_metadata(first)["hit"] is False and served_metadata(first)["kind"] == "miss"
     served = served_metadata(second)
-    assert served is not None
     assert served["hit"] is True and served["kind"] == "semantic"
     assert 0.8 <= served["similarity"] < 1.0  # type: ignore[operator]
     assert served["matched_prompt"] == QUESTION
@@ -77,7 +82,18 @@ async def test_different_question_misses(
     await model.ainvoke(QUESTION)
     answer = await model.ainvoke(OTHER)
     assert (answer.content, model.calls) == ("8849 meters", 2)
-    assert served_metadata(answer) is None
+    stored = await global_cache.engine.lookup(OTHER, _scope_of(dumps([HumanMessage(OTHER)]), model._get_llm_string()))
+    assert stored is not None
+    assert served_metadata(answer) == {
+        "hit": False,
+        "kind": "miss",
+        "similarity": None,
+        "matched_prompt": None,
+        "age_seconds": None,
+        "key": stored.key,  # where the answer was stored
+        "shared": False,
+        "prompt": OTHER,
+    }
 
 
 def test_per_model_cache_field_and_sync_invoke(
@@ -89,7 +105,7 @@ def test_per_model_cache_field_and_sync_invoke(
     assert [uncached.invoke(QUESTION).content, uncached.invoke(QUESTION).content] == ["Paris", "Lyon"]
     assert (cached.calls, uncached.calls) == (1, 2)
     exact = cached.invoke(QUESTION)
-    assert served_metadata(exact) == {**served_metadata(exact), "kind": "exact", "similarity": 1.0}  # type: ignore[dict-item]
+    assert served_metadata(exact) == {**served_metadata(exact), "kind": "exact", "similarity": 1.0}
 
 
 async def test_two_models_never_share_or_overwrite_answers(
@@ -187,6 +203,22 @@ async def test_conversation_without_human_text_is_not_cached(
     assert global_cache.engine.stats["stores"] == 0
 
 
+async def test_history_is_partitioned_by_what_the_model_reads(
+    global_cache: SemanticCache, chat_model: Callable[..., CountingChatModel]
+) -> None:
+    """Message ids, response and usage metadata (the cache's own hit info included) never split a partition:
+    a message the cache served, fed back as history, finds the answer given after the fresh one."""
+    model = chat_model("Paris.", "Lyon.", "wrong")
+    fresh = await model.ainvoke([HumanMessage(QUESTION)])
+    served = await model.ainvoke([HumanMessage(PARAPHRASE)])
+    assert (served_metadata(fresh)["kind"], served_metadata(served)["kind"]) == ("miss", "semantic")
+    follow_up = HumanMessage("And its second largest city?")
+    assert (await model.ainvoke([HumanMessage(QUESTION), fresh, follow_up])).content == "Lyon."
+    served.id, served.response_metadata["id"] = "another-run", "resp-2"
+    again = await model.ainvoke([HumanMessage(QUESTION, id="h-1"), served, follow_up])
+    assert (again.content, served_metadata(again)["kind"], model.calls) == ("Lyon.", "exact", 2)
+
+
 # -- stored values ------------------------------------------------------------------------------------------
 
 
@@ -209,7 +241,7 @@ async def test_tool_calls_and_usage_metadata_round_trip(global_cache: SemanticCa
         "total_tokens": 19,
     }
     assert served.response_metadata["model_name"] == "fake-1"
-    assert served_metadata(served) is not None
+    assert served_metadata(served)["hit"] is True
     assert global_cache.engine.stats["stores"] == 1
 
 
@@ -246,10 +278,10 @@ async def test_stored_value_is_langchain_json_and_a_hit_is_a_list(lc_cache: Sema
     assert hit[0].generation_info[CACHE_METADATA_KEY]["kind"] == "exact"
 
 
-def _scope_of(prompt: str):  # type: ignore[no-untyped-def]
+def _scope_of(prompt: str, llm_string: str = LLM_STRING):  # type: ignore[no-untyped-def]
     from langchain_semantic_cache._convert import request_for_prompt
 
-    request = request_for_prompt(prompt, LLM_STRING)
+    request = request_for_prompt(prompt, llm_string)
     assert request is not None
     return request.scope
 
@@ -300,7 +332,7 @@ async def test_plain_llm_prompt_is_embedded_as_is(global_cache: SemanticCache, e
     assert (served.text, fresh.text, llm.calls) == ("Paris", "8849 m", 2)
     assert served.generation_info is not None
     assert served.generation_info[CACHE_METADATA_KEY]["kind"] == "semantic"
-    assert CACHE_METADATA_KEY not in (fresh.generation_info or {})
+    assert fresh.generation_info is not None and fresh.generation_info[CACHE_METADATA_KEY]["kind"] == "miss"
     assert embedder.texts[0] == QUESTION and PARAPHRASE in embedder.texts
 
 
@@ -420,7 +452,7 @@ async def test_real_model_paraphrase_hit_and_different_question_miss() -> None:
     served = await model.ainvoke("How can I reset my password?")
     assert served.content == "Use the reset link."
     metadata = served_metadata(served)
-    assert metadata is not None and metadata["kind"] == "semantic"
+    assert metadata["kind"] == "semantic"
     assert lc_cache.engine.config.threshold <= metadata["similarity"] < 1.0  # type: ignore[operator]
     assert (await model.ainvoke("How do I delete my account?")).content == "Go to settings."
     assert model.calls == 2
