@@ -28,6 +28,7 @@ from semantic_llm_cache.embeddings.base import Embedder
 from semantic_llm_cache.errors import InvalidInputError
 from semantic_llm_cache.guard import guard_refusal
 from semantic_llm_cache.scope import normalize_prompt
+from semantic_llm_cache.values import check_text, shown
 
 Progress = Callable[[int, int], None]
 _NOT_WORD = re.compile(r"[\W_]+")
@@ -89,30 +90,48 @@ class CalibrationReport:
 
 
 def load_pairs(path: str | Path, limit: int | None = None) -> list[LabeledPair]:
-    """Read labeled pairs from JSON lines; a malformed line raises InvalidInputError naming its number."""
+    """Read labeled pairs from JSON lines; a malformed line raises InvalidInputError naming its number.
+
+    Each line is {"text_a": str, "text_b": str, "label": 0 or 1}; texts must be non-empty strings and labels
+    exactly 0 or 1 (1.7, "1", true or null are refused, not rounded)."""
     source = Path(path)
     if not source.is_file():
         raise InvalidInputError(f"no such file: {source}")
     pairs: list[LabeledPair] = []
-    with source.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                pair = LabeledPair(str(record["text_a"]), str(record["text_b"]), int(record["label"]))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InvalidInputError(
-                    f'{source}:{number}: expected {{"text_a": str, "text_b": str, "label": 0 or 1}}: {exc}'
-                ) from exc
-            if pair.label not in (0, 1):
-                raise InvalidInputError(f"{source}:{number}: label must be 0 or 1, got {pair.label}")
-            pairs.append(pair)
-            if limit is not None and len(pairs) >= limit:
-                break
+    try:
+        with source.open(encoding="utf-8-sig") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                pairs.append(_pair(source, number, line))
+                if limit is not None and len(pairs) >= limit:
+                    break
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{source} is not UTF-8 text: {exc}") from exc
     if not pairs:
         raise InvalidInputError(f"{source} holds no labeled pairs")
     return pairs
+
+
+def _pair(source: Path, number: int, line: str) -> LabeledPair:
+    where = f"{source}:{number}"
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise InvalidInputError(f"{where}: not JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidInputError(f"{where}: nests too deeply to read") from None
+    if not isinstance(record, dict):
+        raise InvalidInputError(f'{where}: expected {{"text_a": str, "text_b": str, "label": 0 or 1}}')
+    for name in ("text_a", "text_b"):
+        text = record.get(name)
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInputError(f"{where}: {name} must be a non-empty string, got {shown(text)}")
+        check_text(text, f"{where}: {name}")
+    label = record.get("label")
+    if isinstance(label, bool) or not isinstance(label, (int, float)) or label not in (0, 1):
+        raise InvalidInputError(f"{where}: label must be 0 or 1, got {shown(label)}")
+    return LabeledPair(record["text_a"], record["text_b"], int(label))
 
 
 async def embed_texts(

@@ -2,35 +2,51 @@
 
 Every command that touches a cache takes a backend URL (memory://, sqlite:///path/to/cache.db,
 redis://host:6379/0; see semantic_llm_cache.backends.url). Mistakes a user can make (a missing file, a malformed
-line, an unreachable server, an unknown URL scheme) print one line starting with "error:" and exit with code 1.
+line, an unreachable server, an unknown URL scheme) print one line starting with "error:" and exit with code 1;
+so does anything else that goes wrong inside a command (never a traceback). Input files are read whole and every
+line is checked before anything is written; a bad line's error names the file and the line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
+import contextlib
+import functools
 import importlib
+import io
 import json
+import math
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
+import click
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from semantic_llm_cache.backends.url import backend_from_url
-from semantic_llm_cache.config import CacheEntry, validate_threshold, validate_ttl
-from semantic_llm_cache.errors import ConfigurationError, InvalidInputError, SemanticCacheError
+from semantic_llm_cache.config import MAX_TTL, CacheEntry, validate_ttl
+from semantic_llm_cache.embeddings.adapters import as_embedder
+from semantic_llm_cache.embeddings.base import Embedder, Matrix, normalized_matrix
+from semantic_llm_cache.errors import ConfigurationError, EmbeddingError, InvalidInputError, SemanticCacheError
 from semantic_llm_cache.scope import Scope, normalize_prompt, partition_of_key
-from semantic_llm_cache.serialization import check_json_value, entry_from_dict, entry_to_dict
+from semantic_llm_cache.serialization import entry_from_dict, entry_to_dict
 from semantic_llm_cache.storage import StorageBackend
+from semantic_llm_cache.values import MAX_JSON_DEPTH, check_json_value, check_text
+
+if TYPE_CHECKING:
+    from semantic_llm_cache.calibration import LabeledPair
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(
     name="semantic-llm-cache",
@@ -52,47 +68,109 @@ EmbedderOption = Annotated[
     ),
 ]
 WARM_FIELDS = ("prompt", "response", "namespace", "model", "ttl", "metadata")
+PAIR_FORMAT = '{"text_a": "...", "text_b": "...", "label": 0 or 1}'
+_MAX_COUNT = 2**63  # hits and tokens are stored as 64-bit integers (SQLite INTEGER)
 
 
 class UserError(Exception):
     """A mistake the user can fix; printed as one line."""
 
 
+# Exceptions that carry click's own exit (typer.Exit, --help, a usage error, an answered prompt): let them through.
+_CLICK_EXITS: tuple[type[BaseException], ...] = (
+    typer.Exit,
+    typer.Abort,
+    click.exceptions.Exit,
+    click.exceptions.Abort,
+    click.ClickException,
+)
+
+
+def _plain(text: object) -> str:
+    """`text` as a str any terminal can print: lone surrogates (undecodable bytes) become backslash escapes."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _fail(message: str) -> NoReturn:
-    one_line = " ".join(str(message).split())
+    one_line = " ".join(_plain(message).split())
     typer.echo(f"error: {one_line}", err=True)
     raise typer.Exit(1)
 
 
+def _os_error(exc: OSError) -> str:
+    return f"{exc.strerror or exc}: {_plain(exc.filename)}" if exc.filename else str(exc)
+
+
+def _one_line_errors(command: F) -> F:
+    """Decorate a command: whatever goes wrong inside it is printed as one "error:" line with exit code 1.
+
+    The package's own errors (SemanticCacheError: bad input, configuration, backend or embedder) and UserError
+    carry a message written for the user; an OSError names its file. Anything else is a bug, but still one line.
+    """
+
+    @functools.wraps(command)
+    def run_command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except _CLICK_EXITS:
+            raise
+        except (UserError, SemanticCacheError) as exc:
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(_os_error(exc))
+        except RecursionError:
+            _fail(f"the input nests lists and objects too deeply (at most {MAX_JSON_DEPTH} levels)")
+        except Exception as exc:
+            _fail(
+                f"unexpected {type(exc).__name__}: {exc} (this is a bug in semantic-llm-cache or in the embedder "
+                "given; please report it with the command that caused it)"
+            )
+
+    return cast(F, run_command)
+
+
+def _described(exc: Exception) -> str:
+    """An error for a message: the package's own errors speak for themselves; others also say their type."""
+    return str(exc) if isinstance(exc, (SemanticCacheError, UserError)) else f"{type(exc).__name__}: {exc}"
+
+
 def _run(main: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine; turn the errors a user can cause into one line and exit code 1."""
-    try:
-        return asyncio.run(main)
-    except (UserError, SemanticCacheError) as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    """Run a command's coroutine (its errors become one line in `_one_line_errors`)."""
+    return asyncio.run(main)
 
 
 def _out() -> Console:
-    return Console(highlight=False)
+    # No markup or emoji codes: prompts, namespaces, paths and URLs are shown exactly as they are.
+    return Console(highlight=False, markup=False, emoji=False)
 
 
 def _status() -> Console:
     """Progress bars and notes go to stderr, so `export URL -` can pipe the entries on stdout."""
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 
 def _progress() -> Progress:
     return Progress(
         SpinnerColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=_status(),
         transient=True,  # gone when done: what stays is the result line (or the one error line)
     )
+
+
+def _check_namespace(namespace: str | None, option: str = "--namespace") -> None:
+    """A namespace option must be non-empty text (an empty one would not mean "every namespace")."""
+    if namespace is None:
+        return
+    if not namespace.strip():
+        raise UserError(f"{option} must be a non-empty namespace name, got {namespace!r}")
+    try:
+        check_text(namespace, option)
+    except InvalidInputError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _open_backend(url: str, *, must_exist: bool) -> StorageBackend:
@@ -132,29 +210,85 @@ def load_embedder(spec: str) -> Any:
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
         raise ConfigurationError(f"cannot load embedder {spec!r}: {exc}") from exc
-    return target() if isinstance(target, type) else target
+    except Exception as exc:  # the module itself failed while being imported
+        raise ConfigurationError(f"cannot load embedder {spec!r}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(target, type):
+        return target
+    try:
+        return target()
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot create embedder {spec!r}: {target.__name__}() failed with {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, text) of every non-blank line; a missing or unreadable file is a UserError."""
-    if not path.is_file():
+    """(line number, text) of every non-blank line of a UTF-8 file (a BOM is allowed); else a UserError."""
+    if not path.exists():
         raise UserError(f"no such file: {path}")
+    if not path.is_file():
+        raise UserError(f"not a file: {path}")
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
     try:
-        with path.open(encoding="utf-8") as source:
-            return [(number, line) for number, line in enumerate(source, start=1) if line.strip()]
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path} is not UTF-8 text: {exc}") from exc
+        number = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(
+            f"{path} line {number}: not UTF-8 text (byte {data[exc.start]:#04x}: {exc.reason}); save the file as "
+            "UTF-8 and run again; nothing was read"
+        ) from None
+    # Universal newlines, as text mode reads them (\n, \r\n, \r); never str.splitlines, which would also split
+    # inside a JSON string at U+2028 and other characters JSON allows there.
+    lines = io.StringIO(text, newline=None)
+    return [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
 
 
 def _json_object(path: Path, number: int, line: str, consequence: str) -> dict[str, Any]:
+    where = f"{path} line {number}"
     try:
         record = json.loads(line)
+    except RecursionError:
+        raise UserError(
+            f"{where}: lists and objects nest too deeply to read (at most {MAX_JSON_DEPTH} levels); {consequence}"
+        ) from None
     except ValueError as exc:
-        raise UserError(f"{path} line {number}: not valid JSON ({exc}); {consequence}") from exc
+        if "integer string conversion" in str(exc):  # Python's limit on the digits of an int
+            raise UserError(
+                f"{where}: holds an integer with too many digits (at most 4300); write it as a string; {consequence}"
+            ) from None
+        raise UserError(f"{where}: not valid JSON ({exc}); {consequence}") from exc
     if not isinstance(record, dict):
-        kind = type(record).__name__
-        raise UserError(f"{path} line {number}: expected a JSON object, got {kind}; {consequence}")
+        raise UserError(f"{where}: expected a JSON object, got {_json_kind(record)}; {consequence}")
     return record
+
+
+def _json_kind(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words (never printing a huge or deep value)."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    return "number"
+
+
+def _shown(value: Any) -> str:
+    """A decoded JSON value for an error message: short, on one line, and never a huge number written out."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {len(str(abs(value)))} digits"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        shown = repr(value)
+        return shown if len(shown) <= 60 else shown[:57] + "...'"
+    return f"a{'n' if isinstance(value, dict) else ''} {_json_kind(value)}"
 
 
 def _human_seconds(seconds: float) -> str:
@@ -177,6 +311,7 @@ def _human_bytes(count: int) -> str:
 
 
 @app.command()
+@_one_line_errors
 def demo() -> None:
     """Store a few answers with the bundled model, then show an exact hit, a semantic hit and misses."""
     from semantic_llm_cache.demo import main
@@ -188,6 +323,7 @@ def demo() -> None:
 
 
 @app.command()
+@_one_line_errors
 def stats(
     url: UrlArgument,
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as one JSON object.")] = False,
@@ -197,7 +333,7 @@ def stats(
     if as_json:
         typer.echo(json.dumps(values, default=str))
         return
-    table = Table(title=f"cache {url}")
+    table = Table(title=f"cache {_plain(url)}")
     table.add_column("statistic")
     table.add_column("value", justify="right")
     for name, value in values.items():
@@ -210,12 +346,14 @@ def stats(
 
 
 @app.command()
+@_one_line_errors
 def inspect(
     url: UrlArgument,
     namespace: NamespaceOption = None,
     limit: Annotated[int, typer.Option("--limit", "-l", min=1, help="Show at most this many entries.")] = 20,
 ) -> None:
     """List entries, newest first: prompt, namespace, partition, age, hits and expiry."""
+    _check_namespace(namespace)
     entries = _run(_using(url, True, lambda backend: backend.iterate(namespace)))
     entries.sort(key=lambda item: item[1].created_at, reverse=True)
     now = time.time()
@@ -244,12 +382,14 @@ def inspect(
 
 
 @app.command()
+@_one_line_errors
 def clear(
     url: UrlArgument,
     namespace: NamespaceOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete every entry (or one namespace's), after asking unless --yes is given."""
+    _check_namespace(namespace)
 
     async def work(backend: StorageBackend) -> int:
         # without a namespace the backend counts, without decoding every entry
@@ -278,7 +418,81 @@ def _fraction(value: float) -> str:
     return f"{value:.3f}"
 
 
+def _label(value: Any) -> int | None:
+    """0 or 1 for a label that is exactly 0 or 1 (ints, or the floats 0.0 and 1.0); None for anything else."""
+    if type(value) in (int, float) and value in (0, 1):
+        return int(value)
+    return None
+
+
+def parse_pair(path: Path, number: int, line: str) -> LabeledPair:
+    """Check one line of a calibration file; UserError names the line and says what is wrong with it."""
+    from semantic_llm_cache.calibration import LabeledPair
+
+    record = _json_object(path, number, line, f"each line is {PAIR_FORMAT}")
+    where = f"{path} line {number}"
+    missing = [name for name in ("text_a", "text_b", "label") if name not in record]
+    if missing:
+        raise UserError(f"{where}: missing {', '.join(map(repr, missing))}; each line is {PAIR_FORMAT}")
+    texts = []
+    for name in ("text_a", "text_b"):
+        text = record[name]
+        if not isinstance(text, str):
+            raise UserError(f"{where}: {name} must be a string, got {_shown(text)}; each line is {PAIR_FORMAT}")
+        if not text.strip():
+            raise UserError(f"{where}: {name} is empty (or only whitespace); each line is {PAIR_FORMAT}")
+        try:
+            check_text(text, name)
+        except InvalidInputError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        texts.append(text)
+    label = _label(record["label"])
+    if label is None:
+        raise UserError(
+            f"{where}: label must be 0 (different meaning) or 1 (same meaning), got {_shown(record['label'])}"
+        )
+    return LabeledPair(texts[0], texts[1], label)
+
+
+def load_labeled_pairs(path: Path, limit: int | None = None) -> list[LabeledPair]:
+    """The labeled pairs of a calibration file (the first `limit`), every line checked; else a UserError."""
+    pairs: list[LabeledPair] = []
+    for number, line in _read_lines(path):
+        pairs.append(parse_pair(path, number, line))
+        if limit is not None and len(pairs) >= limit:
+            break
+    if not pairs:
+        raise UserError(f"{path} holds no labeled pairs; each line is {PAIR_FORMAT}")
+    return pairs
+
+
+class _CheckedEmbedder:
+    """An embedder whose failures are EmbeddingError and whose output is checked (shape, finite, non-zero)."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self._inner = inner
+
+    @property
+    def name(self) -> str:
+        return str(self._inner.name)
+
+    @property
+    def dimension(self) -> int | None:
+        return self._inner.dimension
+
+    async def embed(self, texts: Sequence[str]) -> Matrix:
+        try:
+            raw = await self._inner.embed(texts)
+        except SemanticCacheError:
+            raise
+        except Exception as exc:
+            raise EmbeddingError(f"the embedder {self.name} failed: {type(exc).__name__}: {exc}") from exc
+        normalized_matrix(raw, len(texts))  # raises EmbeddingError for the wrong shape, NaN or a zero vector
+        return np.asarray(raw, dtype=np.float32)
+
+
 @app.command()
+@_one_line_errors
 def calibrate(
     pairs_file: Annotated[
         Path,
@@ -299,15 +513,15 @@ def calibrate(
     step: Annotated[float, typer.Option("--step", min=0.005, help="Threshold step of the printed table.")] = 0.02,
 ) -> None:
     """Sweep thresholds on labeled pairs and recommend the lowest one that meets the target precision."""
-    from semantic_llm_cache.calibration import load_pairs, plot_report, sweep
+    from semantic_llm_cache.calibration import plot_report, sweep
 
-    try:
-        validate_threshold(target_precision, "--target-precision")
-    except ConfigurationError as exc:
-        _fail(str(exc))
+    if not 0.0 <= target_precision <= 1.0:
+        raise UserError(f"--target-precision must be a precision between 0 and 1 (e.g. 0.9), got {target_precision}")
+    if not step <= 1.0:
+        raise UserError(f"--step must be a number from 0.005 to 1, got {step}")
 
     async def work() -> Any:
-        pairs = load_pairs(pairs_file, limit=limit)
+        pairs = load_labeled_pairs(pairs_file, limit=limit)
         embedder = load_embedder(embedder_spec)
         from semantic_llm_cache.embeddings.adapters import as_embedder
 
@@ -317,7 +531,7 @@ def calibrate(
             def advance(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            return await sweep(pairs, as_embedder(embedder), progress=advance)
+            return await sweep(pairs, _CheckedEmbedder(as_embedder(embedder)), progress=advance)
 
     report = _run(work())
     recommended = {guard: report.recommend(target_precision, guard=guard) for guard in (True, False)}
@@ -356,9 +570,10 @@ def calibrate(
             written = plot_report(report, plot, target_precision)
         except ImportError as exc:
             _fail(f"--plot needs matplotlib: pip install 'async-semantic-llm-cache[plot]' ({exc})")
-        except OSError as exc:
-            _fail(f"cannot write the plot to {plot}: {exc.strerror or exc}")
-        console.print(f"plot written to {written}")
+        except (OSError, ValueError) as exc:  # ValueError: a file name matplotlib cannot write (no known suffix)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            _fail(f"cannot write the plot to {plot}: {reason}")
+        console.print(f"plot written to {_plain(written)}")
 
 
 # -- warm ------------------------------------------------------------------------------------------------
@@ -389,18 +604,24 @@ def parse_warm_record(path: Path, number: int, line: str) -> WarmRecord:
         if required not in record:
             raise UserError(f"{where}: missing {required!r}; nothing was written")
     try:
+        if not isinstance(record["prompt"], str):
+            raise InvalidInputError(f"prompt must be a string, got {_shown(record['prompt'])}")
         normalize_prompt(record["prompt"])
         check_json_value(record["response"])
         namespace, model = record.get("namespace"), record.get("model")
-        if namespace is not None and (not isinstance(namespace, str) or not namespace.strip()):
-            raise InvalidInputError(f"namespace must be a non-empty string, got {namespace!r}")
-        if model is not None and not isinstance(model, str):
-            raise InvalidInputError(f"model must be a string, got {model!r}")
+        if namespace is not None:
+            if not isinstance(namespace, str) or not namespace.strip():
+                raise InvalidInputError(f"namespace must be a non-empty string, got {_shown(namespace)}")
+            check_text(namespace, "namespace")
+        if model is not None:
+            if not isinstance(model, str):
+                raise InvalidInputError(f"model must be a string, got {_shown(model)}")
+            check_text(model, "model")
         ttl = validate_ttl(record.get("ttl"))
         metadata = record.get("metadata")
         if metadata is not None:
             if not isinstance(metadata, dict):
-                raise InvalidInputError(f"metadata must be an object, got {type(metadata).__name__}")
+                raise InvalidInputError(f"metadata must be an object, got {_shown(metadata)}")
             check_json_value(metadata, "metadata")
     except SemanticCacheError as exc:
         raise UserError(f"{where}: {exc}; nothing was written") from exc
@@ -408,6 +629,7 @@ def parse_warm_record(path: Path, number: int, line: str) -> WarmRecord:
 
 
 @app.command()
+@_one_line_errors
 def warm(
     url: UrlArgument,
     records_file: Annotated[
@@ -433,23 +655,48 @@ def warm(
     """
     from semantic_llm_cache.cache import SemanticCache
 
+    _check_namespace(namespace)
+    try:
+        default_ttl = validate_ttl(ttl, "--ttl")
+    except ConfigurationError:
+        raise UserError(
+            f"--ttl must be a positive number of seconds up to {MAX_TTL:.0f} (100 years), got {ttl}; "
+            "leave it out for entries that never expire"
+        ) from None
+
     async def work() -> tuple[int, int]:
         records = [parse_warm_record(records_file, number, line) for number, line in _read_lines(records_file)]
-        default_ttl = validate_ttl(ttl, "--ttl")
         # A prompt repeated in the same namespace and model is one entry: the last record wins, as in the file.
         latest = {(r.namespace or namespace, r.model, normalize_prompt(r.prompt)): r for r in records}
-        embedder = load_embedder(embedder_spec)
+        embedder = as_embedder(load_embedder(embedder_spec))
+        if not getattr(embedder, "stable_name", True):
+            raise UserError(
+                f"--embedder {embedder_spec} names no model, so what warm stores could never be found by your "
+                "application: give it the name your application uses (an Embedder with a `name`, or "
+                "CallableEmbedder(fn, name='...') in that module)"
+            )
         backend = _open_backend(url, must_exist=False)
-        cache = SemanticCache(backend=backend, embedder=embedder, namespace=namespace, ttl=default_ttl,
-                              on_error="raise")  # fmt: skip
+        try:
+            cache = SemanticCache(backend=backend, embedder=embedder, namespace=namespace, ttl=default_ttl,
+                                  on_error="raise")  # fmt: skip
+        except BaseException:
+            await backend.close()
+            raise
         stored = 0
-        failures: list[SemanticCacheError] = []
+        failures: list[Exception] = []
         try:
             with _progress() as progress:
                 loading = progress.add_task(f"loading embedder {cache.embedder.name}", total=None)
-                await cache.warmup()
+                try:
+                    await cache.warmup()
+                except SemanticCacheError:
+                    raise
+                except Exception as exc:  # a user's embedder that fails on its first call
+                    raise EmbeddingError(
+                        f"the embedder {cache.embedder.name} failed: {type(exc).__name__}: {exc}"
+                    ) from exc
                 progress.remove_task(loading)
-                task = progress.add_task(f"warming {url}", total=len(latest))
+                task = progress.add_task(f"warming {_plain(url)}", total=len(latest))
                 gate = asyncio.Semaphore(concurrency)  # concurrent stores let the embedder batch its work
 
                 async def store(record: WarmRecord) -> None:
@@ -460,7 +707,7 @@ def warm(
                         scope = Scope(namespace=record.namespace, model=record.model)
                         try:
                             await cache.store(record.prompt, record.response, scope, record.ttl, record.metadata)
-                        except SemanticCacheError as exc:
+                        except Exception as exc:  # the package's errors, or a bug: either way, stop here
                             failures.append(exc)
                             return
                     stored += 1
@@ -471,14 +718,14 @@ def warm(
             await cache.close()
         if failures:
             raise UserError(
-                f"stored {stored} of {len(latest)} entries, then failed: {failures[0]}; "
+                f"stored {stored} of {len(latest)} entries, then failed: {_described(failures[0])}; "
                 "running warm again is safe: it replaces the same entries"
             )
         return len(records), stored
 
     count, stored = _run(work())
     repeated = f" ({count - stored} repeated an earlier prompt: the last one was kept)" if stored < count else ""
-    _out().print(f"stored {stored} entries from {count} records in {url}{repeated}")
+    _out().print(f"stored {stored} entries from {count} records in {_plain(url)}{repeated}")
     _note_if_ephemeral(url)
 
 
@@ -487,7 +734,54 @@ def warm(
 
 def export_line(key: str, entry: CacheEntry) -> str:
     """One line of an export file: the entry's versioned JSON (vector as base64 float32) and its key."""
-    return json.dumps({"key": key, **entry_to_dict(entry)}, ensure_ascii=False, allow_nan=False)
+    try:
+        line = json.dumps({"key": key, **entry_to_dict(entry)}, ensure_ascii=False, allow_nan=False)
+        check_text(line, f"entry {key!r}")
+    except (ValueError, TypeError, RecursionError) as exc:  # InvalidInputError is a ValueError
+        raise UserError(f"entry {key!r} cannot be written as a line of JSON ({exc}); nothing was exported") from exc
+    return line
+
+
+_COUNT_FIELDS = ("hits", "tokens")
+_NUMBER_FIELDS = {
+    "created_at": "a Unix timestamp (seconds since 1970, >= 0)",
+    "expires_at": "a Unix timestamp (seconds since 1970, >= 0) or null",
+    "last_hit_at": "a Unix timestamp (seconds since 1970, >= 0) or null",
+    "compute_seconds": "a number of seconds >= 0 or null",
+    "min_similarity": "a number from 0 to 2",
+}
+
+
+def check_entry_fields(record: dict[str, Any]) -> None:
+    """Refuse the numbers of an exported entry that entry_from_dict would convert rather than refuse.
+
+    hits and tokens must be whole numbers from 0 to 2**63-1 (not 2.5, "3", 1e400 or 10**30); timestamps,
+    compute_seconds and min_similarity must be finite numbers >= 0 (not strings, booleans or 1e400); the
+    upper bounds of those (CacheEntry's) are checked when the entry is built. Text fields must be strings.
+    Fields that are absent are left to entry_from_dict (which names a missing required one).
+    """
+    for name in _COUNT_FIELDS:
+        if name not in record or (name == "tokens" and record[name] is None):
+            continue
+        value = record[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_COUNT:
+            raise InvalidInputError(f"{name} must be a whole number from 0 to 2**63-1, got {_shown(value)}")
+    for name, meaning in _NUMBER_FIELDS.items():
+        if name not in record or (name not in ("created_at", "min_similarity") and record[name] is None):
+            continue
+        value = record[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value >= 0:
+            raise InvalidInputError(f"{name} must be {meaning}, got {_shown(value)}")
+    for name in ("prompt", "partition_id", "namespace", "embedder"):
+        value = record.get(name, "")
+        if not isinstance(value, str) and not (name == "embedder" and value is None):
+            raise InvalidInputError(f"{name} must be a string, got {_shown(value)}")
+    metadata = record.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidInputError(f"metadata must be an object or null, got {_shown(metadata)}")
+    embedding = record.get("embedding")
+    if embedding is not None and not isinstance(embedding, str):
+        raise InvalidInputError(f"embedding must be base64 text or null, got {_shown(embedding)}")
 
 
 def parse_export_line(path: Path, number: int, line: str) -> tuple[str, CacheEntry]:
@@ -498,6 +792,8 @@ def parse_export_line(path: Path, number: int, line: str) -> tuple[str, CacheEnt
     if not isinstance(key, str):
         raise UserError(f'{where}: missing the entry\'s "key" (a string); nothing was imported')
     try:
+        check_text(key, "key")
+        check_entry_fields(record)
         entry = entry_from_dict(record)
         if partition_of_key(key) != entry.partition_id:
             raise InvalidInputError(f"key {key!r} is not in the entry's partition {entry.partition_id!r}")
@@ -507,6 +803,7 @@ def parse_export_line(path: Path, number: int, line: str) -> tuple[str, CacheEnt
 
 
 @app.command()
+@_one_line_errors
 def export(
     url: UrlArgument,
     output: Annotated[
@@ -515,9 +812,13 @@ def export(
     namespace: NamespaceOption = None,
 ) -> None:
     """Back up the live entries as JSON lines, vectors included (written to a temporary file, then renamed)."""
+    _check_namespace(namespace)
+    to_stdout = str(output) == "-"
+    if not to_stdout and (output.is_dir() or not output.name):
+        raise UserError(f"cannot write {output}: it is a directory; name the file to write, e.g. {output}/backup.jsonl")
     entries = _run(_using(url, True, lambda backend: backend.iterate(namespace)))
     lines = [export_line(key, entry) + "\n" for key, entry in entries]
-    if str(output) == "-":
+    if to_stdout:
         sys.stdout.write("".join(lines))
         sys.stdout.flush()
         return
@@ -526,13 +827,16 @@ def export(
         with partial.open("w", encoding="utf-8") as sink:
             sink.writelines(lines)
         os.replace(partial, output)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        _fail(f"cannot write {output}: {exc.strerror or exc}")
-    _status().print(f"exported {len(lines)} entries to {output}")
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the file name
+        with contextlib.suppress(OSError, ValueError):
+            partial.unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UserError(f"cannot write {output}: {reason}; nothing was exported") from exc
+    _status().print(f"exported {len(lines)} entries to {_plain(output)}")
 
 
 @app.command("import")
+@_one_line_errors
 def import_entries(
     url: UrlArgument,
     source: Annotated[
@@ -549,7 +853,7 @@ def import_entries(
         line_number = 0
         try:
             with _progress() as progress:
-                task = progress.add_task(f"importing into {url}", total=len(entries))
+                task = progress.add_task(f"importing into {_plain(url)}", total=len(entries))
                 for number, key, entry in entries:
                     line_number = number
                     if entry.is_expired(now):
@@ -558,10 +862,10 @@ def import_entries(
                         await backend.set(key, entry)
                         imported += 1
                     progress.advance(task)
-        except SemanticCacheError as exc:
+        except Exception as exc:  # the backend's errors, or a bug: either way, say how far the import got
             raise UserError(
                 f"{source} line {line_number}: failed after importing {imported} of {len(entries)} entries "
-                f"(every line before it is in the cache, none after): {exc}"
+                f"(every line before it is in the cache, none after): {_described(exc)}"
             ) from exc
         finally:
             await backend.close()
@@ -569,5 +873,5 @@ def import_entries(
 
     imported, expired = _run(work())
     skipped = f"; skipped {expired} already expired" if expired else ""
-    _out().print(f"imported {imported} entries into {url}{skipped}")
+    _out().print(f"imported {imported} entries into {_plain(url)}{skipped}")
     _note_if_ephemeral(url)

@@ -117,3 +117,118 @@ def test_redis_urls_build_a_redis_backend(url: str, monkeypatch: pytest.MonkeyPa
     backend = backend_from_url(url, prefix="test:")
     assert isinstance(backend, RecordingRedisBackend)
     assert built == [((url.replace("REDIS://", "redis://"),), {"prefix": "test:"})]
+
+
+GOOD_REDIS_URL = "redis://localhost:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://localhost:notaport/0", "the port must be a number from 1 to 65535, got 'notaport'"),
+        ("redis://localhost:99999", "the port must be a number from 1 to 65535, got '99999'"),
+        ("redis://localhost:0/0", "the port must be a number from 1 to 65535, got 0"),
+        ("redis://localhost:-1/0", "the port must be a number from 1 to 65535"),
+        ("redis://localhost:6379/abc", "the path must be a database number .* got '/abc'"),
+        ("redis://localhost:6379/1/2", "the path must be a database number .* got '/1/2'"),
+        ("redis://localhost:6379/99999999999", "the path must be a database number from 0 to 2147483647"),
+        ("redis://localhost:6379/0?db=abc", "bad value for 'db'"),
+        ("redis://localhost:6379/1?db=2", "the database number is given twice"),
+        ("redis://h:6379/0?socket_timeout=abc", "bad value for 'socket_timeout'.*positive number of seconds"),
+        ("redis://h:6379/0?socket_timeout=nan", "bad value for 'socket_timeout'"),
+        ("redis://h:6379/0?socket_timeout=-1", "bad value for 'socket_timeout'"),
+        ("redis://h:6379/0?socket_connect_timeout=", "option 'socket_connect_timeout' has no value"),
+        ("redis://h:6379/0?max_connections=0", "bad value for 'max_connections'.*whole number >= 1"),
+        ("redis://h:6379/0?max_connections=1e3", "bad value for 'max_connections'"),
+        ("redis://h:6379/0?socket_keepalive=maybe", "bad value for 'socket_keepalive'.*true, yes"),
+        ("redis://h:6379/0?socket_keepalive=off", "bad value for 'socket_keepalive'"),  # redis-py reads "off" as yes
+        ("redis://h:6379/0?protocol=4", "bad value for 'protocol'.*2, 3"),
+        ("redis://h:6379/0?colour=blue", "unknown option 'colour' .*socket_timeout"),
+        ("redis://h:6379/0?decode_responses=true", "unknown option 'decode_responses'"),
+        ("redis://h:6379/0?ssl_certfile=/c.pem", "'ssl_certfile' is for TLS connections: use rediss://"),
+        ("rediss://h:6380/0?ssl_cert_reqs=sometimes", "bad value for 'ssl_cert_reqs'.*none, optional, required"),
+        ("redis://h:6379/0?socket_timeout=1&socket_timeout=2", "option 'socket_timeout' is given twice"),
+        ("redis://h:6379/3?cluster=yes", "a Redis Cluster has only database 0"),
+        ("redis://h:6379/0?cluster=maybe", "bad value for 'cluster': expected one of 1, true, yes, on, 0"),
+        ("redis://bad host:6379/0", "'bad host' is not a host name"),
+        ("redis://" + "a" * 64 + ":6379/0", "is not a host name"),
+        ("redis://[::zz]:6379/0", "malformed backend URL"),
+        ("redis://h:6379/0#section", "a Redis URL has no #fragment"),
+    ],
+)
+def test_bad_redis_urls_are_configuration_errors_at_construction(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message) as raised:
+        backend_from_url(url)
+    if "malformed" not in message:
+        assert "bad Redis URL" in str(raised.value) and GOOD_REDIS_URL in str(raised.value)  # and what a good one is
+
+
+def test_bad_redis_urls_are_refused_without_the_redis_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = importlib.import_module
+
+    def no_redis(name: str, *args: Any) -> Any:
+        if name == "semantic_llm_cache.backends.redis":
+            raise ImportError("No module named 'redis'")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", no_redis)
+    with pytest.raises(ConfigurationError, match="the port must be a number"):
+        backend_from_url("redis://localhost:notaport/0")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://user:s3cret@localhost:notaport/0",
+        "redis://:s3cret@localhost:6379/0?colour=blue",
+        "redis://localhost:6379/0?password=s3cret&colour=blue",
+        "ftp://user:s3cret@example.com/",
+        "sqlite://user:s3cret@host/cache.db",
+    ],
+)
+def test_url_errors_do_not_show_the_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        backend_from_url(url)
+    assert "s3cret" not in str(raised.value) and "***" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://user:pass@cache.example.com:6380/2?socket_timeout=0.5&socket_connect_timeout=1&prefix=app:",
+        "redis://localhost?db=3&max_connections=8&health_check_interval=30&socket_keepalive=true&protocol=3",
+        "redis://[::1]:6379/0?index=client&cluster=no&client_name=worker-1",
+        "rediss://cache.example.com:6380/0?ssl_cert_reqs=none&ssl_check_hostname=false&ssl_ca_certs=/etc/ca.pem",
+        "redis://",
+        "redis://localhost:6379/",
+        "redis://héllo.example:6379/0",
+    ],
+)
+def test_good_redis_urls_with_options_still_build(url: str) -> None:
+    redis_module = pytest.importorskip("semantic_llm_cache.backends.redis")
+    assert isinstance(backend_from_url(url), redis_module.RedisBackend)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:///cache#1.db", r"has a #fragment .*write '#' in a name as %23"),
+        ("sqlite:///a%00b.db", "cannot contain a NUL character"),
+        ("sqlite:///~no-such-user-here/cache.db", "cannot expand '~no-such-user-here'"),
+        ("sqlite:///c.db?timeout=nan", "bad value for 'timeout'"),
+        ("sqlite:///c.db?purge_interval=inf", "bad value for 'purge_interval'"),
+        ("sqlite:///c.db?max_entries=1&max_entries=2", "option 'max_entries' is given twice"),
+        ("memory://\udcff", "is not valid text"),
+    ],
+)
+def test_other_bad_urls_are_configuration_errors(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        backend_from_url(url)
+
+
+@pytest.mark.parametrize("url", ["redis://localhost:notaport/0", "redis://localhost:6379/abc", "redis://h/0?bogus=1"])
+def test_a_redis_backend_built_directly_checks_its_url_too(url: str) -> None:
+    from semantic_llm_cache.backends.redis import RedisBackend
+
+    with pytest.raises(ConfigurationError, match="Redis URL"):
+        RedisBackend(url)

@@ -22,11 +22,11 @@ from semantic_llm_cache import Scope, SemanticCache
 from semantic_llm_cache.backends.sqlite import SQLiteBackend
 from semantic_llm_cache.backends.url import backend_from_url, forget_named_memory_backends
 from semantic_llm_cache.cli import app
-from semantic_llm_cache.errors import CacheBackendError
+from semantic_llm_cache.errors import CacheBackendError, InvalidInputError
 from tests.fakes import BagOfWordsEmbedder
+from tests.sample_data import QQP_SAMPLE
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-QQP = REPOSITORY.parent / "shared" / "data" / "qqp_dev.jsonl"
 FAKE_EMBEDDER = "tests.fakes:BagOfWordsEmbedder"
 _redis_databases = itertools.cycle(range(1, 16))
 
@@ -387,9 +387,9 @@ def test_user_errors_print_one_line_and_exit_non_zero(tmp_path: Path, records_fi
 
 
 def calibration_sample(path: Path, per_label: int = 15) -> Path:
-    """A small labeled file: the first `per_label` pairs of each label from the shared QQP sample."""
+    """A small labeled file: the first `per_label` pairs of each label from the committed QQP sample."""
     chosen: dict[int, list[str]] = {0: [], 1: []}
-    with QQP.open(encoding="utf-8") as source:
+    with QQP_SAMPLE.open(encoding="utf-8") as source:
         for line in source:
             label = json.loads(line)["label"]
             if len(chosen[label]) < per_label:
@@ -403,7 +403,8 @@ def calibration_sample(path: Path, per_label: int = 15) -> Path:
 def test_calibrate_names_a_malformed_line(tmp_path: Path) -> None:
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"text_a": "a", "text_b": "b", "label": 1}\n{"text_a": "a", "label": 1}\n', encoding="utf-8")
-    assert_one_line_error(run("calibrate", str(path), "--embedder", FAKE_EMBEDDER), f"{path}:2:")
+    result = run("calibrate", str(path), "--embedder", FAKE_EMBEDDER)
+    assert_one_line_error(result, f"{path} line 2", "missing 'text_b'")
 
 
 def test_calibrate_prints_both_guard_settings_and_the_recommendation(tmp_path: Path) -> None:
@@ -478,3 +479,354 @@ def test_the_console_script_works_as_a_user_runs_it(tmp_path: Path, records_file
     assert usage.returncode == 0
     for command in ("demo", "stats", "inspect", "clear", "calibrate", "warm", "export", "import"):
         assert command in usage.stdout
+
+
+# -- what an adversarial run found: every mistake is one line and exit code 1, never a traceback -------------
+
+
+def assert_nothing_stored(url: str) -> None:
+    if url.startswith("sqlite"):
+        path = Path(url.removeprefix("sqlite:///"))
+        assert not path.exists() or stats_of(url)["size"] == 0
+    else:
+        assert stats_of(url)["size"] == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "fragments"),
+    [
+        ("redis://localhost:notaport/0", ("bad Redis URL", "the port must be a number from 1 to 65535", "'notaport'")),
+        ("redis://localhost:99999", ("bad Redis URL", "the port must be a number from 1 to 65535", "'99999'")),
+        ("redis://127.0.0.1:1/abc", ("bad Redis URL", "the path must be a database number", "'/abc'")),
+        ("redis://h:6379/0?socket_timeout=abc", ("bad value for 'socket_timeout'", "positive number of seconds")),
+        ("redis://h:6379/0?colour=blue", ("unknown option 'colour'",)),
+        ("rediss://h:6380/0?ssl_cert_reqs=maybe", ("bad value for 'ssl_cert_reqs'",)),
+    ],
+)
+@pytest.mark.parametrize("command", ["stats", "inspect", "clear", "export", "warm", "import"])
+def test_bad_redis_urls_are_one_line_errors_in_every_command(
+    command: str, url: str, fragments: tuple[str, ...], records_file: Path, tmp_path: Path
+) -> None:
+    arguments = {
+        "stats": [url],
+        "inspect": [url],
+        "clear": [url, "--yes"],
+        "export": [url, str(tmp_path / "out.jsonl")],
+        "warm": [url, str(records_file), "--embedder", FAKE_EMBEDDER],
+        "import": [url, str(records_file)],
+    }[command]
+    if command == "import":  # a valid export file, so that the URL is what fails
+        source = f"memory://cli-{uuid.uuid4().hex}"
+        arguments[1] = str(exported_backup(source, records_file, tmp_path))
+    line = assert_one_line_error(run(command, *arguments), *fragments)
+    assert "redis://localhost:6379/0" in line  # says what a good URL looks like
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+DEEP = "[" * 5000 + "]" * 5000
+
+
+def good_pair(number: int) -> str:
+    return json.dumps({"text_a": f"how do I reset password {number}", "text_b": f"reset password {number}", "label": 1})
+
+
+def input_file(command: str, tmp_path: Path, bad_line: str, records_file: Path) -> Path:
+    """An input file for `command` whose third line is `bad_line` (the others good)."""
+    if command == "calibrate":
+        good = [good_pair(1), good_pair(2), good_pair(4)]
+    elif command == "warm":
+        good = [json.dumps(record) for record in RECORDS[:3]]
+    else:
+        backup = exported_backup(f"memory://cli-{uuid.uuid4().hex}", records_file, tmp_path)
+        good = backup.read_text(encoding="utf-8").splitlines()[:3]
+    path = tmp_path / f"{command}-input.jsonl"
+    path.write_text("\n".join([good[0], good[1], bad_line, good[2]]) + "\n", encoding="utf-8")
+    return path
+
+
+def run_on_file(command: str, url: str, path: Path) -> Result:
+    if command == "calibrate":
+        return run("calibrate", str(path), "--embedder", FAKE_EMBEDDER)
+    if command == "warm":
+        return run("warm", url, str(path), "--embedder", FAKE_EMBEDDER)
+    return run("import", url, str(path))
+
+
+@pytest.mark.parametrize("command", ["warm", "import", "calibrate"])
+@pytest.mark.parametrize(
+    ("bad_line", "fragment"),
+    [
+        (DEEP, "nest too deeply to read (at most 100 levels)"),
+        ('{"prompt": ' + DEEP + "}", "nest too deeply to read"),
+        ('"\\ud800"', "expected a JSON object, got string"),
+        ('{"n": ' + "9" * 5000 + "}", "an integer with too many digits (at most 4300)"),
+    ],
+)
+def test_deep_nesting_and_huge_integers_in_an_input_file_name_the_line(
+    command: str, bad_line: str, fragment: str, records_file: Path, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/cache.db"
+    path = input_file(command, tmp_path, bad_line, records_file)
+    assert_one_line_error(run_on_file(command, url, path), f"{path} line 3", fragment)
+    assert_nothing_stored(url)
+
+
+@pytest.mark.parametrize("command", ["warm", "import", "calibrate"])
+def test_a_lone_surrogate_in_an_input_file_names_the_line_and_writes_nothing(
+    command: str, records_file: Path, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/cache.db"
+    if command == "calibrate":
+        bad_line = '{"text_a": "reset \\ud800 password", "text_b": "reset password", "label": 1}'
+        field = "text_a"
+    elif command == "warm":
+        bad_line = '{"prompt": "fine", "response": {"text": "a\\udfffb"}}'
+        field = "response"
+    else:
+        bad_line = input_file("import", tmp_path, "{}", records_file).read_text().splitlines()[0]
+        bad_line = bad_line.replace('"prompt": "', '"prompt": "\\ud800', 1)
+        field = "prompt"
+    path = input_file(command, tmp_path, bad_line, records_file)
+    assert_one_line_error(run_on_file(command, url, path), f"{path} line 3", f"{field}", "lone surrogate")
+    assert_nothing_stored(url)
+
+
+@pytest.mark.parametrize("command", ["warm", "import", "calibrate"])
+def test_an_input_file_that_is_not_utf8_names_the_file_and_line(
+    command: str, records_file: Path, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/cache.db"
+    path = input_file(command, tmp_path, "LATIN1", records_file)
+    path.write_bytes(path.read_bytes().replace(b"LATIN1", '{"prompt": "caf\u00e9"}'.encode("latin-1")))
+    line = assert_one_line_error(run_on_file(command, url, path), f"{path} line 3", "not UTF-8 text")
+    assert "byte 0xe9" in line
+    assert_nothing_stored(url)
+
+
+def test_an_input_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    url = f"memory://cli-{uuid.uuid4().hex}"
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\r\n" for r in RECORDS).encode("utf-8"))
+    assert f"stored {len(RECORDS)} entries" in warm(url, path).stdout
+
+
+@pytest.mark.parametrize(
+    ("field", "raw", "fragment"),
+    [
+        ("hits", "1e400", "hits must be a whole number from 0 to 2**63-1, got inf"),
+        ("hits", str(10**30), "hits must be a whole number from 0 to 2**63-1, got an integer of 31 digits"),
+        ("hits", "-3", "hits must be a whole number from 0 to 2**63-1, got -3"),
+        ("hits", "2.5", "hits must be a whole number from 0 to 2**63-1, got 2.5"),
+        ("hits", '"3"', "hits must be a whole number from 0 to 2**63-1, got '3'"),
+        ("hits", "true", "hits must be a whole number from 0 to 2**63-1, got true"),
+        ("tokens", str(2**63), "tokens must be a whole number"),
+        ("created_at", "1e400", "created_at must be a Unix timestamp"),
+        ("created_at", '"yesterday"', "created_at must be a Unix timestamp"),
+        ("created_at", "-1", "created_at must be a Unix timestamp"),
+        ("created_at", "null", "created_at must be a Unix timestamp"),
+        ("created_at", "1e300", "created_at must be a number of seconds between 0 and"),  # CacheEntry's bound
+        ("last_hit_at", "NaN", "last_hit_at must be a Unix timestamp"),
+        ("expires_at", "Infinity", "expires_at must be a Unix timestamp"),
+        ("compute_seconds", "1e400", "compute_seconds must be a number of seconds >= 0"),
+        ("min_similarity", '"0.5"', "min_similarity must be a number from 0 to 2"),
+        ("metadata", "[]", "metadata must be an object or null, got a list"),
+        ("embedding", "[0.1, 0.2]", "embedding must be base64 text or null"),
+        ("prompt", "null", "prompt must be a string, got null"),
+        ("namespace", "7", "namespace must be a string, got 7"),
+    ],
+)
+def test_import_refuses_fields_it_would_otherwise_convert_or_overflow(
+    records_file: Path, tmp_path: Path, field: str, raw: str, fragment: str
+) -> None:
+    url = f"sqlite:///{tmp_path}/cache.db"
+    backup = exported_backup(f"memory://cli-{uuid.uuid4().hex}", records_file, tmp_path)
+    lines = backup.read_text().splitlines()
+    record = json.loads(lines[2])
+    record[field] = "@@RAW@@"
+    lines[2] = json.dumps(record).replace('"@@RAW@@"', raw)
+    backup.write_text("\n".join(lines) + "\n")
+    assert_one_line_error(run("import", url, str(backup)), f"{backup} line 3", fragment, "nothing was imported")
+    assert_nothing_stored(url)
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "fragment"),
+    [
+        (
+            '{"text_a": "a b", "text_b": "a c", "label": 1.7}',
+            "label must be 0 (different meaning) or 1 (same meaning), got 1.7",
+        ),
+        (
+            '{"text_a": "a b", "text_b": "a c", "label": "1"}',
+            "label must be 0 (different meaning) or 1 (same meaning), got '1'",
+        ),
+        ('{"text_a": "a b", "text_b": "a c", "label": null}', "got null"),
+        ('{"text_a": "a b", "text_b": "a c", "label": true}', "got true"),
+        ('{"text_a": "a b", "text_b": "a c", "label": 2}', "got 2"),
+        ('{"text_a": "a b", "text_b": "a c", "label": [1]}', "got a list"),
+        ('{"text_a": "a b", "label": 1}', "missing 'text_b'"),
+        ('{"label": 1}', "missing 'text_a', 'text_b'"),
+        ('{"text_a": "a b", "text_b": 7, "label": 1}', "text_b must be a string, got 7"),
+        ('{"text_a": "   ", "text_b": "a c", "label": 1}', "text_a is empty"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ("{oops", "not valid JSON"),
+    ],
+)
+def test_calibrate_takes_labels_of_exactly_0_or_1_and_names_a_bad_line(
+    tmp_path: Path, bad_line: str, fragment: str
+) -> None:
+    path = input_file("calibrate", tmp_path, bad_line, tmp_path)
+    assert_one_line_error(run_on_file("calibrate", "", path), f"{path} line 3", fragment)
+
+
+def test_calibrate_reads_float_labels_0_and_1_as_the_integers(tmp_path: Path) -> None:
+    pairs = [json.loads(good_pair(n)) | {"label": n % 2} for n in range(6)]
+    as_ints = write_jsonl(tmp_path / "ints.jsonl", pairs)
+    as_floats = write_jsonl(tmp_path / "floats.jsonl", [pair | {"label": float(pair["label"])} for pair in pairs])
+    outputs = [run("calibrate", str(path), "--embedder", FAKE_EMBEDDER) for path in (as_ints, as_floats)]
+    assert all(result.exit_code == 0 for result in outputs), [result.output for result in outputs]
+    assert outputs[0].stdout == outputs[1].stdout and "6 pairs (3 same meaning)" in outputs[0].stdout
+
+
+def test_calibrate_of_an_empty_file_or_a_bad_step_is_one_line(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n", encoding="utf-8")
+    assert_one_line_error(run("calibrate", str(empty), "--embedder", FAKE_EMBEDDER), "holds no labeled pairs")
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [json.loads(good_pair(1))])
+    for step in ("inf", "1.5"):
+        result = run("calibrate", str(pairs), "--embedder", FAKE_EMBEDDER, "--step", step)
+        assert_one_line_error(result, "--step must be a number from 0.005 to 1")
+    directory = run("calibrate", str(tmp_path), "--embedder", FAKE_EMBEDDER)
+    assert_one_line_error(directory, f"not a file: {tmp_path}")
+
+
+class ExplodingEmbedder(BagOfWordsEmbedder):
+    """An embedder whose model falls over on every call (a user's embedder with a bug)."""
+
+    async def embed(self, texts: Any) -> Any:
+        raise RuntimeError("model fell over")
+
+
+class NeedsArguments:
+    def __init__(self, api_key: str) -> None:
+        self.api_key = api_key
+
+
+def test_a_failing_embedder_is_one_line_in_warm_and_calibrate(tmp_path: Path, records_file: Path) -> None:
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [json.loads(good_pair(n)) for n in range(3)])
+    url = f"memory://cli-{uuid.uuid4().hex}"
+    exploding, needs_arguments = "tests.test_cli:ExplodingEmbedder", "tests.test_cli:NeedsArguments"
+    failed = run("calibrate", str(pairs), "--embedder", exploding)
+    assert_one_line_error(failed, "the embedder test-bag-of-words failed: RuntimeError: model fell over")
+    failed = run("warm", url, str(records_file), "--embedder", exploding)
+    assert_one_line_error(failed, "failed: RuntimeError: model fell over")
+    assert stats_of(url)["size"] == 0
+    for command in (["calibrate", str(pairs)], ["warm", url, str(records_file)]):
+        result = run(*command, "--embedder", needs_arguments)
+        assert_one_line_error(result, "cannot create embedder", "NeedsArguments() failed with TypeError", "api_key")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [InvalidInputError("prompt contains a lone surrogate"), CacheBackendError("disk on fire"), RuntimeError("boom")],
+)
+def test_every_command_turns_any_error_into_one_line(
+    tmp_path: Path, records_file: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    from semantic_llm_cache import calibration
+    from semantic_llm_cache.backends.memory import MemoryBackend
+
+    url = f"memory://cli-{uuid.uuid4().hex}"
+    backup = exported_backup(url, records_file, tmp_path)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [json.loads(good_pair(n)) for n in range(3)])
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    for method in ("get_stats", "iterate", "clear", "set", "get", "find_nearest", "find_similar"):
+        if hasattr(MemoryBackend, method):
+            monkeypatch.setattr(MemoryBackend, method, failing)
+    monkeypatch.setattr(calibration, "sweep", failing)
+    expected = f"RuntimeError: {error}" if isinstance(error, RuntimeError) else str(error)
+    for command in (
+        ["stats", url],
+        ["stats", url, "--json"],
+        ["inspect", url],
+        ["clear", url, "--yes"],
+        ["export", url, str(tmp_path / "out.jsonl")],
+        ["warm", url, str(records_file), "--embedder", FAKE_EMBEDDER],
+        ["import", url, str(backup)],
+        ["calibrate", str(pairs), "--embedder", FAKE_EMBEDDER],
+    ):
+        assert_one_line_error(run(*command), expected)
+
+
+def test_prompts_namespaces_and_paths_are_shown_as_they_are_not_as_markup(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/[bold]cache[red].db"
+    records = [
+        {"prompt": "[/x] how do I reset my password?", "response": 1, "namespace": "[/y]"},
+        {"prompt": ":thumbs_up: [red]is this red?[/red]", "response": 2},
+    ]
+    warmed = warm(url, write_jsonl(tmp_path / "records.jsonl", records))
+    assert f"in {url}" in warmed.stdout
+    listing = run("inspect", url)
+    assert listing.exit_code == 0, listing.output
+    assert "[/x] how do I reset my password?" in listing.stdout and "[/y]" in listing.stdout
+    assert ":thumbs_up: [red]is this red?[/red]" in listing.stdout
+    only = run("inspect", url, "--namespace", "[/y]")
+    assert only.exit_code == 0 and "in namespace '[/y]'" in only.stdout, only.output
+    table = run("stats", url)
+    assert table.exit_code == 0 and "[bold]cache[red].db" in table.stdout, table.output
+
+
+def test_an_empty_namespace_option_is_refused_rather_than_read_as_every_namespace(
+    cache_url: str, records_file: Path
+) -> None:
+    warm(cache_url, records_file)
+    for command in (["clear", cache_url, "--yes"], ["inspect", cache_url], ["export", cache_url, "-"]):
+        assert_one_line_error(run(*command, "--namespace", " "), "--namespace must be a non-empty namespace name")
+    assert_one_line_error(run("warm", cache_url, str(records_file), "-n", ""), "--namespace must be a non-empty")
+    assert stats_of(cache_url)["size"] == len(RECORDS)
+
+
+def test_export_to_a_directory_is_one_line(tmp_path: Path, records_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"memory://cli-{uuid.uuid4().hex}"
+    warm(url, records_file)
+    monkeypatch.chdir(tmp_path)
+    for target in (".", str(tmp_path), ""):
+        assert_one_line_error(run("export", url, target), "it is a directory")
+    missing_parent = tmp_path / "no" / "such" / "dir" / "out.jsonl"
+    assert_one_line_error(run("export", url, str(missing_parent)), f"cannot write {missing_parent}")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["records.jsonl"]
+
+
+def test_warm_refuses_an_embedder_whose_entries_no_application_could_find(tmp_path: Path) -> None:
+    records = tmp_path / "records.jsonl"
+    records.write_text(json.dumps({"prompt": "What is the refund policy?", "response": "30 days"}) + "\n")
+    url = f"sqlite:///{tmp_path / 'cache.db'}"
+    assert_one_line_error(run("warm", url, str(records), "--embedder", "tests.fakes:unnamed_embed"), "names no model")
+    assert not (tmp_path / "cache.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"text_a": "a", "text_b": "b", "label": 1.7}', "label must be 0 or 1"),
+        ('{"text_a": "a", "text_b": "b", "label": "1"}', "label must be 0 or 1"),
+        ('{"text_a": "a", "text_b": "b", "label": true}', "label must be 0 or 1"),
+        ('{"text_a": null, "text_b": "b", "label": 1}', "text_a must be a non-empty string"),
+        ('{"text_a": "a", "label": 1}', "text_b must be a non-empty string"),
+        ("[" * 5000 + "]" * 5000, "nests too deeply"),
+        ('{"text_a": "\\ud800", "text_b": "b", "label": 0}', "surrogate"),
+    ],
+)
+def test_the_library_pair_loader_is_as_strict_as_the_cli(tmp_path: Path, line: str, message: str) -> None:
+    from semantic_llm_cache.calibration import load_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"text_a": "a", "text_b": "b", "label": 1.0}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match=message):
+        load_pairs(path)
+    path.write_bytes(b'{"text_a": "caf\xe9", "text_b": "b", "label": 1}\n')
+    with pytest.raises(InvalidInputError, match="not UTF-8"):
+        load_pairs(path)

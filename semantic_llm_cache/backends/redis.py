@@ -401,6 +401,9 @@ class RedisBackend(NearestFirstBackend):
         local_hnsw_threshold: int | None = DEFAULT_HNSW_THRESHOLD,
     ) -> None:
         if isinstance(url, str):
+            from semantic_llm_cache.backends.url import check_redis_url  # url.py builds this class lazily
+
+            check_redis_url(url)  # a bad port, database or option is an error now, not at first use
             url, url_options = _own_url_options(url)
             prefix = prefix if prefix is not None else url_options.get("prefix")
             index = index if index is not None else url_options.get("index")  # type: ignore[assignment]

@@ -98,6 +98,9 @@ class CallableEmbedder:
         self._count_tokens = count_tokens
         self._function = function
         self._name = name or default_embedder_name(function)
+        #: False when the name had to be made unique to this object (see default_embedder_name): no other
+        #: process, and no later run, can read what it stores.
+        self.stable_name = "#" not in self._name or name is not None
         self._dimension = dimension
         call_method = getattr(type(function), "__call__", None)  # noqa: B004 - an instance's async __call__
         self._is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call_method)
