@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from semantic_llm_cache._sync import run_sync
 from semantic_llm_cache.backends.memory import MemoryBackend
@@ -130,49 +130,46 @@ def default_embedder() -> LocalEmbedder:
     return _default_embedder
 
 
-class ResolvedStream:
-    """A streamed answer from `resolve_stream`: iterate it with `async for`; `resolution` says how it is
-    served (a hit or a shared answer replayed, or computed live by this caller)."""
+class _StreamFace:
+    """What both stream faces share: how the answer is served, and what stopping early releases."""
 
-    def __init__(
-        self, resolution: Resolution, chunks: AsyncIterator[Any], on_close: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, resolution: Resolution, chunks: Any, on_close: Callable[[], None] | None = None) -> None:
         self.resolution = resolution
         self._chunks = chunks
         self._on_close = on_close
 
+    def _closed(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
+
+
+class ResolvedStream(_StreamFace):
+    """A streamed answer from `resolve_stream`: iterate it with `async for`; `resolution` says how it is
+    served (a hit or a shared answer replayed, or computed live by this caller)."""
+
     def __aiter__(self) -> AsyncIterator[Any]:
-        return self._chunks
+        return cast(AsyncIterator[Any], self._chunks)
 
     async def aclose(self) -> None:
         """Stop early: a live stream stores nothing, and a caller waiting on it streams the model itself."""
         closer = getattr(self._chunks, "aclose", None)
         if closer is not None:
             await closer()
-        if self._on_close is not None:
-            self._on_close()
+        self._closed()
 
 
-class ResolvedSyncStream:
+class ResolvedSyncStream(_StreamFace):
     """A streamed answer from `resolve_stream_sync`: iterate it; `resolution` says how it is served."""
 
-    def __init__(
-        self, resolution: Resolution, chunks: Iterator[Any], on_close: Callable[[], None] | None = None
-    ) -> None:
-        self.resolution = resolution
-        self._chunks = chunks
-        self._on_close = on_close
-
     def __iter__(self) -> Iterator[Any]:
-        return self._chunks
+        return cast(Iterator[Any], self._chunks)
 
     def close(self) -> None:
         """Stop early (see ResolvedStream.aclose)."""
         closer = getattr(self._chunks, "close", None)
         if closer is not None:
             closer()
-        if self._on_close is not None:
-            self._on_close()
+        self._closed()
 
 
 def _caller() -> object:

@@ -41,11 +41,15 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._consecutive = 0
         self._opened_at: float | None = None
-        self._current_cooldown = cooldown
+        self._failed_probes = 0
         self._probing = False
         self.opened = 0
         self.short_circuits = 0
         self._skipped_while_open = 0
+
+    @property
+    def _current_cooldown(self) -> float:
+        return float(min(self.cooldown * 2.0**self._failed_probes, max(self.max_cooldown, self.cooldown)))
 
     @property
     def state(self) -> Literal["closed", "open", "half-open"]:
@@ -77,7 +81,7 @@ class CircuitBreaker:
             self._consecutive = 0
             self._opened_at = None
             self._probing = False
-            self._current_cooldown = self.cooldown
+            self._failed_probes = 0
         if was_open:
             self._logger.warning(
                 "semantic cache: %s answered again; circuit closed (%d calls were skipped while it was open)",
@@ -91,7 +95,7 @@ class CircuitBreaker:
             if not self._probing and self._consecutive < self.failures:
                 return
             if self._probing:  # the probe failed: wait longer before the next one
-                self._current_cooldown = min(self._current_cooldown * 2, self.max_cooldown)
+                self._failed_probes = min(self._failed_probes + 1, 30)
             newly_open = self._opened_at is None
             if newly_open:
                 self.opened += 1

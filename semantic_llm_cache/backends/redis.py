@@ -42,6 +42,7 @@ import numpy as np
 
 from semantic_llm_cache.config import CacheEntry, Vector, as_unit_vector, validate_threshold
 from semantic_llm_cache.errors import CacheBackendError, ConfigurationError, InvalidInputError
+from semantic_llm_cache.health import CircuitBreaker
 from semantic_llm_cache.index import VectorIndex
 from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, partition_index_factory
 from semantic_llm_cache.serialization import entry_from_dict, entry_to_dict, vector_from_bytes, vector_to_bytes
@@ -243,68 +244,6 @@ class _CorruptEntry(Exception):
     """Data under the prefix that is not an entry this backend wrote."""
 
 
-class CircuitBreaker:
-    """Stops calling a Redis that is down: after `failures` consecutive connection failures every call fails
-    at once for `cooldown` seconds; then one probe call is let through, and its outcome closes or reopens it.
-    """
-
-    def __init__(self, failures: int = 3, cooldown: float = 2.0) -> None:
-        if failures < 1 or cooldown <= 0:
-            raise ConfigurationError("circuit breaker needs failures >= 1 and cooldown > 0")
-        self.failures = failures
-        self.cooldown = cooldown
-        self._lock = threading.Lock()
-        self._consecutive = 0
-        self._opened_at: float | None = None
-        self._probing = False
-        self.opened = 0
-        self.short_circuits = 0
-
-    @property
-    def state(self) -> Literal["closed", "open", "half-open"]:
-        with self._lock:
-            if self._opened_at is None:
-                return "closed"
-            return "half-open" if self._probing else "open"
-
-    def before_call(self) -> bool:
-        """Raise CacheBackendError while open; True if this call is the half-open probe."""
-        with self._lock:
-            if self._opened_at is None:
-                return False
-            waited = time.monotonic() - self._opened_at
-            if waited < self.cooldown or self._probing:
-                self.short_circuits += 1
-                retry_in = max(0.0, self.cooldown - waited)
-                raise CacheBackendError(
-                    f"Redis is unreachable (circuit open after {self.failures} failures); "
-                    f"not calling it for another {retry_in:.1f}s"
-                )
-            self._probing = True
-            return True
-
-    def success(self) -> None:
-        with self._lock:
-            self._consecutive = 0
-            self._opened_at = None
-            self._probing = False
-
-    def failure(self) -> None:
-        with self._lock:
-            self._consecutive += 1
-            if self._probing or self._consecutive >= self.failures:
-                if self._opened_at is None:
-                    self.opened += 1
-                self._opened_at = time.monotonic()
-                self._probing = False
-
-    def abandon(self, probe: bool) -> None:
-        """The call ended without an outcome (cancelled): let the next call probe."""
-        if probe:
-            with self._lock:
-                self._probing = False
-
-
 @dataclass
 class _LocalPartition:
     """One partition's vectors of one dimension, as this process last saw them, and the log position."""
@@ -435,7 +374,7 @@ class RedisBackend(NearestFirstBackend):
         self.local_partitions = local_partitions
         self._local_index_factory = partition_index_factory(local_hnsw_threshold)
         self.hnsw = {"M": hnsw_m, "EF_CONSTRUCTION": hnsw_ef_construction, "EF_RUNTIME": hnsw_ef_runtime}
-        self.breaker = CircuitBreaker(breaker_failures, breaker_cooldown)
+        self.breaker = CircuitBreaker("Redis", breaker_failures, breaker_cooldown, breaker_cooldown, logger)
         self._cluster = cluster
         self._client_options: dict[str, Any] = {
             "socket_timeout": float(socket_timeout),
@@ -567,7 +506,7 @@ class RedisBackend(NearestFirstBackend):
                 result = await operation(client)
         except _CONNECTION_ERRORS as exc:
             settled = True
-            self.breaker.failure()
+            self.breaker.failure(exc)
             self._indexed_dimensions.clear()  # the server may come back empty: create the indexes again
             self._count("errors")
             raise CacheBackendError(f"Redis unreachable: {type(exc).__name__}: {exc}") from exc
