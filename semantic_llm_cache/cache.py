@@ -379,13 +379,13 @@ class SemanticCache:
                     break
             future, vector = lead
             try:
-                result = await self._compute_and_store(prepared, compute, scope, vector, ttl, metadata)
+                result, key = await self._compute_and_store(prepared, compute, scope, vector, ttl, metadata)
             except BaseException as exc:
                 self._fail_flight(future, exc)
                 raise
             else:
                 future.set_result(result)
-                return Resolution(result, None, computed=True, key=prepared.key)
+                return Resolution(result, None, computed=True, key=key)
             finally:
                 self._flights.finish(prepared.key, future)
 
@@ -418,14 +418,14 @@ class SemanticCache:
             started = time.perf_counter()
             outcome_value = compute()
             elapsed = time.perf_counter() - started
-            stored = self._store_computed(prepared, outcome_value, elapsed, scope, vector, ttl, metadata)
-            result = run_sync(self._within(budget, stored))
+            stored = self._store_outcome(prepared, outcome_value, elapsed, scope, vector, ttl, metadata)
+            result, key = run_sync(self._within(budget, stored))
         except BaseException as exc:
             self._fail_flight(future, exc)
             raise
         else:
             future.set_result(result)
-            return Resolution(result, None, computed=True, key=prepared.key)
+            return Resolution(result, None, computed=True, key=key)
         finally:
             self._flights.finish(prepared.key, future)
 
@@ -663,12 +663,13 @@ class SemanticCache:
         vector: Vector | None,
         ttl: float | None,
         metadata: dict[str, Any] | None,
-    ) -> Any:
-        """Run `compute` (a sync one in a worker thread, with the caller's context), store its answer, return it."""
+    ) -> tuple[Any, str | None]:
+        """Run `compute` (a sync one in a worker thread, with the caller's context), store its answer; return it
+        and the key it was stored under (None: not stored)."""
         started = time.perf_counter()
         outcome = await self._run_compute(compute)
         elapsed = time.perf_counter() - started
-        return await self._store_computed(prepared, outcome, elapsed, scope, vector, ttl, metadata)
+        return await self._store_outcome(prepared, outcome, elapsed, scope, vector, ttl, metadata)
 
     @staticmethod
     async def _run_compute(compute: Callable[[], Any]) -> Any:

@@ -47,7 +47,8 @@ class Resolution:
     hit: CacheHit | None
     computed: bool
     shared: bool = False
-    key: str | None = None  # the entry's key: the hit's, or where a computed or shared answer is stored
+    key: str | None = None  # the entry's key: the hit's, where a computed answer was stored (None: not stored),
+    # where a shared answer is, or where a live stream's answer will be stored once it completes
 
     @property
     def kind(self) -> Literal["exact", "semantic", "shared", "miss"]:

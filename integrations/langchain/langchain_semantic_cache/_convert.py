@@ -1,4 +1,5 @@
-"""Translate LangChain's types to the engine's and back: prompt -> (question, Scope), generations <-> JSON.
+"""Translate LangChain's types to the engine's and back: prompt -> (question, Scope), generations <-> JSON, and
+a chain's inputs -> an exact partition, its outputs <-> JSON.
 
 Nothing here searches, stores or schedules; that is the engine's job.
 """
@@ -8,13 +9,15 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from langchain_core._api import suppress_langchain_beta_warning
+from langchain_core.documents import Document
 from langchain_core.load import dumpd, load
 from langchain_core.load.serializable import Serializable
 from langchain_core.messages import (
@@ -150,39 +153,51 @@ def visible_history(
     `artifact`. Tool-call ids are random per run, so each is replaced by its order of first appearance: a tool
     result still points at its own call, and the same conversation held with other ids falls in one partition.
     """
-    labels: dict[str, str] = {}
+    label = ToolCallLabels()
+    return [
+        visible_message(message, label, question_remainder if index == question_at else message.content)
+        for index, message in enumerate(messages)
+    ]
 
-    def label(call_id: Any) -> Any:
+
+class ToolCallLabels:
+    """Tool-call ids replaced by their order of first appearance (`call-0`, `call-1`...): one instance per
+    conversation, so a tool result and its call get the same label wherever they appear in it."""
+
+    def __init__(self) -> None:
+        self._labels: dict[str, str] = {}
+
+    def __call__(self, call_id: Any) -> Any:
         if not isinstance(call_id, str):
             return call_id
-        return labels.setdefault(call_id, f"call-{len(labels)}")
+        return self._labels.setdefault(call_id, f"call-{len(self._labels)}")
 
-    history: list[Any] = []
-    for index, original in enumerate(messages):
-        message = message_chunk_to_message(original)
-        visible: dict[str, Any] = {
-            "role": message.role if isinstance(message, ChatMessage) else message.type,
-            "content": question_remainder if index == question_at else message.content,
-        }
-        if message.name is not None:
-            visible["name"] = message.name
-        if message.additional_kwargs:
-            visible["additional_kwargs"] = _with_labelled_tool_calls(message.additional_kwargs, label)
-        if isinstance(message, AIMessage):
-            if message.tool_calls:
-                visible["tool_calls"] = [
-                    {"name": call["name"], "args": call["args"], "id": label(call["id"])} for call in message.tool_calls
-                ]
-            if message.invalid_tool_calls:
-                visible["invalid_tool_calls"] = [
-                    {"name": call["name"], "args": call["args"], "id": label(call["id"]), "error": call["error"]}
-                    for call in message.invalid_tool_calls
-                ]
-        elif isinstance(message, ToolMessage):
-            visible["tool_call_id"] = label(message.tool_call_id)
-            visible["status"] = message.status
-        history.append(dumpd(visible))
-    return history
+
+def visible_message(original: BaseMessage, label: Callable[[Any], Any], content: Any) -> Any:
+    """What the model reads of one message (see `visible_history`), with `content` as its content."""
+    message = message_chunk_to_message(original)
+    visible: dict[str, Any] = {
+        "role": message.role if isinstance(message, ChatMessage) else message.type,
+        "content": content,
+    }
+    if message.name is not None:
+        visible["name"] = message.name
+    if message.additional_kwargs:
+        visible["additional_kwargs"] = _with_labelled_tool_calls(message.additional_kwargs, label)
+    if isinstance(message, AIMessage):
+        if message.tool_calls:
+            visible["tool_calls"] = [
+                {"name": call["name"], "args": call["args"], "id": label(call["id"])} for call in message.tool_calls
+            ]
+        if message.invalid_tool_calls:
+            visible["invalid_tool_calls"] = [
+                {"name": call["name"], "args": call["args"], "id": label(call["id"]), "error": call["error"]}
+                for call in message.invalid_tool_calls
+            ]
+    elif isinstance(message, ToolMessage):
+        visible["tool_call_id"] = label(message.tool_call_id)
+        visible["status"] = message.status
+    return dumpd(visible)
 
 
 def _with_labelled_tool_calls(extra: dict[str, Any], label: Callable[[Any], Any]) -> dict[str, Any]:
@@ -357,3 +372,183 @@ def replay_chunks(message: BaseMessage) -> list[AIMessageChunk]:
         last["usage_metadata"] = message.usage_metadata
     chunks.append(AIMessageChunk(**last))
     return chunks
+
+
+# -- chains (SemanticCacheRunnable) -------------------------------------------------------------------------
+
+# A chain's output is loaded back as messages and documents only (plain data classes, as above).
+OUTPUT_CLASSES: tuple[type[Serializable], ...] = (*MESSAGE_CLASSES, Document)
+_MAX_DEPTH = 100  # as the engine's JSON values; deeper (or self-referencing) inputs are not cached
+
+
+class UncacheableInput(ValueError):
+    """A chain input with no exact JSON form: the call runs the chain without the cache (never a guess).
+
+    `kind` names the reason in a few words (the same for every input that fails the same way)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def canonical_inputs(inputs: Mapping[Any, Any]) -> dict[str, Any]:
+    """The exact, JSON form of a chain's inputs that keeps only what changes the answer: a message as
+    `visible_message` (role, content, name, tool calls and results; tool-call ids labelled once for the whole
+    input), a Document as its page_content and metadata, JSON values as they are. Raises UncacheableInput for
+    anything else (objects, NaN, non-string keys).
+
+    The form is unambiguous: a dict with an "lc" key is one of the typed forms below, and an input dict that has
+    one itself is wrapped (as is a tuple), so no two inputs that could be answered differently share a form.
+    """
+    label = ToolCallLabels()
+    canonical: dict[str, Any] = {}
+    for name, value in inputs.items():
+        if not isinstance(name, str):
+            raise UncacheableInput(f"the input has a non-string key {_shown(name)}", "non-string key")
+        canonical[name] = _canonical(value, label, repr(name), 0)
+    return canonical
+
+
+def _canonical(value: Any, label: ToolCallLabels, where: str, depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        raise UncacheableInput(f"input {where} nests more than {_MAX_DEPTH} levels deep (or contains itself)", "depth")
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise UncacheableInput(f"input {where} is {value}, which JSON cannot hold", "non-finite number")
+        return value
+    if isinstance(value, BaseMessage):
+        visible = visible_message(value, label, value.content)
+        if _has_unserializable(visible):
+            raise UncacheableInput(
+                f"input {where} is a message whose content holds objects that are not JSON", "message"
+            )
+        return {"lc": 1, "type": "message", "message": visible}
+    if isinstance(value, Document):
+        metadata = _canonical(value.metadata, label, f"{where}.metadata", depth + 1)
+        return {"lc": 1, "type": "document", "page_content": value.page_content, "metadata": metadata}
+    if isinstance(value, (list, tuple)):
+        items = [_canonical(item, label, f"{where}[{index}]", depth + 1) for index, item in enumerate(value)]
+        return items if isinstance(value, list) else {"lc": 1, "type": "tuple", "items": items}
+    if isinstance(value, dict):
+        fields: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise UncacheableInput(f"input {where} has a non-string key {_shown(key)}", "non-string key")
+            fields[key] = _canonical(item, label, f"{where}[{key!r}]", depth + 1)
+        return {"lc": 1, "type": "dict", "fields": fields} if "lc" in fields else fields
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    raise UncacheableInput(f"input {where} is a {kind}, which has no exact JSON form", kind)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"<{type(value).__name__}>"
+
+
+def _has_unserializable(serialized: Any) -> bool:
+    """Whether LangChain's JSON of something holds an object it could only write as its repr."""
+    pending = [serialized]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if node.get("lc") == 1 and node.get("type") == "not_implemented":
+                return True
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return False
+
+
+def runnable_serialization(runnable: Any) -> tuple[Any, bool]:
+    """LangChain's JSON of a runnable (`dumpd`) and whether it is complete: every part serializable. The parts
+    LangChain cannot serialize keep only their class path (their repr may hold memory addresses or versions,
+    which would change the identity from one process to the next); (None, False) when it cannot be dumped."""
+    try:
+        serialized = dumpd(runnable)
+    except Exception as exc:  # a user object whose serialization raises: no identity from it
+        logger.debug("cannot serialize the runnable %s: %s", type(runnable).__name__, exc)
+        return None, False
+    complete = not _has_unserializable(serialized)
+    return (serialized if complete else _without_reprs(serialized)), complete
+
+
+def _without_reprs(node: Any) -> Any:
+    if isinstance(node, dict):
+        skipped = "repr" if node.get("lc") == 1 and node.get("type") == "not_implemented" else None
+        return {key: _without_reprs(value) for key, value in node.items() if key != skipped}
+    if isinstance(node, list):
+        return [_without_reprs(item) for item in node]
+    return node
+
+
+def encode_output(output: Any) -> Computed:
+    """A chain's answer for the engine: LangChain's JSON of it (`dumpd`; plain JSON values stay as they are),
+    if it loads back equal to itself with only message and document classes; else the answer as it is, which
+    the engine shares with concurrent callers but does not store (not JSON: logged and counted, or raised
+    with `on_error="raise"`). Message ids and a previous hit's `semantic_cache` info are not stored."""
+    stored = _without_run_fields(output)
+    try:
+        serialized = dumpd(stored)
+        faithful = not _has_unserializable(serialized) and _load(serialized, OUTPUT_CLASSES) == stored
+    except Exception as exc:  # an object LangChain cannot write or read back: not stored, see above
+        logger.debug("a chain output of type %s does not round-trip through dumpd/load: %s", type(output), exc)
+        faithful = False
+    if not faithful:
+        return Computed({"format": "object", "value": output})
+    tokens = output.usage_metadata["total_tokens"] if isinstance(output, AIMessage) and output.usage_metadata else None
+    return Computed({"format": "langchain", "value": serialized}, tokens=tokens)
+
+
+def decode_output(value: Any) -> Any:
+    """Inverse of encode_output (a fresh copy each time); raises for an entry that is not a chain's answer."""
+    if not isinstance(value, dict) or set(value) != {"format", "value"}:
+        raise ValueError("a cached chain answer is a {'format', 'value'} dict")
+    if value["format"] == "langchain":
+        return _load(value["value"], OUTPUT_CLASSES)
+    if value["format"] == "object":  # an answer shared with concurrent callers in this process, never stored
+        return value["value"]
+    raise ValueError(f"unknown format of a cached chain answer: {_shown(value['format'])}")
+
+
+def _without_run_fields(output: Any) -> Any:
+    """The output without what belongs to one run: message ids and the cache's own info (also nested)."""
+    if isinstance(output, BaseMessage):
+        metadata = {key: value for key, value in output.response_metadata.items() if key != CACHE_METADATA_KEY}
+        return output.model_copy(update={"id": None, "response_metadata": metadata})
+    if isinstance(output, list):
+        return [_without_run_fields(item) for item in output]
+    if isinstance(output, dict):
+        return {key: _without_run_fields(value) for key, value in output.items()}
+    return output
+
+
+def output_with_cache_info(output: Any, info: dict[str, Any]) -> Any:
+    """A message output (a copy) with `info` in its `response_metadata`; any other output as it is."""
+    if isinstance(output, BaseMessage):
+        return output.model_copy(update={"response_metadata": {**output.response_metadata, CACHE_METADATA_KEY: info}})
+    return output
+
+
+def assemble_output(chunks: Sequence[Any]) -> Computed | None:
+    """What a chain's stream added up to, for the engine to store: strings concatenated, message chunks added
+    (`+`). Any other stream (e.g. a JSON parser's growing dicts) stores nothing: how its chunks add up to the
+    answer is the chain's business, not a guess to make here."""
+    if chunks and all(isinstance(chunk, str) for chunk in chunks):
+        return encode_output("".join(chunks))
+    if chunks and all(isinstance(chunk, AIMessageChunk) for chunk in chunks):
+        merged: AIMessageChunk = functools.reduce(operator.add, chunks)
+        return encode_output(message_chunk_to_message(merged))
+    return None
+
+
+def replay_output(value: Any) -> Iterable[Any]:
+    """A stored chain answer as a stream: a string as its words, a message as a model's chunks (see
+    `replay_chunks`), anything else as one chunk holding the whole answer."""
+    output = decode_output(value)
+    if isinstance(output, str):
+        return _WORD.findall(output) or [output]
+    if isinstance(output, AIMessage):
+        return replay_chunks(output)
+    return [output]

@@ -13,9 +13,9 @@ from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.embeddings import Embeddings
-from langchain_core.language_models import FakeListChatModel, FakeListLLM, GenericFakeChatModel
-from langchain_core.messages import BaseMessage
-from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.language_models import BaseChatModel, FakeListChatModel, FakeListLLM, GenericFakeChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.rate_limiters import BaseRateLimiter
 from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -75,6 +75,37 @@ class CountingChatModel(FakeListChatModel):
         self._log.calls += 1
         async for chunk in super()._astream(messages, stop, run_manager, **kwargs):
             yield chunk
+
+
+class SerializableChatModel(BaseChatModel):
+    """A chat model LangChain can serialize, as it does a provider's (ChatOpenAI, ChatAnthropic...): its fields
+    are its configuration, so `dumpd` tells two configurations apart. It answers `answer` and counts calls."""
+
+    answer: str
+    temperature: float = 0.0
+    _log: CallLog = PrivateAttr(default_factory=CallLog)
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @property
+    def calls(self) -> int:
+        return self._log.calls
+
+    @property
+    def _llm_type(self) -> str:
+        return "serializable-fake"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self._log.calls += 1
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=self.answer))])
 
 
 class CountingLLM(FakeListLLM):

@@ -394,7 +394,7 @@ async def test_an_answer_json_cannot_hold_is_returned_but_not_stored(cache: Sema
     assert len(inner.calls) == 3
     assert first.message.additional_kwargs["tool_calls"]  # the wrapped LLM's own answer, untouched
     assert second.additional_kwargs[CACHE_INFO_KEY] == third.additional_kwargs[CACHE_INFO_KEY]
-    assert is_miss_info(third.additional_kwargs[CACHE_INFO_KEY], QUESTION)
+    assert third.additional_kwargs[CACHE_INFO_KEY] == MISS_INFO | {"prompt": QUESTION}  # not stored: no key
     assert cache.stats["stores"] == 0 and cache.stats["not_stored"] == 3
 
 
