@@ -1,4 +1,5 @@
-"""The storage contract, run against every registered backend (memory, SQLite, Redis plain/search/cluster)."""
+"""The storage contract, run against every registered backend (memory, SQLite, Redis plain/search/cluster, Valkey
+without modules and Valkey with RediSearch)."""
 
 from __future__ import annotations
 

