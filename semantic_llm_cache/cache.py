@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import Context, ContextVar, copy_context
@@ -29,6 +29,7 @@ from semantic_llm_cache.config import CacheConfig, CacheEntry, OnError, Vector, 
 from semantic_llm_cache.embeddings.adapters import as_embedder
 from semantic_llm_cache.embeddings.base import Embedder, normalized_matrix
 from semantic_llm_cache.embeddings.local import LocalEmbedder
+from semantic_llm_cache.encryption import DecryptionError, EntryCipher, KeyMaterial, is_sealed
 from semantic_llm_cache.errors import CacheBackendError, EmbeddingError, InvalidInputError, SemanticCacheError
 from semantic_llm_cache.flights import LEADER_GONE, Flights, wait_async
 from semantic_llm_cache.guard import guard_refusal
@@ -230,6 +231,7 @@ class SemanticCache:
         max_entries: int | None = None,
         candidates: int | None = None,
         max_prompt_chars: int | None = None,
+        encryption_key: KeyMaterial | Sequence[KeyMaterial] | None = None,
     ) -> None:
         overrides: dict[str, Any] = {
             "threshold": threshold,
@@ -253,6 +255,7 @@ class SemanticCache:
         self._recent_vectors: OrderedDict[bytes, Vector] = OrderedDict()
         self._recent_vectors_lock = threading.Lock()
         self._failures = FailureLog(logger)
+        self._cipher = None if encryption_key is None else EntryCipher(encryption_key)
         self._breakers = {
             "backend": CircuitBreaker("the cache backend", logger=logger),
             "embedder": CircuitBreaker("the embedder", logger=logger),
@@ -755,7 +758,7 @@ class SemanticCache:
             raise InvalidInputError(f"feedback's correct must be True or False, got {shown(correct)}")
         self.stats.count("feedback_correct" if correct else "feedback_wrong")
         with self._budget():
-            entry = await self._guarded(self.backend.get(hit.key), "backend", default=None)
+            entry = self._readable(hit.key, await self._guarded(self.backend.get(hit.key), "backend", default=None))
             if entry is None:
                 return
             if not correct and hit.kind == "exact":
@@ -769,6 +772,8 @@ class SemanticCache:
                 feedback["wrong"] += 1
                 entry.min_similarity = max(entry.min_similarity, math.nextafter(min(hit.similarity, 1.0), 2.0))
             entry.metadata = {**entry.metadata, "feedback": feedback}
+            if self._cipher is not None:
+                entry = self._cipher.seal(hit.key, entry)
             await self._guarded(self.backend.set(hit.key, entry), "backend", default=None)
 
     async def delete(self, prompt: str, scope: Scope | None = None) -> bool:
@@ -1018,7 +1023,7 @@ class SemanticCache:
 
     async def _search(self, prepared: _Prepared) -> tuple[CacheHit | None, Vector | None]:
         text, partition, key = prepared.text, prepared.partition, prepared.key
-        entry = await self._guarded(self.backend.get(key), "backend", default=None)
+        entry = self._readable(key, await self._guarded(self.backend.get(key), "backend", default=None))
         if entry is not None and entry.prompt == text:
             return await self._served(key, entry, 1.0, "exact"), None
         vector = await self._embed(text)
@@ -1029,7 +1034,10 @@ class SemanticCache:
             "backend",
             default=[],
         )
-        for match_key, match, raw_similarity in matches:
+        for match_key, sealed_match, raw_similarity in matches:
+            match = self._readable(match_key, sealed_match)
+            if match is None:
+                continue
             similarity = min(raw_similarity, 1.0)  # float32 dot products of unit vectors can overshoot 1
             if match.partition_id != partition:  # a backend that broke the wall must not leak across it
                 self.stats.count("partition_violations")
@@ -1093,6 +1101,26 @@ class SemanticCache:
             tokens=entry.tokens,
         )
 
+    def _readable(self, key: str, entry: CacheEntry | None) -> CacheEntry | None:
+        """The entry as this cache may serve it: decrypted when the cache encrypts; None (a miss, counted) for
+        an entry no key of this cache opens, or a plaintext entry in a cache that encrypts."""
+        if entry is None:
+            return None
+        if self._cipher is None:
+            if not is_sealed(entry):
+                return entry
+            reason = "it is encrypted and this cache has no encryption_key"
+        elif not is_sealed(entry):
+            reason = "it is not encrypted and this cache encrypts"
+        else:
+            try:
+                return self._cipher.open(key, entry)
+            except DecryptionError as exc:
+                reason = str(exc)
+        self.stats.count("unreadable_entries")
+        self._failures.warning("unreadable_entry", "semantic cache: an entry was skipped as a miss: %s", reason)
+        return None
+
     def _credit(self, hit: CacheHit) -> None:
         """Count a hit that was served, and what it saved."""
         self.stats.count("exact_hits" if hit.kind == "exact" else "semantic_hits")
@@ -1124,6 +1152,8 @@ class SemanticCache:
             compute_seconds=compute_seconds,
             tokens=tokens,
         )
+        if self._cipher is not None:
+            entry = self._cipher.seal(prepared.key, entry)
         done = await self._guarded(self.backend.set(prepared.key, entry), "backend", default=_FAILED)
         if done is _FAILED:
             return None
