@@ -30,12 +30,19 @@ from semantic_llm_cache.embeddings.adapters import as_embedder
 from semantic_llm_cache.embeddings.base import Embedder, normalized_matrix
 from semantic_llm_cache.embeddings.local import LocalEmbedder
 from semantic_llm_cache.encryption import DecryptionError, EntryCipher, KeyMaterial, is_sealed
-from semantic_llm_cache.errors import CacheBackendError, EmbeddingError, InvalidInputError, SemanticCacheError
+from semantic_llm_cache.errors import (
+    CacheBackendError,
+    ConfigurationError,
+    EmbeddingError,
+    InvalidInputError,
+    SemanticCacheError,
+)
 from semantic_llm_cache.flights import LEADER_GONE, Flights, wait_async
 from semantic_llm_cache.guard import guard_refusal
 from semantic_llm_cache.health import CircuitBreaker, CircuitOpen, FailureLog
 from semantic_llm_cache.results import CacheHit, Computed, Resolution
 from semantic_llm_cache.scope import Scope, exact_key, normalize_prompt, partition_id
+from semantic_llm_cache.sensitive import NeverCache
 from semantic_llm_cache.shared_text import Difference, differing_parts
 from semantic_llm_cache.stats import CacheStats
 from semantic_llm_cache.storage import StorageBackend
@@ -52,6 +59,7 @@ T = TypeVar("T")
 _FAILED: Any = object()
 _UNREADABLE: Any = object()
 _TOO_LONG: Any = object()  # in the recent-vectors memory: this text is over the embedder's window
+_DEFAULT_NEVER_CACHE: Any = object()  # SemanticCache(never_cache=...) left out: the built-in NeverCache()
 _default_embedder: LocalEmbedder | None = None
 MODEL_LOAD_TIMEOUT = 300.0  # seconds a first embedding call may take while the model loads
 _RECENT_VECTORS = 1024  # vectors kept between a miss's lookup and the store that follows it
@@ -232,6 +240,7 @@ class SemanticCache:
         candidates: int | None = None,
         max_prompt_chars: int | None = None,
         encryption_key: KeyMaterial | Sequence[KeyMaterial] | None = None,
+        never_cache: Callable[[str, Any], Any] | Literal[False] | None = _DEFAULT_NEVER_CACHE,
     ) -> None:
         overrides: dict[str, Any] = {
             "threshold": threshold,
@@ -256,6 +265,11 @@ class SemanticCache:
         self._recent_vectors_lock = threading.Lock()
         self._failures = FailureLog(logger)
         self._cipher = None if encryption_key is None else EntryCipher(encryption_key)
+        if never_cache is _DEFAULT_NEVER_CACHE:
+            never_cache = NeverCache()
+        if never_cache not in (None, False) and not callable(never_cache):
+            raise ConfigurationError("never_cache must be a callable (prompt, response) -> reason or None, or False")
+        self._never_cache = never_cache or None
         self._breakers = {
             "backend": CircuitBreaker("the cache backend", logger=logger),
             "embedder": CircuitBreaker("the embedder", logger=logger),
@@ -304,6 +318,8 @@ class SemanticCache:
                 f"prompt is longer than max_prompt_chars={self.config.max_prompt_chars} characters; it is not cached "
                 "(raise max_prompt_chars to cache it exactly)"
             )
+        if await self._kept_out(prepared.text, response):
+            return None
         with self._budget():
             vector = await self._embed(prepared.text)
             return await self._write(prepared, response, self._namespace(scope), vector, ttl, metadata,
@@ -739,6 +755,8 @@ class SemanticCache:
                 "unstorable_answer", "semantic cache: answer not stored (%s); returned to the caller uncached", exc
             )
             return computed.value, None
+        if await self._kept_out(prepared.text, computed.value):
+            return computed.value, None
         if vector is None:
             vector = await self._embed(prepared.text)
         key = await self._write(prepared, computed.value, self._namespace(scope), vector, ttl, metadata, elapsed,
@@ -1100,6 +1118,28 @@ class SemanticCache:
             compute_seconds=entry.compute_seconds,
             tokens=entry.tokens,
         )
+
+    async def _kept_out(self, prompt: str, response: Any) -> bool:
+        """True when `never_cache` keeps this answer out of the cache (counted by reason; the caller still gets
+        it). A check that fails keeps the answer out too: what cannot be checked is not shared."""
+        if self._never_cache is None:
+            return False
+        try:
+            small = len(prompt) <= _GUARD_OFF_LOOP_CHARS and (not isinstance(response, (str, dict, list)) or (
+                isinstance(response, str) and len(response) <= _GUARD_OFF_LOOP_CHARS))  # fmt: skip
+            reason = self._never_cache(prompt, response) if small else await asyncio.to_thread(
+                self._never_cache, prompt, response)  # fmt: skip
+            if inspect.isawaitable(reason):
+                reason = await reason
+        except Exception as exc:
+            self.stats.count("never_cache_errors")
+            self._failures.warning("never_cache", "semantic cache: never_cache failed (%s); answer not stored", exc)
+            return True
+        if not reason:
+            return False
+        self.stats.count("never_cache_refusals")
+        self.stats.count(f"never_cache_{reason if isinstance(reason, str) else 'refused'}")
+        return True
 
     def _readable(self, key: str, entry: CacheEntry | None) -> CacheEntry | None:
         """The entry as this cache may serve it: decrypted when the cache encrypts; None (a miss, counted) for

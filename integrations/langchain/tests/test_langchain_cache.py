@@ -456,3 +456,16 @@ async def test_real_model_paraphrase_hit_and_different_question_miss() -> None:
     assert lc_cache.engine.config.threshold <= metadata["similarity"] < 1.0  # type: ignore[operator]
     assert (await model.ainvoke("How do I delete my account?")).content == "Go to settings."
     assert model.calls == 2
+
+
+def test_never_cache_passes_through_the_options_and_keeps_card_numbers_out(
+    chat_model: Callable[..., CountingChatModel],
+) -> None:
+    card = "The card on file is 4111 1111 1111 1111."
+    lc_cache = SemanticCache(embedder=BagOfWordsEmbedder(), threshold=0.8)  # never_cache on by default
+    model = chat_model(card, card, cache=lc_cache)
+    assert [model.invoke(QUESTION).content, model.invoke(QUESTION).content] == [card, card]
+    assert model.calls == 2 and lc_cache.engine.stats["never_cache_payment_card"] == 2
+    allowed = SemanticCache(embedder=BagOfWordsEmbedder(), threshold=0.8, never_cache=False)
+    other = chat_model(card, card, cache=allowed)
+    assert [other.invoke(QUESTION).content, other.invoke(QUESTION).content] == [card, card] and other.calls == 1

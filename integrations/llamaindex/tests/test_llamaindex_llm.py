@@ -784,3 +784,12 @@ async def test_real_model_serves_paraphrases_and_not_other_questions(inner: Coun
     assert paraphrase.additional_kwargs[CACHE_INFO_KEY]["kind"] == "semantic"
     llm.complete("What is the capital of Germany?")
     assert len(inner.calls) == 2
+
+
+def test_never_cache_of_the_core_cache_keeps_ibans_out(cache: SemanticCache) -> None:
+    inner = CountingLLM()
+    llm = SemanticCacheLLM(llm=inner, cache=cache)  # the core cache's default never_cache applies
+    question = "Is DE89 3704 0044 0532 0130 00 my account?"
+    first, second = llm.complete(question), llm.complete(question)
+    assert len(inner.calls) == 2 and first.text != second.text
+    assert cache.stats["never_cache_iban"] == 2
