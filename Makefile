@@ -51,7 +51,7 @@ test-py310:
 	  tests/test_cache.py tests/test_scope.py tests/test_config.py tests/test_guard.py tests/test_flat_index.py \
 	  tests/test_memory_backend.py tests/test_decorators.py tests/test_serialization.py \
 	  tests/test_sqlite_backend.py tests/test_backend_contract.py \
-	  tests/test_single_flight.py tests/test_reliability.py
+	  tests/test_single_flight.py tests/test_reliability.py tests/test_sensitive.py tests/test_never_cache.py
 
 lint: install-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
