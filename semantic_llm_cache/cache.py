@@ -181,6 +181,24 @@ class ResolvedSyncStream(_StreamFace):
         self._closed()
 
 
+def _text_exceeds(value: Any, limit: int) -> bool:
+    """True once the strings inside a JSON value add up to more than `limit` characters (stops there, so the
+    check itself costs at most about `limit`)."""
+    total, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+        if total > limit or len(pending) > limit:  # long text, or a structure too big to walk on the loop
+            return True
+    return False
+
+
 def _caller() -> object:
     """Who is calling: the running asyncio task, else the thread (its ident)."""
     try:
@@ -1125,8 +1143,7 @@ class SemanticCache:
         if self._never_cache is None:
             return False
         try:
-            small = len(prompt) <= _GUARD_OFF_LOOP_CHARS and (not isinstance(response, (str, dict, list)) or (
-                isinstance(response, str) and len(response) <= _GUARD_OFF_LOOP_CHARS))  # fmt: skip
+            small = not _text_exceeds([prompt, response], _OFF_LOOP_CHARS)
             reason = self._never_cache(prompt, response) if small else await asyncio.to_thread(
                 self._never_cache, prompt, response)  # fmt: skip
             if inspect.isawaitable(reason):
