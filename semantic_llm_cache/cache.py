@@ -37,7 +37,7 @@ from semantic_llm_cache.errors import (
     InvalidInputError,
     SemanticCacheError,
 )
-from semantic_llm_cache.flights import LEADER_GONE, Flights, wait_async
+from semantic_llm_cache.flights import LEADER_GONE, Flights, Ticket, wait_async
 from semantic_llm_cache.guard import guard_refusal
 from semantic_llm_cache.health import CircuitBreaker, CircuitOpen, FailureLog
 from semantic_llm_cache.results import CacheHit, Computed, Resolution
@@ -75,6 +75,15 @@ class _Budget:
 
 
 _BUDGET: ContextVar[_Budget | None] = ContextVar("semantic_llm_cache_budget", default=None)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What one round of resolve decided: lead a flight, wait for one, or the answer it was served."""
+
+    lead: tuple[Future[Any], Vector | None] | None = None
+    wait: Future[Any] | None = None
+    served: Resolution | None = None
 
 
 @dataclass
@@ -541,57 +550,65 @@ class SemanticCache:
         """One round of resolve before computing: join a flight under way, or look up and serve a hit, or
         claim the key. Returns (lead, None) to compute, (None, outcome) when served, (None, None) to go again.
         A flight that is a stream nobody reads yet is not waited on: this caller computes on its own."""
-        running = self._flights.running(prepared.key)
-        if running is not None:
-            if not self._flights.waitable(running, _caller()):
-                return self._alone(), None
-            return None, await self._joined(await wait_async(running), decode, prepared.key)
-        ticket = self._flights.ticket(prepared.key)
-        hit, vector = await self._lookup(prepared)
-        if hit is not None:
-            served = self._decoded_hit(hit, decode)
-            if served is not None:
-                return None, served
-        claim = self._flights.claim(ticket, opener=_caller() if stream else None)
-        if not claim.leader:
-            if not self._flights.waitable(claim.future, _caller()):
-                return self._alone(vector), None
-            return None, await self._joined(await wait_async(claim.future), decode, prepared.key)
-        self.stats.count("misses")
-        return (claim.future, vector), None
+        step = self._before_lookup(prepared)
+        if step is None:
+            ticket = self._flights.ticket(prepared.key)
+            hit, vector = await self._lookup(prepared)
+            step = self._after_lookup(prepared, ticket, hit, vector, decode, stream)
+        if step.wait is not None:
+            return None, self._joined(await wait_async(step.wait), decode, prepared.key)
+        return step.lead, step.served
 
     def _settle_sync(
         self, prepared: _Prepared, decode: Callable[[Any], Any] | None, budget: _Budget, *, stream: bool = False
     ) -> tuple[tuple[Future[Any], Vector | None] | None, Resolution | None]:
         """`_settle` for a thread: the same steps, waiting on flights by blocking."""
+        step = self._before_lookup(prepared)
+        if step is None:
+            ticket = self._flights.ticket(prepared.key)
+            hit, vector = run_sync(self._within(budget, self._lookup(prepared)))
+            step = self._after_lookup(prepared, ticket, hit, vector, decode, stream)
+        if step.wait is not None:
+            return None, self._joined(step.wait.result(), decode, prepared.key)
+        return step.lead, step.served
+
+    def _before_lookup(self, prepared: _Prepared) -> _Step | None:
+        """Wait for the flight of this key under way (or compute alone beside an unread stream); None: none."""
         running = self._flights.running(prepared.key)
-        if running is not None:
-            if not self._flights.waitable(running, _caller()):
-                return self._alone(), None
-            return None, self._joined_now(running.result(), decode, prepared.key)
-        ticket = self._flights.ticket(prepared.key)
-        hit, vector = run_sync(self._within(budget, self._lookup(prepared)))
+        if running is None:
+            return None
+        if not self._flights.waitable(running, _caller()):
+            return _Step(lead=self._alone())
+        return _Step(wait=running)
+
+    def _after_lookup(
+        self,
+        prepared: _Prepared,
+        ticket: Ticket,
+        hit: CacheHit | None,
+        vector: Vector | None,
+        decode: Callable[[Any], Any] | None,
+        stream: bool,
+    ) -> _Step:
+        """Serve the hit, or join the flight that started (or finished) meanwhile, or lead a new one."""
         if hit is not None:
             served = self._decoded_hit(hit, decode)
             if served is not None:
-                return None, served
+                return _Step(served=served)
         claim = self._flights.claim(ticket, opener=_caller() if stream else None)
         if not claim.leader:
             if not self._flights.waitable(claim.future, _caller()):
-                return self._alone(vector), None
-            return None, self._joined_now(claim.future.result(), decode, prepared.key)
+                return _Step(lead=self._alone(vector))
+            return _Step(wait=claim.future)
         self.stats.count("misses")
-        return (claim.future, vector), None
+        return _Step(lead=(claim.future, vector))
 
     def _alone(self, vector: Vector | None = None) -> tuple[Future[Any], Vector | None]:
         """A flight of this caller's own, outside the table (nobody waits on it), counted as a miss."""
         self.stats.count("misses")
         return Future(), vector
 
-    async def _joined(self, result: Any, decode: Callable[[Any], Any] | None, key: str) -> Resolution | None:
-        return self._joined_now(result, decode, key)
-
-    def _joined_now(self, result: Any, decode: Callable[[Any], Any] | None, key: str) -> Resolution | None:
+    def _joined(self, result: Any, decode: Callable[[Any], Any] | None, key: str) -> Resolution | None:
         """A caller that waited on another's flight: its answer (a shared hit), or None to go again (the leader
         was cancelled, or its answer cannot be decoded: then this caller looks up, and computes, itself)."""
         if result is LEADER_GONE:
@@ -648,7 +665,7 @@ class SemanticCache:
                 chunks.append(chunk)
                 yield chunk
             store = self._stream_store(lead, chunks, time.perf_counter() - began)
-            result = None if store is None else await self._within(lead.budget, store)
+            result = None if store is None else (await self._within(lead.budget, store))[0]
         except BaseException as exc:
             self._fail_flight(lead.future, exc)
             raise
@@ -666,7 +683,7 @@ class SemanticCache:
                 chunks.append(chunk)
                 yield chunk
             store = self._stream_store(lead, chunks, time.perf_counter() - began)
-            result = None if store is None else run_sync(self._within(lead.budget, store))
+            result = None if store is None else run_sync(self._within(lead.budget, store))[0]
         except BaseException as exc:
             self._fail_flight(lead.future, exc)
             raise
@@ -679,13 +696,15 @@ class SemanticCache:
         lead.started.append(True)  # from here on the stream's generator settles the flight itself
         self._flights.started(lead.future)
 
-    def _stream_store(self, lead: _StreamLead, chunks: list[Any], elapsed: float) -> Coroutine[Any, Any, Any] | None:
+    def _stream_store(
+        self, lead: _StreamLead, chunks: list[Any], elapsed: float
+    ) -> Coroutine[Any, Any, tuple[Any, str | None]] | None:
         """The store of a stream read to the end (None when `assemble` says there is nothing to store)."""
         outcome = lead.assemble(chunks)
         if outcome is None:
             self.stats.count("not_stored")
             return None
-        return self._store_computed(lead.prepared, outcome, elapsed, lead.scope, lead.vector, lead.ttl, lead.metadata)
+        return self._store_outcome(lead.prepared, outcome, elapsed, lead.scope, lead.vector, lead.ttl, lead.metadata)
 
     @staticmethod
     def _end_stream(lead: _StreamLead, result: Any) -> None:
@@ -734,20 +753,6 @@ class SemanticCache:
     def _unwrap(outcome: Any) -> Any:
         return outcome.value if isinstance(outcome, Computed) else outcome
 
-    async def _store_computed(
-        self,
-        prepared: _Prepared,
-        outcome: Any,
-        elapsed: float,
-        scope: Scope | None,
-        vector: Vector | None,
-        ttl: float | None,
-        metadata: dict[str, Any] | None,
-    ) -> Any:
-        """Store a computed answer unless told not to or JSON cannot hold it (then log, count, and still return it)."""
-        value, _ = await self._store_outcome(prepared, outcome, elapsed, scope, vector, ttl, metadata)
-        return value
-
     async def _store_outcome(
         self,
         prepared: _Prepared,
@@ -758,7 +763,8 @@ class SemanticCache:
         ttl: float | None,
         metadata: dict[str, Any] | None,
     ) -> tuple[Any, str | None]:
-        """`_store_computed`, also saying the key it was stored under (None: not stored)."""
+        """Store a computed answer unless told not to, JSON cannot hold it or `never_cache` keeps it out (then
+        count, log, and still return it); return it and the key it was stored under (None: not stored)."""
         computed = outcome if isinstance(outcome, Computed) else Computed(outcome)
         if not computed.store:
             self.stats.count("not_stored")
@@ -915,12 +921,9 @@ class SemanticCache:
         if not isinstance(prompt, str):
             raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}")
         partition = self.partition_for(scope)
-        if len(prompt) > self.config.max_prompt_chars:  # cheap first look; whitespace only shortens it
-            text = normalize_prompt(prompt)
-            if len(text) > self.config.max_prompt_chars:
-                return None
-        else:
-            text = normalize_prompt(prompt)
+        text = normalize_prompt(prompt)
+        if len(text) > self.config.max_prompt_chars:
+            return None
         return _Prepared(text, partition, exact_key(partition, text))
 
     async def _prepare(self, prompt: str, scope: Scope | None, *, count: bool = True) -> _Prepared | None:
