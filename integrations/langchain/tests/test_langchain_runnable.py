@@ -231,7 +231,9 @@ async def test_invoke_then_every_other_way_is_served_from_the_cache(lc_cache: Se
     assert "".join(streamed) == "".join(astreamed) == ANSWER
     assert len(streamed) == len(ANSWER.split())  # a replay: word by word
     assert model.calls == 1
-    assert events.kinds == ["miss", "semantic", "exact", "semantic", "exact", "semantic", "semantic", "exact"]
+    kinds = events.kinds  # a batch's two calls run concurrently: their events may come in either order
+    assert kinds[:2] == ["miss", "semantic"] and kinds[6:] == ["semantic", "exact"]
+    assert sorted(kinds[2:4]) == sorted(kinds[4:6]) == ["exact", "semantic"] and len(kinds) == 8
 
 
 @pytest.mark.parametrize("way", ["stream", "astream"])
