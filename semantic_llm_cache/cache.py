@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import functools
 import hashlib
-import importlib.util
 import inspect
 import logging
 import math
@@ -133,18 +132,15 @@ def _feedback_record(recorded: Any) -> dict[str, Any]:
 
 
 def default_embedder() -> LocalEmbedder:
-    """The process-wide bundled-model embedder (one model in memory however many caches use it).
+    """The process-wide default embedder (one model in memory however many caches use it).
 
-    onnxruntime (fp32, 2-2.5x faster than torch on one thread, the same vectors) when it is installed, else torch.
+    all-MiniLM-L6-v2 on onnxruntime from the installed files (`OnnxEmbedder()`): no torch, no download.
     """
     global _default_embedder
     if _default_embedder is None:
-        if importlib.util.find_spec("onnxruntime") is not None:
-            from semantic_llm_cache.embeddings.onnx import OnnxEmbedder
+        from semantic_llm_cache.embeddings.onnx import OnnxEmbedder
 
-            _default_embedder = OnnxEmbedder()
-        else:
-            _default_embedder = LocalEmbedder()
+        _default_embedder = OnnxEmbedder()
     return _default_embedder
 
 

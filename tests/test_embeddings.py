@@ -20,7 +20,7 @@ from semantic_llm_cache import (
     as_embedder,
 )
 from semantic_llm_cache.cache import default_embedder
-from semantic_llm_cache.embeddings import LangChainEmbedder, LlamaIndexEmbedder, normalized_matrix
+from semantic_llm_cache.embeddings import DEFAULT_MODEL_NAME, LangChainEmbedder, LlamaIndexEmbedder, normalized_matrix
 from tests.embedding_checks import check_concurrent_calls_share_forward_passes
 from tests.fakes import BagOfWordsEmbedder
 
@@ -270,7 +270,7 @@ async def test_semantic_cache_with_the_bundled_model(local_embedder: LocalEmbedd
         assert await cache.lookup(DIFFERENT) is None
         stats = await cache.get_stats()
         assert (stats["exact_hits"], stats["semantic_hits"], stats["misses"]) == (1, 1, 1)
-        assert stats["embedder"] == "sentence-transformers/all-MiniLM-L6-v2"
+        assert stats["embedder"] == DEFAULT_MODEL_NAME
 
 
 @pytest.mark.model

@@ -1,4 +1,7 @@
-"""OnnxEmbedder: the bundled model through onnxruntime agrees with the torch path, batches, and exports once."""
+"""OnnxEmbedder on a sentence-transformers folder: its export agrees with the torch path, batches, exports once.
+
+The default embedder (no folder, no torch) is tested in test_default_embedder.py.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +16,14 @@ import numpy as np
 import pytest
 
 from semantic_llm_cache import SemanticCache
-from semantic_llm_cache.cache import default_embedder
-from semantic_llm_cache.embeddings import BUNDLED_MODEL_NAME, LocalEmbedder, OnnxEmbedder, bundled_model_path
+from semantic_llm_cache.embeddings import LocalEmbedder, OnnxEmbedder, bundled_model_path
 from semantic_llm_cache.embeddings import onnx as onnx_module
+from semantic_llm_cache.embeddings.local import model_directory_name
 from semantic_llm_cache.errors import ConfigurationError
 from tests.embedding_checks import check_concurrent_calls_share_forward_passes
 from tests.sample_data import QQP_SAMPLE
+
+pytest.importorskip("sentence_transformers", reason="the torch path needs the [torch] extra")
 
 PAIR_COUNT = 300
 # beyond the 256-token limit, upper case, accents, CJK and emoji: tokenization must match sentence-transformers'
@@ -55,14 +60,15 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def torch_embedder() -> Iterator[LocalEmbedder]:
-    embedder = default_embedder()
+    embedder = LocalEmbedder()
     embedder.embed_sync(["warm up"])
     yield embedder
+    embedder.close()
 
 
 @pytest.fixture(scope="module")
 def onnx_embedder(export_dir: Path) -> Iterator[OnnxEmbedder]:
-    embedder = OnnxEmbedder(cache_dir=str(export_dir))
+    embedder = OnnxEmbedder(bundled_model_path(), cache_dir=str(export_dir))
     embedder.embed_sync(["warm up"])
     yield embedder
     embedder.close()
@@ -70,7 +76,7 @@ def onnx_embedder(export_dir: Path) -> Iterator[OnnxEmbedder]:
 
 @pytest.fixture(scope="module")
 def int8_embedder(export_dir: Path) -> Iterator[OnnxEmbedder]:
-    embedder = OnnxEmbedder(cache_dir=str(export_dir), precision="int8")
+    embedder = OnnxEmbedder(bundled_model_path(), cache_dir=str(export_dir), precision="int8")
     embedder.embed_sync(["warm up"])
     yield embedder
     embedder.close()
@@ -104,8 +110,9 @@ def test_fp32_tokenizes_like_sentence_transformers(torch_embedder: LocalEmbedder
 
 
 @pytest.mark.model
-def test_fp32_keeps_the_torch_name_so_caches_are_shared(onnx_embedder: OnnxEmbedder) -> None:
-    assert onnx_embedder.name == LocalEmbedder().name == BUNDLED_MODEL_NAME
+def test_fp32_export_shares_the_torch_name_of_its_folder(onnx_embedder: OnnxEmbedder) -> None:
+    folder = bundled_model_path()
+    assert onnx_embedder.name == LocalEmbedder(folder).name == model_directory_name(folder)
     assert onnx_embedder.dimension == 384 and onnx_embedder.loaded
 
 
@@ -113,7 +120,7 @@ def test_fp32_keeps_the_torch_name_so_caches_are_shared(onnx_embedder: OnnxEmbed
 def test_int8_is_close_but_named_apart(
     torch_embedder: LocalEmbedder, int8_embedder: OnnxEmbedder, qqp_texts: list[str]
 ) -> None:
-    assert int8_embedder.name == BUNDLED_MODEL_NAME + onnx_module.INT8_NAME_SUFFIX
+    assert int8_embedder.name == model_directory_name(bundled_model_path()) + onnx_module.INT8_NAME_SUFFIX
     assert int8_embedder.model_file is not None and int8_embedder.model_file.name == "model-int8.onnx"
     reference = torch_embedder.embed_sync(qqp_texts)
     quantized = int8_embedder.embed_sync(qqp_texts)
@@ -141,7 +148,7 @@ def test_second_construction_reuses_the_export(
         raise AssertionError("exported again")
 
     monkeypatch.setattr(onnx_module, "_export_fp32", no_export)
-    again = OnnxEmbedder(cache_dir=str(export_dir))
+    again = OnnxEmbedder(bundled_model_path(), cache_dir=str(export_dir))
     try:
         vector = again.embed_sync(["How do I reset my password?"])
         assert again.model_file == model_file
@@ -195,7 +202,7 @@ async def test_semantic_cache_paraphrase_lookup(onnx_embedder: OnnxEmbedder) -> 
         assert paraphrase is not None and paraphrase.kind == "semantic"
         assert paraphrase.similarity >= cache.config.threshold
         assert await cache.lookup("How do I delete my account?") is None
-        assert (await cache.get_stats())["embedder"] == BUNDLED_MODEL_NAME
+        assert (await cache.get_stats())["embedder"] == onnx_embedder.name
 
 
 def test_fingerprint_follows_the_weights(tmp_path: Path) -> None:
@@ -257,7 +264,7 @@ def test_rejects_bad_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *rest: None if name == "onnxruntime" else real_find_spec(name, *rest)
     )
-    with pytest.raises(ConfigurationError, match=r"\[fast\]"):
+    with pytest.raises(ConfigurationError, match="pip install onnxruntime"):
         OnnxEmbedder()
 
 

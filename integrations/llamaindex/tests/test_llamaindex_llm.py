@@ -401,7 +401,7 @@ async def test_an_answer_json_cannot_hold_is_returned_but_not_stored(cache: Sema
 @pytest.mark.parametrize("method", ["chat", "achat"])
 async def test_concurrent_calls_share_an_answer_json_cannot_hold(cache: SemanticCache, method: str) -> None:
     """Not stored, but still computed once for concurrent identical calls (sync threads and async tasks)."""
-    inner = ObjectAnswerLLM(delay=0.1)
+    inner = ObjectAnswerLLM(delay=1.0)  # long enough for six threads to start on a loaded machine
     llm = SemanticCacheLLM(llm=inner, cache=cache)
     messages = [ChatMessage(role="user", content=QUESTION)]
     if method == "chat":
