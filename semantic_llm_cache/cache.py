@@ -822,6 +822,26 @@ class SemanticCache:
         with self._budget():
             return bool(await self._guarded(self.backend.delete(prepared.key), "backend", default=False))
 
+    async def delete_key(self, key: str, namespace: str | None = None) -> bool:
+        """Delete the entry with this key (the `key` every hit and `Resolution` carries); True if there was one.
+
+        With `namespace`, only an entry of that namespace is deleted (a service deleting on a tenant's behalf
+        passes the tenant, so one tenant's key cannot delete another's entry).
+        """
+        if not isinstance(key, str) or not key:
+            raise InvalidInputError(f"key must be a non-empty string (a hit's key), got {shown(key)}")
+        check_text(key, "key")
+        if namespace is not None:
+            if not isinstance(namespace, str) or not namespace:
+                raise InvalidInputError(f"namespace must be a non-empty string or None, got {shown(namespace)}")
+            check_text(namespace, "namespace")
+        with self._budget():
+            if namespace is not None:
+                entry = await self._guarded(self.backend.get(key), "backend", default=None)
+                if entry is None or entry.namespace != namespace:
+                    return False
+            return bool(await self._guarded(self.backend.delete(key), "backend", default=False))
+
     async def clear(self, namespace: str | None = None) -> None:
         """Delete every entry of the backend, or only those of `namespace`."""
         if namespace is not None and (not isinstance(namespace, str) or not namespace):

@@ -857,3 +857,23 @@ async def test_config_object_and_overrides(embedder: BagOfWordsEmbedder) -> None
     assert cache.config.ttl == 30
     assert isinstance(cache.backend, MemoryBackend)
     assert cache.backend.max_entries == cache.config.max_entries
+
+
+async def test_delete_key_deletes_the_entry_a_hit_names(cache: SemanticCache) -> None:
+    tenant_a, tenant_b = Scope(namespace="a"), Scope(namespace="b")
+    await cache.store(STORED, "a1", scope=tenant_a)
+    await cache.store(STORED, "b1", scope=tenant_b)
+    hit_a = await cache.lookup(NEAR, scope=tenant_a)
+    hit_b = await cache.lookup(STORED, scope=tenant_b)
+    assert hit_a is not None and hit_a.kind == "semantic" and hit_b is not None
+    assert await cache.delete_key(hit_a.key, namespace="b") is False  # another tenant's key: refused
+    assert await cache.delete_key(hit_a.key, namespace="a") is True
+    assert await cache.delete_key(hit_a.key) is False  # already gone
+    assert await cache.lookup(STORED, scope=tenant_a) is None
+    assert await cache.delete_key(hit_b.key) is True
+    assert await size_of(cache) == 0
+    for bad in ("", None, 7):
+        with pytest.raises(InvalidInputError, match="key"):
+            await cache.delete_key(bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="namespace"):
+        await cache.delete_key("k", namespace="")
