@@ -16,6 +16,7 @@ from semantic_llm_cache.errors import (
 from semantic_llm_cache.results import CacheHit, Computed, Resolution
 from semantic_llm_cache.scope import Scope
 from semantic_llm_cache.storage import StorageBackend
+from semantic_llm_cache.temperature import NeverAbove, ServeAlways, SkipByTemperature, TemperaturePolicy
 
 __version__ = "0.1.0"
 
@@ -33,13 +34,17 @@ __all__ = [
     "InvalidInputError",
     "LocalEmbedder",
     "MemoryBackend",
+    "NeverAbove",
     "Resolution",
     "ResolvedStream",
     "ResolvedSyncStream",
     "Scope",
     "SemanticCache",
     "SemanticCacheError",
+    "ServeAlways",
+    "SkipByTemperature",
     "StorageBackend",
+    "TemperaturePolicy",
     "__version__",
     "as_embedder",
     "cached",

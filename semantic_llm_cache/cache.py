@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import Context, ContextVar, copy_context
@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from semantic_llm_cache._sync import run_sync
 from semantic_llm_cache.backends.memory import MemoryBackend
+from semantic_llm_cache.call_options import NO_OPTIONS, WHERE_CANDIDATE_FACTOR, CallOptions
 from semantic_llm_cache.config import CacheConfig, CacheEntry, OnError, Vector, validate_ttl
 from semantic_llm_cache.embeddings.adapters import as_embedder
 from semantic_llm_cache.embeddings.base import Embedder, normalized_matrix
@@ -45,6 +46,7 @@ from semantic_llm_cache.sensitive import NeverCache
 from semantic_llm_cache.shared_text import Difference, differing_parts
 from semantic_llm_cache.stats import CacheStats
 from semantic_llm_cache.storage import StorageBackend
+from semantic_llm_cache.temperature import ServeAlways, TemperaturePolicy, temperature_of
 from semantic_llm_cache.values import check_json_value, check_text, shown
 
 if sys.version_info >= (3, 11):
@@ -109,11 +111,13 @@ class _StreamLead:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """A call's normalised prompt, partition and exact key."""
+    """A call's normalised prompt, partition and exact key, and what it asks of a lookup."""
 
     text: str
     partition: str
     key: str
+    threshold: float
+    options: CallOptions = NO_OPTIONS
 
 
 def _feedback_record(recorded: Any) -> dict[str, Any]:
@@ -264,6 +268,7 @@ class SemanticCache:
         max_prompt_chars: int | None = None,
         encryption_key: KeyMaterial | Sequence[KeyMaterial] | None = None,
         never_cache: Callable[[str, Any], Any] | Literal[False] | None = _DEFAULT_NEVER_CACHE,
+        temperature_policy: TemperaturePolicy | None = None,
     ) -> None:
         overrides: dict[str, Any] = {
             "threshold": threshold,
@@ -293,6 +298,9 @@ class SemanticCache:
         if never_cache not in (None, False) and not callable(never_cache):
             raise ConfigurationError("never_cache must be a callable (prompt, response) -> reason or None, or False")
         self._never_cache = never_cache or None
+        self.temperature_policy: TemperaturePolicy = temperature_policy or ServeAlways()
+        if not callable(getattr(self.temperature_policy, "skips", None)):
+            raise ConfigurationError("temperature_policy must have skips(temperature) -> bool, e.g. NeverAbove(0.0)")
         self._breakers = {
             "backend": CircuitBreaker("the cache backend", logger=logger),
             "embedder": CircuitBreaker("the embedder", logger=logger),
@@ -301,14 +309,25 @@ class SemanticCache:
     # -- public API -------------------------------------------------------------------------------------
 
     async def lookup(
-        self, prompt: str, scope: Scope | None = None, *, decode: Callable[[Any], Any] | None = None
+        self,
+        prompt: str,
+        scope: Scope | None = None,
+        *,
+        threshold: float | None = None,
+        where: Mapping[str, Any] | None = None,
+        decode: Callable[[Any], Any] | None = None,
     ) -> CacheHit | None:
         """Return the stored answer for `prompt` (exact, else semantic within its partition), or None.
 
+        threshold: this call's cosine threshold (None: the cache's). where: metadata field -> value that the
+        entry's stored metadata must have (exact match), for exact and semantic hits alike.
         decode: as in `resolve`; the hit's `response` is the decoded answer, and an answer it cannot decode is
         a miss (logged and counted once; `on_error="raise"` raises)."""
-        prepared = await self._prepare(prompt, scope)
+        options = CallOptions(threshold=threshold, where=where)
+        prepared = await self._prepare(prompt, scope, options=options)
         if prepared is None:
+            return None
+        if self._skips_by_temperature(scope):
             return None
         with self._budget():
             hit, _ = await self._lookup(prepared)
@@ -376,7 +395,11 @@ class SemanticCache:
         compute: Callable[[], Any],
         scope: Scope | None = None,
         *,
+        threshold: float | None = None,
+        bypass: bool = False,
+        refresh: bool = False,
         ttl: float | None = None,
+        where: Mapping[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Any:
         """Return the cached answer, or call `compute()`, store its result and return it.
@@ -385,8 +408,16 @@ class SemanticCache:
         context). It may return a `Computed` to report tokens or to keep its answer out of the cache.
         Concurrent callers with the same prompt and scope share one `compute()` call; if it raises, nothing is
         stored and every one of them gets the exception. An answer JSON cannot hold is returned but not stored.
+
+        Per call: `threshold` (this call's cosine threshold), `bypass` (no lookup, no store), `refresh`
+        (compute and store over the old entry), `ttl` (this entry's lifetime), `where` (only entries whose
+        metadata has these field values may answer; a stored answer gets them in its metadata).
         """
-        return (await self.resolve(prompt, compute, scope, ttl=ttl, metadata=metadata)).response
+        resolution = await self.resolve(
+            prompt, compute, scope, threshold=threshold, bypass=bypass, refresh=refresh, ttl=ttl, where=where,
+            metadata=metadata,
+        )  # fmt: skip
+        return resolution.response
 
     async def resolve(
         self,
@@ -394,11 +425,16 @@ class SemanticCache:
         compute: Callable[[], Any],
         scope: Scope | None = None,
         *,
+        threshold: float | None = None,
+        bypass: bool = False,
+        refresh: bool = False,
         ttl: float | None = None,
+        where: Mapping[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
         decode: Callable[[Any], Any] | None = None,
     ) -> Resolution:
-        """Like get_or_compute, but says whether the answer came from the cache and how (for adapters).
+        """Like get_or_compute (the same per-call options), but says whether the answer came from the cache and
+        how (for adapters).
 
         decode: turns a stored or shared answer (JSON) into what the caller returns (e.g. a framework object).
         An answer it cannot decode (it raises) is treated as a miss: computed under the same single-flight and
@@ -409,9 +445,11 @@ class SemanticCache:
         lookup and the store share it); the time `compute()` takes is not counted.
         """
         self._check_payload(None, metadata, ttl, None, None)
-        prepared = await self._prepare(prompt, scope)
-        if prepared is None:
+        options = CallOptions(threshold, where, bypass, refresh)
+        prepared = await self._prepare(prompt, scope, options=options)
+        if prepared is None or self._bypassed(options, scope):
             return Resolution(await self._compute_uncached(compute), None, computed=True)
+        metadata = self._tagged(metadata, options)
         with self._budget():
             while True:
                 lead, outcome = await self._settle(prepared, decode)
@@ -437,17 +475,24 @@ class SemanticCache:
         compute: Callable[[], Any],
         scope: Scope | None = None,
         *,
+        threshold: float | None = None,
+        bypass: bool = False,
+        refresh: bool = False,
         ttl: float | None = None,
+        where: Mapping[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
         decode: Callable[[Any], Any] | None = None,
     ) -> Resolution:
         """`resolve` for sync code: `compute()` runs in the calling thread. Threads and async callers asking the
         same prompt and scope share one call. Lookups and stores go through the shared background loop."""
         self._check_payload(None, metadata, ttl, None, None)
-        prepared = self._prepare_now(prompt, scope)
+        options = CallOptions(threshold, where, bypass, refresh)
+        prepared = self._prepare_now(prompt, scope, options)
         if prepared is None:
             self._count_too_long()
+        if prepared is None or self._bypassed(options, scope):
             return Resolution(self._unwrap(compute()), None, computed=True)
+        metadata = self._tagged(metadata, options)
         budget = _Budget(self.config.timeout)
         while True:
             lead, outcome = self._settle_sync(prepared, decode, budget)
@@ -479,7 +524,11 @@ class SemanticCache:
         *,
         assemble: Callable[[list[Any]], Any],
         replay: Callable[[Any], Iterable[Any]],
+        threshold: float | None = None,
+        bypass: bool = False,
+        refresh: bool = False,
         ttl: float | None = None,
+        where: Mapping[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> ResolvedStream:
         """Resolve a streamed answer: the caller that computes gets the model's chunks live; a hit, or a caller
@@ -488,12 +537,15 @@ class SemanticCache:
         never a partial one, nothing for a stream that failed or was abandoned (a waiting caller then streams
         the model itself). `open_stream()` returns an async iterator of chunks (or an awaitable of one).
 
-        Returns a `ResolvedStream`: iterate it (`async for`); its `resolution` says how it was served."""
+        Returns a `ResolvedStream`: iterate it (`async for`); its `resolution` says how it was served. The
+        per-call options are those of `resolve`."""
         self._check_payload(None, metadata, ttl, None, None)
-        prepared = await self._prepare(prompt, scope)
+        options = CallOptions(threshold, where, bypass, refresh)
+        prepared = await self._prepare(prompt, scope, options=options)
         budget = _Budget(self.config.timeout)
-        if prepared is None:
+        if prepared is None or self._bypassed(options, scope):
             return ResolvedStream(Resolution(None, None, computed=True), _live_chunks(open_stream))
+        metadata = self._tagged(metadata, options)
         while True:
             lead, outcome = await self._within(budget, self._settle(prepared, replay_checked(replay), stream=True))
             if outcome is not None:
@@ -514,15 +566,22 @@ class SemanticCache:
         *,
         assemble: Callable[[list[Any]], Any],
         replay: Callable[[Any], Iterable[Any]],
+        threshold: float | None = None,
+        bypass: bool = False,
+        refresh: bool = False,
         ttl: float | None = None,
+        where: Mapping[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> ResolvedSyncStream:
         """`resolve_stream` for sync code: the model's stream is read in the calling thread."""
         self._check_payload(None, metadata, ttl, None, None)
-        prepared = self._prepare_now(prompt, scope)
+        options = CallOptions(threshold, where, bypass, refresh)
+        prepared = self._prepare_now(prompt, scope, options)
         if prepared is None:
             self._count_too_long()
+        if prepared is None or self._bypassed(options, scope):
             return ResolvedSyncStream(Resolution(None, None, computed=True), iter(open_stream()))
+        metadata = self._tagged(metadata, options)
         budget = _Budget(self.config.timeout)
         while True:
             lead, outcome = self._settle_sync(prepared, replay_checked(replay), budget, stream=True)
@@ -549,7 +608,7 @@ class SemanticCache:
         step = self._before_lookup(prepared)
         if step is None:
             ticket = self._flights.ticket(prepared.key)
-            hit, vector = await self._lookup(prepared)
+            hit, vector = (None, None) if prepared.options.refresh else await self._lookup(prepared)
             step = self._after_lookup(prepared, ticket, hit, vector, decode, stream)
         if step.wait is not None:
             return None, self._joined(await wait_async(step.wait), decode, prepared.key)
@@ -562,7 +621,10 @@ class SemanticCache:
         step = self._before_lookup(prepared)
         if step is None:
             ticket = self._flights.ticket(prepared.key)
-            hit, vector = run_sync(self._within(budget, self._lookup(prepared)))
+            if prepared.options.refresh:
+                hit, vector = None, None
+            else:
+                hit, vector = run_sync(self._within(budget, self._lookup(prepared)))
             step = self._after_lookup(prepared, ticket, hit, vector, decode, stream)
         if step.wait is not None:
             return None, self._joined(step.wait.result(), decode, prepared.key)
@@ -596,7 +658,7 @@ class SemanticCache:
             if not self._flights.waitable(claim.future, _caller()):
                 return _Step(lead=self._alone(vector))
             return _Step(wait=claim.future)
-        self.stats.count("misses")
+        self.stats.count("refreshes" if prepared.options.refresh else "misses")
         return _Step(lead=(claim.future, vector))
 
     def _alone(self, vector: Vector | None = None) -> tuple[Future[Any], Vector | None]:
@@ -735,6 +797,27 @@ class SemanticCache:
     async def _compute_uncached(self, compute: Callable[[], Any]) -> Any:
         """Answer a prompt the cache does not take (too long): compute, store nothing."""
         return self._unwrap(await self._run_compute(compute))
+
+    def _bypassed(self, options: CallOptions, scope: Scope | None) -> bool:
+        """True (counted) when this call skips the cache: asked to, or sampled hot under the temperature policy."""
+        if options.bypass:
+            self.stats.count("bypassed")
+            return True
+        return self._skips_by_temperature(scope)
+
+    def _skips_by_temperature(self, scope: Scope | None) -> bool:
+        temperature = None if scope is None else temperature_of(scope.params)
+        if temperature is None or not self.temperature_policy.skips(temperature):
+            return False
+        self.stats.count("temperature_skips")
+        return True
+
+    @staticmethod
+    def _tagged(metadata: dict[str, Any] | None, options: CallOptions) -> dict[str, Any] | None:
+        """A stored answer's metadata carries the call's `where` fields, so the same filter finds it again."""
+        if not options.where:
+            return metadata
+        return {**(metadata or {}), **options.where}
 
     def _count_too_long(self) -> None:
         self.stats.count("prompt_too_long")
@@ -932,7 +1015,7 @@ class SemanticCache:
         finally:
             _BUDGET.reset(token)
 
-    def _prepare_now(self, prompt: str, scope: Scope | None) -> _Prepared | None:
+    def _prepare_now(self, prompt: str, scope: Scope | None, options: CallOptions = NO_OPTIONS) -> _Prepared | None:
         """Normalise, partition and key a call (None for a prompt over max_prompt_chars)."""
         if not isinstance(prompt, str):
             raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}")
@@ -940,15 +1023,18 @@ class SemanticCache:
         text = normalize_prompt(prompt)
         if len(text) > self.config.max_prompt_chars:
             return None
-        return _Prepared(text, partition, exact_key(partition, text))
+        threshold = self.config.threshold if options.threshold is None else options.threshold
+        return _Prepared(text, partition, exact_key(partition, text), threshold, options)
 
-    async def _prepare(self, prompt: str, scope: Scope | None, *, count: bool = True) -> _Prepared | None:
+    async def _prepare(
+        self, prompt: str, scope: Scope | None, *, count: bool = True, options: CallOptions = NO_OPTIONS
+    ) -> _Prepared | None:
         """`_prepare_now`, in a worker thread for a long prompt (its cost grows with its length); counts a
         prompt over max_prompt_chars."""
         if isinstance(prompt, str) and len(prompt) > _OFF_LOOP_CHARS:
-            prepared = await asyncio.to_thread(self._prepare_now, prompt, scope)
+            prepared = await asyncio.to_thread(self._prepare_now, prompt, scope, options)
         else:
-            prepared = self._prepare_now(prompt, scope)
+            prepared = self._prepare_now(prompt, scope, options)
         if prepared is None and count:
             self._count_too_long()
         return prepared
@@ -1077,17 +1163,18 @@ class SemanticCache:
             self.stats.observe_lookup(time.perf_counter() - started)
 
     async def _search(self, prepared: _Prepared) -> tuple[CacheHit | None, Vector | None]:
-        text, partition, key = prepared.text, prepared.partition, prepared.key
+        text, partition, key, threshold = prepared.text, prepared.partition, prepared.key, prepared.threshold
+        options = prepared.options
         entry = self._readable(key, await self._guarded(self.backend.get(key), "backend", default=None))
-        if entry is not None and entry.prompt == text:
+        if entry is not None and entry.prompt == text and options.matches(entry.metadata):
             return await self._served(key, entry, 1.0, "exact"), None
         vector = await self._embed(text)
         if vector is None:
             return None, None
+        # a metadata filter runs on the candidates: look at more of them (it never widens the partition)
+        candidates = self.config.candidates * (WHERE_CANDIDATE_FACTOR if options.where else 1)
         matches = await self._guarded(
-            self.backend.find_nearest(vector, self.config.threshold, self.config.candidates, partition=partition),
-            "backend",
-            default=[],
+            self.backend.find_nearest(vector, threshold, candidates, partition=partition), "backend", default=[]
         )
         for match_key, sealed_match, raw_similarity in matches:
             match = self._readable(match_key, sealed_match)
@@ -1097,19 +1184,21 @@ class SemanticCache:
             if match.partition_id != partition:  # a backend that broke the wall must not leak across it
                 self.stats.count("partition_violations")
                 continue
-            if similarity < self.config.threshold:  # a backend comparing in float32 may round up to it
+            if similarity < threshold:  # a backend comparing in float32 may round up to it
+                continue
+            if not options.matches(match.metadata):
                 continue
             if similarity < match.min_similarity:
                 self.stats.count("feedback_refusals")
                 continue
-            refusal = await self._refusal(text, match.prompt)
+            refusal = await self._refusal(text, match.prompt, threshold)
             if refusal is not None:
                 self.stats.count(refusal)
                 continue
             return await self._served(match_key, match, similarity, "semantic"), vector
         return None, vector
 
-    async def _refusal(self, query: str, candidate: str) -> str | None:
+    async def _refusal(self, query: str, candidate: str, threshold: float) -> str | None:
         """Why a candidate above the threshold must not be served (the counter to add), or None to serve it.
 
         The answer guard (numbers, negation, names, opposites), then the shared-text check: when the prompts
@@ -1129,7 +1218,7 @@ class SemanticCache:
         parts = await self._guarded(
             self._embed_parts([difference.query_part, difference.candidate_part]), "embedder", default=None
         )
-        if parts is None or float(parts[0] @ parts[1]) < self.config.threshold:
+        if parts is None or float(parts[0] @ parts[1]) < threshold:
             return "shared_text_refusals"
         return None
 
