@@ -299,8 +299,12 @@ class SemanticCache:
             raise ConfigurationError("never_cache must be a callable (prompt, response) -> reason or None, or False")
         self._never_cache = never_cache or None
         self.temperature_policy: TemperaturePolicy = temperature_policy or ServeAlways()
-        if not callable(getattr(self.temperature_policy, "skips", None)):
-            raise ConfigurationError("temperature_policy must have skips(temperature) -> bool, e.g. NeverAbove(0.0)")
+        if not callable(getattr(self.temperature_policy, "skips", None)) or not hasattr(
+            self.temperature_policy, "stores_skipped"
+        ):
+            raise ConfigurationError(
+                "temperature_policy must have skips(temperature) -> bool and stores_skipped, e.g. NeverAbove(0.0)"
+            )
         self._breakers = {
             "backend": CircuitBreaker("the cache backend", logger=logger),
             "embedder": CircuitBreaker("the embedder", logger=logger),
@@ -445,9 +449,9 @@ class SemanticCache:
         lookup and the store share it); the time `compute()` takes is not counted.
         """
         self._check_payload(None, metadata, ttl, None, None)
-        options = CallOptions(threshold, where, bypass, refresh)
+        options = self._with_temperature(CallOptions(threshold, where, bypass, refresh), scope)
         prepared = await self._prepare(prompt, scope, options=options)
-        if prepared is None or self._bypassed(options, scope):
+        if prepared is None or self._bypassed(options):
             return Resolution(await self._compute_uncached(compute), None, computed=True)
         metadata = self._tagged(metadata, options)
         with self._budget():
@@ -486,11 +490,11 @@ class SemanticCache:
         """`resolve` for sync code: `compute()` runs in the calling thread. Threads and async callers asking the
         same prompt and scope share one call. Lookups and stores go through the shared background loop."""
         self._check_payload(None, metadata, ttl, None, None)
-        options = CallOptions(threshold, where, bypass, refresh)
+        options = self._with_temperature(CallOptions(threshold, where, bypass, refresh), scope)
         prepared = self._prepare_now(prompt, scope, options)
         if prepared is None:
             self._count_too_long()
-        if prepared is None or self._bypassed(options, scope):
+        if prepared is None or self._bypassed(options):
             return Resolution(self._unwrap(compute()), None, computed=True)
         metadata = self._tagged(metadata, options)
         budget = _Budget(self.config.timeout)
@@ -540,10 +544,10 @@ class SemanticCache:
         Returns a `ResolvedStream`: iterate it (`async for`); its `resolution` says how it was served. The
         per-call options are those of `resolve`."""
         self._check_payload(None, metadata, ttl, None, None)
-        options = CallOptions(threshold, where, bypass, refresh)
+        options = self._with_temperature(CallOptions(threshold, where, bypass, refresh), scope)
         prepared = await self._prepare(prompt, scope, options=options)
         budget = _Budget(self.config.timeout)
-        if prepared is None or self._bypassed(options, scope):
+        if prepared is None or self._bypassed(options):
             return ResolvedStream(Resolution(None, None, computed=True), _live_chunks(open_stream))
         metadata = self._tagged(metadata, options)
         while True:
@@ -575,11 +579,11 @@ class SemanticCache:
     ) -> ResolvedSyncStream:
         """`resolve_stream` for sync code: the model's stream is read in the calling thread."""
         self._check_payload(None, metadata, ttl, None, None)
-        options = CallOptions(threshold, where, bypass, refresh)
+        options = self._with_temperature(CallOptions(threshold, where, bypass, refresh), scope)
         prepared = self._prepare_now(prompt, scope, options)
         if prepared is None:
             self._count_too_long()
-        if prepared is None or self._bypassed(options, scope):
+        if prepared is None or self._bypassed(options):
             return ResolvedSyncStream(Resolution(None, None, computed=True), iter(open_stream()))
         metadata = self._tagged(metadata, options)
         budget = _Budget(self.config.timeout)
@@ -798,19 +802,38 @@ class SemanticCache:
         """Answer a prompt the cache does not take (too long): compute, store nothing."""
         return self._unwrap(await self._run_compute(compute))
 
-    def _bypassed(self, options: CallOptions, scope: Scope | None) -> bool:
-        """True (counted) when this call skips the cache: asked to, or sampled hot under the temperature policy."""
+    def _bypassed(self, options: CallOptions) -> bool:
+        """True (counted) when this call skips the cache entirely (asked to)."""
         if options.bypass:
             self.stats.count("bypassed")
             return True
-        return self._skips_by_temperature(scope)
+        return False
+
+    def _with_temperature(self, options: CallOptions, scope: Scope | None) -> CallOptions:
+        """The call's options once the temperature policy has had its say on its `Scope.params` temperature."""
+        forced = self.temperature_options(None if scope is None else temperature_of(scope.params))
+        if not forced or options.bypass:
+            return options
+        return dataclasses.replace(options, bypass=forced.get("bypass", False), refresh=forced.get("refresh", False))
 
     def _skips_by_temperature(self, scope: Scope | None) -> bool:
-        temperature = None if scope is None else temperature_of(scope.params)
+        return self.skips_by_temperature(None if scope is None else temperature_of(scope.params))
+
+    def skips_by_temperature(self, temperature: float | None) -> bool:
+        """True (counted as `temperature_skips`) when the temperature policy keeps a call sampled at
+        `temperature` from being served from the cache. None (unknown) never skips."""
         if temperature is None or not self.temperature_policy.skips(temperature):
             return False
         self.stats.count("temperature_skips")
         return True
+
+    def temperature_options(self, temperature: float | None) -> dict[str, bool]:
+        """What the temperature policy asks of a call sampled at `temperature`, as `resolve` options: nothing,
+        `refresh` (skip the lookup, store the fresh answer) or `bypass` (neither). Adapters that know their
+        model's temperature pass these on; counted as `temperature_skips`."""
+        if not self.skips_by_temperature(temperature):
+            return {}
+        return {"refresh": True} if self.temperature_policy.stores_skipped else {"bypass": True}
 
     @staticmethod
     def _tagged(metadata: dict[str, Any] | None, options: CallOptions) -> dict[str, Any] | None:
@@ -924,6 +947,10 @@ class SemanticCache:
                 if entry is None or entry.namespace != namespace:
                     return False
             return bool(await self._guarded(self.backend.delete(key), "backend", default=False))
+
+    def delete_key_sync(self, key: str, namespace: str | None = None) -> bool:
+        """`delete_key` for sync code (through the shared background loop)."""
+        return run_sync(self.delete_key(key, namespace))
 
     async def clear(self, namespace: str | None = None) -> None:
         """Delete every entry of the backend, or only those of `namespace`."""

@@ -85,4 +85,31 @@ def check_where(where: Any) -> None:
 
 NO_OPTIONS = CallOptions()
 
-__all__ = ["NO_OPTIONS", "WHERE_CANDIDATE_FACTOR", "CallOptions", "check_where"]
+#: what an adapter's per-call `cache_options` may hold: the keyword arguments of `SemanticCache.resolve`
+OPTION_NAMES = ("threshold", "bypass", "refresh", "ttl", "where")
+
+
+def resolve_options(options: Any, forced: Mapping[str, bool] | None = None) -> dict[str, Any]:
+    """An adapter's per-call `cache_options` (a dict, or None) as keyword arguments for `resolve`, checked.
+
+    forced: what the engine's temperature policy asks (`SemanticCache.temperature_options`): a bypass wins over
+    the call's refresh; a forced refresh yields to the call's own bypass.
+    """
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise InvalidInputError(f"cache_options must be a dict of {list(OPTION_NAMES)}, got {type(options).__name__}")
+    unknown = sorted(str(name) for name in options if name not in OPTION_NAMES)
+    if unknown:
+        raise InvalidInputError(f"unknown cache_options {unknown}; the options are {list(OPTION_NAMES)}")
+    chosen = dict(options)
+    CallOptions(chosen.get("threshold"), chosen.get("where"), chosen.get("bypass", False), chosen.get("refresh", False))
+    if forced and forced.get("bypass"):
+        chosen.pop("refresh", None)
+        chosen["bypass"] = True
+    elif forced and forced.get("refresh") and not chosen.get("bypass"):
+        chosen["refresh"] = True
+    return chosen
+
+
+__all__ = ["NO_OPTIONS", "OPTION_NAMES", "WHERE_CANDIDATE_FACTOR", "CallOptions", "check_where", "resolve_options"]

@@ -13,7 +13,12 @@ from semantic_llm_cache.errors import ConfigurationError
 
 
 class TemperaturePolicy(Protocol):
-    """Decides, per call, whether a call sampled at `temperature` skips the cache (no lookup, no store)."""
+    """Decides, per call, whether a call sampled at `temperature` skips the cache's lookup.
+
+    `stores_skipped`: whether a skipped call's fresh answer is still stored (over the old one) or kept out.
+    """
+
+    stores_skipped: bool
 
     def skips(self, temperature: float) -> bool: ...
 
@@ -21,6 +26,8 @@ class TemperaturePolicy(Protocol):
 @dataclass(frozen=True)
 class ServeAlways:
     """The default, as LangChain's own caches do: the temperature is part of the partition, nothing more."""
+
+    stores_skipped = True
 
     def skips(self, temperature: float) -> bool:
         return False
@@ -32,6 +39,7 @@ class NeverAbove:
     and none is stored. Deterministic calls (at or below the limit) are cached as usual."""
 
     limit: float = 0.0
+    stores_skipped = False
 
     def __post_init__(self) -> None:
         if not _finite(self.limit) or self.limit < 0:
@@ -43,9 +51,11 @@ class NeverAbove:
 
 @dataclass(frozen=True)
 class SkipByTemperature:
-    """Skip the cache with probability `temperature / max_temperature` (1 at or above it), GPTCache-style: a
-    hot call sometimes gets a fresh sample, a cold one almost always the cached answer."""
+    """Skip the lookup with probability `temperature / max_temperature` (1 at or above it), GPTCache-style: a
+    hot call often gets a fresh sample, a cold one almost always the cached answer. Fresh samples are stored
+    (each replaces the one before), so later calls are served varied answers over time."""
 
+    stores_skipped = True
     max_temperature: float = 2.0
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 

@@ -161,6 +161,19 @@ async def test_temperature_never_above_keeps_sampled_answers_out() -> None:
     assert cache.stats["temperature_skips"] == 3
 
 
+async def test_temperature_skips_by_probability_store_fresh_samples() -> None:
+    backend = make_cache().backend
+    cache = make_cache(backend, temperature_policy=SkipByTemperature(max_temperature=1.0))
+    hot = Scope(params={"temperature": 1.0})  # at max_temperature: always skips the lookup
+    compute = Counting()
+    assert await cache.get_or_compute(STORED, compute, hot) == "answer 1"
+    assert await cache.get_or_compute(STORED, compute, hot) == "answer 2"  # a fresh sample, stored over the last
+    plain = make_cache(backend)
+    hit = await plain.lookup(STORED, hot)
+    assert hit is not None and hit.response == "answer 2"
+    assert cache.stats["temperature_skips"] == 2 and cache.stats["refreshes"] == 2
+
+
 async def test_temperature_skip_probability_grows_with_temperature() -> None:
     policy = SkipByTemperature(max_temperature=2.0, rng=random.Random(7))
     assert not any(policy.skips(0.0) for _ in range(100))

@@ -15,6 +15,7 @@ from langchain_semantic_cache._convert import (
     total_tokens,
     with_cache_info,
 )
+from langchain_semantic_cache._options import temperature_in_llm_string
 from semantic_llm_cache import Computed, ConfigurationError, Resolution, run_sync
 from semantic_llm_cache import SemanticCache as CoreSemanticCache
 
@@ -30,7 +31,10 @@ class SemanticCache(BaseCache):
     the last human message are part of the partition: only the last human message's text is compared by
     meaning. Every generation it served or stored carries `generation_info["semantic_cache"]` (and, for chat
     models, the message's `response_metadata["semantic_cache"]`): `Resolution.info()`, e.g. the match `kind` and
-    its cosine `similarity`.
+    its cosine `similarity`, and the entry's `key` (for `delete_key`).
+
+    LangChain's cache interface carries no per-call options: wrap the model in `SemanticCacheChatModel` for
+    those. The engine's temperature policy reads the temperature from `llm_string`.
     """
 
     def __init__(self, cache: CoreSemanticCache | None = None, **options: Any) -> None:
@@ -48,7 +52,7 @@ class SemanticCache(BaseCache):
     async def alookup(self, prompt: str, llm_string: str) -> list[Generation] | None:
         """The stored generations for `prompt` under this model and parameters, marked as served; or None."""
         request = request_for_prompt(prompt, llm_string)
-        if request is None:
+        if request is None or self.engine.skips_by_temperature(temperature_in_llm_string(llm_string)):
             return None
         hit = await self.engine.lookup(request.question, request.scope, decode=load_generations)
         if hit is None:
@@ -61,9 +65,17 @@ class SemanticCache(BaseCache):
         request = request_for_prompt(prompt, llm_string)
         if request is None or not return_val:
             return
+        policy = self.engine.temperature_policy
+        if not policy.stores_skipped and policy.skips(temperature_in_llm_string(llm_string) or 0.0):
+            return  # a sampled answer the policy keeps out (counted once, by alookup)
         answer = Computed(dump_generations(return_val), tokens=total_tokens(return_val))
         key = await self.engine.store_computed(request.question, answer, request.scope)
         with_cache_info(list(return_val), Resolution(None, None, computed=True, key=key).info(request.question))
+
+    async def adelete_key(self, key: str) -> bool:
+        """Delete the entry a served or stored generation names (`generation_info["semantic_cache"]["key"]`),
+        only in this cache's namespace; True if there was one."""
+        return await self.engine.delete_key(key, namespace=self.engine.config.namespace)
 
     async def aclear(self, **kwargs: Any) -> None:
         """Delete this cache's entries (its namespace); `namespace=...` another one, `namespace=None` all."""
@@ -81,6 +93,10 @@ class SemanticCache(BaseCache):
     def update(self, prompt: str, llm_string: str, return_val: Sequence[Generation]) -> None:
         """Sync `aupdate`."""
         run_sync(self.aupdate(prompt, llm_string, return_val))
+
+    def delete_key(self, key: str) -> bool:
+        """Sync `adelete_key`."""
+        return run_sync(self.adelete_key(key))
 
     def clear(self, **kwargs: Any) -> None:
         """Sync `aclear`."""

@@ -29,6 +29,7 @@ from langchain_semantic_cache._convert import (
     request_for_messages,
     with_cache_info,
 )
+from langchain_semantic_cache._options import OPTIONS_KEY, call_options, temperature_of_call
 from langchain_semantic_cache.cache import SemanticCache
 from semantic_llm_cache import Computed, Resolution
 from semantic_llm_cache import SemanticCache as CoreSemanticCache
@@ -58,6 +59,11 @@ class SemanticCacheChatModel(BaseChatModel):
     This model is its own cache: LangChain's cache path never runs for it (`cache` is False) nor for the model
     it wraps (`model` is kept as given when its `cache` is False, else as a copy with `cache=False`), so a
     global `set_llm_cache` never stores an answer a second time.
+
+    Per call, `cache_options` (a call keyword, or `.bind(cache_options=...)`) takes the engine's per-call options
+    and never reaches the model: `chat.invoke(messages, cache_options={"threshold": 0.97, "ttl": 600})`, or
+    `{"bypass": True}`, `{"refresh": True}`, `{"where": {"doc_version": 3}}`. The engine's temperature policy
+    reads the call's (or the model's) `temperature`.
     """
 
     model: BaseChatModel
@@ -138,6 +144,7 @@ class SemanticCacheChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        options = self._options(kwargs)
         request = self._request(messages, stop, kwargs)
         if request is None:
             return ChatResult(generations=self._call_model(messages, stop, kwargs))
@@ -148,7 +155,7 @@ class SemanticCacheChatModel(BaseChatModel):
             return encode_chat_answer(answer)
 
         resolution = self.semantic_cache.engine.resolve_sync(
-            request.question, call_model, request.scope, decode=decode_chat_answer
+            request.question, call_model, request.scope, decode=decode_chat_answer, **options
         )
         return _result(resolution, answer, request.question)
 
@@ -159,6 +166,7 @@ class SemanticCacheChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        options = self._options(kwargs)
         request = self._request(messages, stop, kwargs)
         if request is None:
             return ChatResult(generations=await self._acall_model(messages, stop, kwargs))
@@ -169,7 +177,7 @@ class SemanticCacheChatModel(BaseChatModel):
             return encode_chat_answer(answer)
 
         resolution = await self.semantic_cache.engine.resolve(
-            request.question, call_model, request.scope, decode=decode_chat_answer
+            request.question, call_model, request.scope, decode=decode_chat_answer, **options
         )
         return _result(resolution, answer, request.question)
 
@@ -182,6 +190,7 @@ class SemanticCacheChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        options = self._options(kwargs)
         request = self._request(messages, stop, kwargs)
         if request is None:
             for chunk in self._model_stream(messages, stop, kwargs):
@@ -193,6 +202,7 @@ class SemanticCacheChatModel(BaseChatModel):
             request.scope,
             assemble=assemble_stream,
             replay=replay_stream,
+            **options,
         )
         info = stream.resolution.info(request.question)
         ended = False
@@ -213,6 +223,7 @@ class SemanticCacheChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        options = self._options(kwargs)
         request = self._request(messages, stop, kwargs)
         if request is None:
             async for chunk in self._model_astream(messages, stop, kwargs):
@@ -224,6 +235,7 @@ class SemanticCacheChatModel(BaseChatModel):
             request.scope,
             assemble=assemble_stream,
             replay=replay_stream,
+            **options,
         )
         info = stream.resolution.info(request.question)
         ended = False
@@ -261,6 +273,11 @@ class SemanticCacheChatModel(BaseChatModel):
         async for message in self.model.astream(messages, _inner_config(), stop=stop, **kwargs):
             for chunk in as_chunks(message):
                 yield chunk
+
+    def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Take the call's `cache_options` out of `kwargs` (the model never sees them) as `resolve` options."""
+        raw = kwargs.pop(OPTIONS_KEY, None)
+        return call_options(self.semantic_cache.engine, raw, temperature_of_call(self.model, kwargs))
 
     def _request(
         self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]

@@ -34,6 +34,7 @@ from langchain_semantic_cache._convert import (
     replay_output,
     runnable_serialization,
 )
+from langchain_semantic_cache._options import OPTIONS_KEY, call_options
 from langchain_semantic_cache.cache import SemanticCache
 from semantic_llm_cache import Computed, InvalidInputError, Resolution, Scope
 from semantic_llm_cache import SemanticCache as CoreSemanticCache
@@ -57,6 +58,9 @@ class SemanticCacheRunnable(RunnableSerializable[dict[str, Any], Output]):
     form (a Document's page_content and metadata; a message's role, content, name, tool calls and results, not
     ids or response/usage metadata), the values of the chain's configurable fields given in the config
     (`config["configurable"]`), any call keyword arguments, and `namespace` (the tenant).
+
+    Per call, `config={"configurable": {"cache_options": {...}}}` takes the engine's per-call options
+    (`threshold`, `bypass`, `refresh`, `ttl`, `where`), e.g. `{"refresh": True}` after the documents changed.
 
     The chain's identity is its LangChain serialization (`dumpd`) when every part of it is serializable (a
     prompt, a chat model of a provider package, an output parser), plus `name` when given. A chain with parts
@@ -173,7 +177,7 @@ class SemanticCacheRunnable(RunnableSerializable[dict[str, Any], Output]):
             return encode_output(answer[0])
 
         resolution = self.semantic_cache.engine.resolve_sync(
-            request.question, run_chain, request.scope, decode=decode_output
+            request.question, run_chain, request.scope, decode=decode_output, **self._options(config)
         )
         info = resolution.info(request.question)
         dispatch_custom_event(CACHE_METADATA_KEY, info, config=child)
@@ -197,7 +201,7 @@ class SemanticCacheRunnable(RunnableSerializable[dict[str, Any], Output]):
             return encode_output(answer[0])
 
         resolution = await self.semantic_cache.engine.resolve(
-            request.question, run_chain, request.scope, decode=decode_output
+            request.question, run_chain, request.scope, decode=decode_output, **self._options(config)
         )
         info = resolution.info(request.question)
         await adispatch_custom_event(CACHE_METADATA_KEY, info, config=child)
@@ -237,6 +241,7 @@ class SemanticCacheRunnable(RunnableSerializable[dict[str, Any], Output]):
             request.scope,
             assemble=assemble_output,
             replay=replay_output,
+            **self._options(config),
         )
         info = stream.resolution.info(request.question)
         dispatch_custom_event(CACHE_METADATA_KEY, info, config=config)
@@ -272,6 +277,7 @@ class SemanticCacheRunnable(RunnableSerializable[dict[str, Any], Output]):
             request.scope,
             assemble=assemble_output,
             replay=replay_output,
+            **self._options(config),
         )
         info = stream.resolution.info(request.question)
         await adispatch_custom_event(CACHE_METADATA_KEY, info, config=config)
@@ -289,6 +295,11 @@ class SemanticCacheRunnable(RunnableSerializable[dict[str, Any], Output]):
             yield cast("Output", info_chunk(info))
 
     # -- the request ----------------------------------------------------------------------------------------
+
+    def _options(self, config: RunnableConfig) -> dict[str, Any]:
+        """`config["configurable"]["cache_options"]`: this call's options for the engine (never in the partition)."""
+        raw = (config.get("configurable") or {}).get(OPTIONS_KEY)
+        return call_options(self.semantic_cache.engine, raw, None)
 
     def _request(self, input: Any, config: RunnableConfig, kwargs: Mapping[str, Any]) -> CacheRequest | None:
         """The question and the partition of a call; None (with a warning, once per reason) to run the chain

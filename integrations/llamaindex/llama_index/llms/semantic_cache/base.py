@@ -40,6 +40,7 @@ from llama_index.llms.semantic_cache._keys import Bypass, Request, TemplateKey, 
 from llama_index.llms.semantic_cache.events import bypass_info, cache_event
 
 from semantic_llm_cache import Computed, ConfigurationError, InvalidInputError, SemanticCache
+from semantic_llm_cache.call_options import resolve_options
 
 if TYPE_CHECKING:
     from llama_index.core.chat_engine.types import AgentChatResponse
@@ -62,6 +63,10 @@ _FORMATTING_FIELDS = (
 )
 
 
+OPTIONS_KEY = "cache_options"
+"""The call keyword holding per-call cache options (`threshold`, `bypass`, `refresh`, `ttl`, `where`)."""
+
+
 class SemanticCacheLLM(LLM):
     """A LlamaIndex LLM that serves the wrapped LLM's earlier answers to prompts that mean the same.
 
@@ -79,6 +84,11 @@ class SemanticCacheLLM(LLM):
 
     The engine (`SemanticCache.resolve*`) does the looking up, single-flight, storing and error handling; this
     class only translates LlamaIndex calls and responses to and from it.
+
+    Per call, the keyword `cache_options` takes the engine's per-call options and never reaches the wrapped LLM
+    nor the partition: `llm.complete(prompt, cache_options={"threshold": 0.97})`, `{"bypass": True}`,
+    `{"refresh": True}`, `{"ttl": 600}`, `{"where": {"doc_version": 3}}`. The cache's temperature policy reads
+    the call's (or the wrapped LLM's) `temperature`. `delete_key(key)` deletes the entry a response names.
     """
 
     llm: SerializeAsAny[LLM] = Field(description="The LLM whose answers are cached.")
@@ -145,43 +155,52 @@ class SemanticCacheLLM(LLM):
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        options = self._options(kwargs)
         call = partial(self.llm.complete, prompt, formatted=formatted, **kwargs)
-        return self._serve("complete", *self._completion_request(prompt, formatted, kwargs), call)
+        return self._serve("complete", *self._completion_request(prompt, formatted, kwargs), call, options)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        options = self._options(kwargs)
         call = partial(self.llm.acomplete, prompt, formatted=formatted, **kwargs)
-        return await self._aserve("acomplete", *self._completion_request(prompt, formatted, kwargs), call)
+        return await self._aserve("acomplete", *self._completion_request(prompt, formatted, kwargs), call, options)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        options = self._options(kwargs)
         call = partial(self.llm.stream_complete, prompt, formatted=formatted, **kwargs)
-        return self._stream("stream_complete", *self._completion_request(prompt, formatted, kwargs), call)
+        return self._stream("stream_complete", *self._completion_request(prompt, formatted, kwargs), call, options)
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        options = self._options(kwargs)
         call = partial(self.llm.astream_complete, prompt, formatted=formatted, **kwargs)
-        return await self._astream("astream_complete", *self._completion_request(prompt, formatted, kwargs), call)
+        request, codec = self._completion_request(prompt, formatted, kwargs)
+        return await self._astream("astream_complete", request, codec, call, options)
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        options = self._options(kwargs)
         call = partial(self.llm.chat, messages, **kwargs)
-        return self._serve("chat", self._chat_request(messages, kwargs), CHAT, call)
+        return self._serve("chat", self._chat_request(messages, kwargs), CHAT, call, options)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        options = self._options(kwargs)
         call = partial(self.llm.achat, messages, **kwargs)
-        return await self._aserve("achat", self._chat_request(messages, kwargs), CHAT, call)
+        return await self._aserve("achat", self._chat_request(messages, kwargs), CHAT, call, options)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        options = self._options(kwargs)
         call = partial(self.llm.stream_chat, messages, **kwargs)
-        return self._stream("stream_chat", self._chat_request(messages, kwargs), CHAT, call)
+        return self._stream("stream_chat", self._chat_request(messages, kwargs), CHAT, call, options)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        options = self._options(kwargs)
         call = partial(self.llm.astream_chat, messages, **kwargs)
-        return await self._astream("astream_chat", self._chat_request(messages, kwargs), CHAT, call)
+        return await self._astream("astream_chat", self._chat_request(messages, kwargs), CHAT, call, options)
 
     # -- prompt templates: key by the question, match the rest exactly ----------------------------------
 
@@ -314,6 +333,22 @@ class SemanticCacheLLM(LLM):
             return None
         return TemplateKey(id(self), question, {"prompt": masked_prompt}, prompt=formatted)
 
+    def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Take the call's `cache_options` out of `kwargs` (the LLM never sees them) as `resolve` options."""
+        raw = kwargs.pop(OPTIONS_KEY, None)
+        temperature = kwargs["temperature"] if "temperature" in kwargs else getattr(self.llm, "temperature", None)
+        number = temperature if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) else None
+        return resolve_options(raw, self.cache.temperature_options(None if number is None else float(number)))
+
+    def delete_key(self, key: str) -> bool:
+        """Delete the entry a response names (`additional_kwargs["semantic_cache"]["key"]`) in this wrapper's
+        namespace; True if there was one."""
+        return self.cache.delete_key_sync(key, namespace=self.namespace or self.cache.config.namespace)
+
+    async def adelete_key(self, key: str) -> bool:
+        """Async `delete_key`."""
+        return await self.cache.delete_key(key, namespace=self.namespace or self.cache.config.namespace)
+
     def _completion_request(
         self, prompt: str, formatted: bool, kwargs: dict[str, Any]
     ) -> tuple[Request | Bypass, Codec[CompletionResponse]]:
@@ -346,7 +381,9 @@ class SemanticCacheLLM(LLM):
 
     # -- serving: the engine resolves; this only translates -------------------------------------------
 
-    def _serve(self, method: str, request: Request | Bypass, codec: Codec[R], call: Callable[[], R]) -> R:
+    def _serve(
+        self, method: str, request: Request | Bypass, codec: Codec[R], call: Callable[[], R], options: dict[str, Any]
+    ) -> R:
         if isinstance(request, Bypass):
             return _delivered(method, call(), bypass_info(request.reason))
         answered: list[R] = []
@@ -355,12 +392,19 @@ class SemanticCacheLLM(LLM):
             answered.append(call())
             return codec.computed(answered[0])
 
-        resolution = self.cache.resolve_sync(request.prompt, compute, request.scope, ttl=self.ttl, decode=codec.decode)
+        resolution = self.cache.resolve_sync(
+            request.prompt, compute, request.scope, decode=codec.decode, **{"ttl": self.ttl, **options}
+        )
         response = answered[0] if resolution.computed else resolution.response
         return _delivered(method, response, resolution.info(request.prompt))
 
     async def _aserve(
-        self, method: str, request: Request | Bypass, codec: Codec[R], call: Callable[[], Awaitable[R]]
+        self,
+        method: str,
+        request: Request | Bypass,
+        codec: Codec[R],
+        call: Callable[[], Awaitable[R]],
+        options: dict[str, Any],
     ) -> R:
         if isinstance(request, Bypass):
             return _delivered(method, await call(), bypass_info(request.reason))
@@ -370,12 +414,19 @@ class SemanticCacheLLM(LLM):
             answered.append(await call())
             return codec.computed(answered[0])
 
-        resolution = await self.cache.resolve(request.prompt, compute, request.scope, ttl=self.ttl, decode=codec.decode)
+        resolution = await self.cache.resolve(
+            request.prompt, compute, request.scope, decode=codec.decode, **{"ttl": self.ttl, **options}
+        )
         response = answered[0] if resolution.computed else resolution.response
         return _delivered(method, response, resolution.info(request.prompt))
 
     def _stream(
-        self, method: str, request: Request | Bypass, codec: Codec[R], open_stream: Callable[[], Iterable[R]]
+        self,
+        method: str,
+        request: Request | Bypass,
+        codec: Codec[R],
+        open_stream: Callable[[], Iterable[R]],
+        options: dict[str, Any],
     ) -> Generator[R, None, None]:
         if isinstance(request, Bypass):
             info = bypass_info(request.reason)
@@ -389,7 +440,7 @@ class SemanticCacheLLM(LLM):
             request.scope,
             assemble=codec.assemble,
             replay=codec.replay,
-            ttl=self.ttl,
+            **{"ttl": self.ttl, **options},
         )
         info = stream.resolution.info(request.prompt)
         dispatcher.event(cache_event(method, info))
@@ -401,13 +452,19 @@ class SemanticCacheLLM(LLM):
         request: Request | Bypass,
         codec: Codec[R],
         open_stream: Callable[[], Awaitable[AsyncIterator[R]]],
+        options: dict[str, Any],
     ) -> AsyncGenerator[R, None]:
         if isinstance(request, Bypass):
             info = bypass_info(request.reason)
             dispatcher.event(cache_event(method, info))
             return _atagged(await open_stream(), info)
         stream = await self.cache.resolve_stream(  # opened in this call's context, as in _stream
-            request.prompt, open_stream, request.scope, assemble=codec.assemble, replay=codec.replay, ttl=self.ttl
+            request.prompt,
+            open_stream,
+            request.scope,
+            assemble=codec.assemble,
+            replay=codec.replay,
+            **{"ttl": self.ttl, **options},
         )
         info = stream.resolution.info(request.prompt)
         dispatcher.event(cache_event(method, info))
