@@ -90,6 +90,10 @@ def _labelled(name: str) -> tuple[str, str]:
 
 
 def _circuits(cache: SemanticCache) -> dict[str, str]:
+    """Each component's circuit breaker state (thread-safe reads, no I/O)."""
+    public = getattr(cache, "circuit_states", None)
+    if callable(public):
+        return {str(component): str(state) for component, state in public().items()}
     breakers: dict[str, Any] = getattr(cache, "_breakers", {})
     return {component: str(breaker.state) for component, breaker in breakers.items()}
 

@@ -214,6 +214,17 @@ def test_a_prefix_taken_by_another_collector_is_a_clear_error() -> None:
     assert scrape(registry)[("llm_cache_misses_total", frozenset({("cache", "default")}))] == 0
 
 
+def test_circuit_states_come_from_a_public_accessor_when_the_engine_has_one() -> None:
+    cache = new_cache()
+    cache.circuit_states = lambda: {"backend": "half-open", "embedder": "closed"}  # type: ignore[attr-defined]
+    registry = CollectorRegistry()
+    register_prometheus(cache, registry)
+    samples = scrape(registry)
+    state = frozenset({("cache", "default"), ("component", "backend")})
+    assert samples[("semantic_llm_cache_circuit_state", state | {("state", "half-open")})] == 1
+    assert samples[("semantic_llm_cache_circuit_state", state | {("state", "closed")})] == 0
+
+
 def test_the_default_registry_is_prometheus_clients() -> None:
     cache = new_cache("metrics-default-registry")
     collector = register_prometheus(cache)
