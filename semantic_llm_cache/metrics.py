@@ -19,6 +19,7 @@ reasons become label values: return a small fixed set of them.
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 PREFIX = "semantic_llm_cache"
 _INSTALL = "pip install 'async-semantic-llm-cache[{extra}]'"
 _CIRCUIT_STATES = ("closed", "open", "half-open")
+_logger = logging.getLogger("semantic_llm_cache")
 _SUMS = frozenset({"errors", "never_cache_refusals"})  # totals of labelled counters: not exported twice
 
 
@@ -268,9 +270,15 @@ class OpenTelemetryMetrics:
         for family in _empty_families():
             create = meter.create_observable_counter if family.kind == "counter" else meter.create_observable_gauge
             create(f"{prefix}.{family.name}", [self._callback(family.name)], family.unit, family.description)
-        self._histogram: Histogram = meter.create_histogram(
-            f"{prefix}.lookup.duration", "s", "Lookup latency", explicit_bucket_boundaries_advisory=LOOKUP_BUCKETS
-        )
+        name, description = f"{prefix}.lookup.duration", "Lookup latency"
+        try:
+            self._histogram: Histogram = meter.create_histogram(
+                name, "s", description, explicit_bucket_boundaries_advisory=LOOKUP_BUCKETS
+            )
+        except TypeError:  # opentelemetry-api < 1.30 cannot advise boundaries: the SDK's defaults suit milliseconds
+            _logger.warning("semantic cache: opentelemetry-api < 1.30: %s uses the SDK's default buckets (upgrade, "
+                            "or add a View with ExplicitBucketHistogramAggregation(LOOKUP_BUCKETS))", name)  # fmt: skip
+            self._histogram = meter.create_histogram(name, "s", description)
 
     def add(self, cache: SemanticCache, name: str | None = None) -> str:
         """Export `cache` with attribute `cache=name` (default: its namespace); returns the name. Its lookups
