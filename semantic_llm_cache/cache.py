@@ -965,9 +965,13 @@ class SemanticCache:
         """The engine's counters, the state of its circuit breakers and the backend's statistics."""
         with self._budget():
             backend_stats = await self._guarded(self.backend.get_stats(), "backend", default={})
-        circuits = {name: breaker.state for name, breaker in self._breakers.items()}
+        circuits = self.circuit_states()
         return {**self.stats.snapshot(), "threshold": self.config.threshold, "embedder": self.embedder.name,
                 "circuits": circuits, "backend": backend_stats}  # fmt: skip
+
+    def circuit_states(self) -> dict[str, str]:
+        """Each component's circuit breaker state ("closed", "open", "half-open"): thread-safe, no I/O."""
+        return {name: breaker.state for name, breaker in self._breakers.items()}
 
     async def warmup(self) -> None:
         """Load the embedding model now (it otherwise loads on first use), without the call timeout."""
