@@ -12,11 +12,13 @@ from semantic_llm_cache.errors import (
     EmbeddingError,
     InvalidInputError,
     SemanticCacheError,
+    VerifierError,
 )
 from semantic_llm_cache.results import CacheHit, Computed, Resolution
 from semantic_llm_cache.scope import Scope
 from semantic_llm_cache.storage import StorageBackend
 from semantic_llm_cache.temperature import NeverAbove, ServeAlways, SkipByTemperature, TemperaturePolicy
+from semantic_llm_cache.verifiers import CallableVerifier, Candidate, Verdict, Verifier
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,8 @@ __all__ = [
     "CacheEntry",
     "CacheHit",
     "CallableEmbedder",
+    "CallableVerifier",
+    "Candidate",
     "Computed",
     "ConfigurationError",
     "Embedder",
@@ -45,6 +49,9 @@ __all__ = [
     "SkipByTemperature",
     "StorageBackend",
     "TemperaturePolicy",
+    "Verdict",
+    "Verifier",
+    "VerifierError",
     "__version__",
     "as_embedder",
     "cached",

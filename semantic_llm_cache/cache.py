@@ -36,6 +36,7 @@ from semantic_llm_cache.errors import (
     EmbeddingError,
     InvalidInputError,
     SemanticCacheError,
+    VerifierError,
 )
 from semantic_llm_cache.flights import LEADER_GONE, Flights, Ticket, wait_async
 from semantic_llm_cache.guard import guard_refusal
@@ -48,6 +49,7 @@ from semantic_llm_cache.stats import CacheStats
 from semantic_llm_cache.storage import StorageBackend
 from semantic_llm_cache.temperature import ServeAlways, TemperaturePolicy, temperature_of
 from semantic_llm_cache.values import check_json_value, check_text, shown
+from semantic_llm_cache.verifiers import Candidate, Verifier, as_verifier, run_verifier
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
@@ -269,6 +271,7 @@ class SemanticCache:
         encryption_key: KeyMaterial | Sequence[KeyMaterial] | None = None,
         never_cache: Callable[[str, Any], Any] | Literal[False] | None = _DEFAULT_NEVER_CACHE,
         temperature_policy: TemperaturePolicy | None = None,
+        verifiers: Sequence[Verifier | Callable[[str, str, float], Any]] | None = None,
     ) -> None:
         overrides: dict[str, Any] = {
             "threshold": threshold,
@@ -298,6 +301,7 @@ class SemanticCache:
         if never_cache not in (None, False) and not callable(never_cache):
             raise ConfigurationError("never_cache must be a callable (prompt, response) -> reason or None, or False")
         self._never_cache = never_cache or None
+        self.verifiers: list[Verifier] = [as_verifier(verifier) for verifier in verifiers or ()]
         self.temperature_policy: TemperaturePolicy = temperature_policy or ServeAlways()
         if not callable(getattr(self.temperature_policy, "skips", None)) or not hasattr(
             self.temperature_policy, "stores_skipped"
@@ -1207,6 +1211,7 @@ class SemanticCache:
         matches = await self._guarded(
             self.backend.find_nearest(vector, threshold, candidates, partition=partition), "backend", default=[]
         )
+        survivors: list[tuple[str, CacheEntry, float]] = []
         for match_key, sealed_match, raw_similarity in matches:
             match = self._readable(match_key, sealed_match)
             if match is None:
@@ -1226,8 +1231,42 @@ class SemanticCache:
             if refusal is not None:
                 self.stats.count(refusal)
                 continue
-            return await self._served(match_key, match, similarity, "semantic"), vector
-        return None, vector
+            if not self.verifiers:
+                return await self._served(match_key, match, similarity, "semantic"), vector
+            survivors.append((match_key, match, similarity))
+        chosen = await self._verified(text, survivors)
+        if chosen is None:
+            return None, vector
+        return await self._served(*chosen, "semantic"), vector
+
+    async def _verified(
+        self, query: str, survivors: list[tuple[str, CacheEntry, float]]
+    ) -> tuple[str, CacheEntry, float] | None:
+        """The most similar candidate every verifier accepts (each sees the batch the ones before it left)."""
+        for verifier in self.verifiers:
+            if not survivors:
+                return None
+            batch = [Candidate(query, entry.prompt, similarity, entry.response, entry.metadata)
+                     for _, entry, similarity in survivors]  # fmt: skip
+            try:
+                verdicts = await run_verifier(verifier, batch)
+            except Exception as exc:
+                self.stats.count("verifier_errors")
+                if self.config.on_error == "raise":
+                    raise VerifierError(f"verifier {verifier.name} failed: {type(exc).__name__}: {exc}") from exc
+                self._failures.warning(
+                    f"verifier:{verifier.name}",
+                    "semantic cache: verifier %s failed (%s: %s); its candidates are not served",
+                    verifier.name,
+                    type(exc).__name__,
+                    exc,
+                )
+                return None
+            refused = sum(not verdict.accept for verdict in verdicts)
+            if refused:
+                self.stats.count("verifier_refusals", refused)
+            survivors = [survivor for survivor, verdict in zip(survivors, verdicts, strict=True) if verdict.accept]
+        return survivors[0] if survivors else None
 
     async def _refusal(self, query: str, candidate: str, threshold: float) -> str | None:
         """Why a candidate above the threshold must not be served (the counter to add), or None to serve it.

@@ -21,3 +21,7 @@ class CacheBackendError(SemanticCacheError):
 
 class EmbeddingError(SemanticCacheError):
     """The embedder failed or returned vectors of the wrong shape or with non-finite values."""
+
+
+class VerifierError(SemanticCacheError):
+    """A verifier failed or ran out of time (raised only with on_error="raise"; otherwise the call misses)."""
