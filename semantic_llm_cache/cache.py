@@ -815,13 +815,13 @@ class SemanticCache:
 
     def _with_temperature(self, options: CallOptions, scope: Scope | None) -> CallOptions:
         """The call's options once the temperature policy has had its say on its `Scope.params` temperature."""
-        forced = self.temperature_options(None if scope is None else temperature_of(scope.params))
+        forced = self.temperature_options(temperature_of(scope.params) if isinstance(scope, Scope) else None)
         if not forced or options.bypass:
             return options
         return dataclasses.replace(options, bypass=forced.get("bypass", False), refresh=forced.get("refresh", False))
 
     def _skips_by_temperature(self, scope: Scope | None) -> bool:
-        return self.skips_by_temperature(None if scope is None else temperature_of(scope.params))
+        return self.skips_by_temperature(temperature_of(scope.params) if isinstance(scope, Scope) else None)
 
     def skips_by_temperature(self, temperature: float | None) -> bool:
         """True (counted as `temperature_skips`) when the temperature policy keeps a call sampled at
