@@ -180,9 +180,30 @@ def _open_backend(url: str, *, must_exist: bool) -> StorageBackend:
     return backend_from_url(url, **options)
 
 
-def _note_if_ephemeral(url: str) -> None:
-    if url.lower().startswith("memory://"):
-        _status().print("note: a memory:// backend lives only inside this process; its entries go when it exits")
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    """`number` and the noun agreeing with it: "no entries", "1 entry", "2 entries"."""
+    noun = singular if number == 1 else (plural or singular + "s")
+    return f"{'no' if number == 0 else number} {noun}"
+
+
+def _entries(number: int) -> str:
+    return _count(number, "entry", "entries")
+
+
+_KEEP_IT = "to keep entries between commands, use sqlite:///path/to/cache.db or redis://host:6379/0"
+
+
+def _note_if_ephemeral(url: str, *, wrote: bool) -> None:
+    """Each command is a new process, so a memory:// store neither keeps what it writes nor sees earlier writes."""
+    if not url.lower().startswith("memory://"):
+        return
+    if wrote:
+        note = "note: memory:// lives only inside this command: what it wrote vanishes when the command exits; "
+    else:
+        note = (
+            "note: memory:// is a new, empty store in each command, so it never holds what an earlier command stored; "
+        )
+    typer.echo(note + _KEEP_IT, err=True)
 
 
 async def _using(url: str, must_exist: bool, work: Callable[[StorageBackend], Awaitable[T]]) -> T:
@@ -330,6 +351,7 @@ def stats(
 ) -> None:
     """Show the backend's statistics: size, partitions, evictions, file size..."""
     values = _run(_using(url, True, lambda backend: backend.get_stats()))
+    _note_if_ephemeral(url, wrote=False)
     if as_json:
         typer.echo(json.dumps(values, default=str))
         return
@@ -352,30 +374,38 @@ def inspect(
     namespace: NamespaceOption = None,
     limit: Annotated[int, typer.Option("--limit", "-l", min=1, help="Show at most this many entries.")] = 20,
 ) -> None:
-    """List entries, newest first: prompt, namespace, partition, age, hits and expiry."""
+    """List entries, newest first: key, prompt, namespace, age, hits and expiry.
+
+    The key (partition id, a colon, then a hash of the prompt) is what `delete` takes.
+    """
     _check_namespace(namespace)
     entries = _run(_using(url, True, lambda backend: backend.iterate(namespace)))
     entries.sort(key=lambda item: item[1].created_at, reverse=True)
     now = time.time()
     where = f" in namespace {namespace!r}" if namespace else ""
-    table = Table(title=f"{min(limit, len(entries))} of {len(entries)} entries{where}, newest first")
+    if not entries:
+        _out().print(f"no entries{where} in {_plain(url)}")
+        _note_if_ephemeral(url, wrote=False)
+        return
+    table = Table(title=f"{min(limit, len(entries))} of {_entries(len(entries))}{where}, newest first")
+    table.add_column("key", overflow="fold")  # whole (folded on a narrow terminal): it is what `delete` takes
     table.add_column("prompt", overflow="ellipsis", no_wrap=True, max_width=60)
     table.add_column("namespace", no_wrap=True)
-    table.add_column("partition", no_wrap=True)
     table.add_column("age", justify="right")
     table.add_column("hits", justify="right")
     table.add_column("expires", justify="right", no_wrap=True)
-    for _key, entry in entries[:limit]:
+    for key, entry in entries[:limit]:
         remaining = entry.ttl_remaining(now)
         table.add_row(
+            key,
             entry.prompt,
             entry.namespace,
-            entry.partition_id[:12],
             _human_seconds(max(0.0, now - entry.created_at)),
             str(entry.hits),
             "never" if remaining is None else f"in {_human_seconds(remaining)}",
         )
     _out().print(table)
+    _note_if_ephemeral(url, wrote=False)
 
 
 # -- clear -----------------------------------------------------------------------------------------------
@@ -396,7 +426,7 @@ def clear(
         count = len(await backend.iterate(namespace)) if namespace else int((await backend.get_stats())["size"])
         if count == 0:
             return 0
-        what = f"{count} entries" + (f" of namespace {namespace!r}" if namespace else "")
+        what = _entries(count) + (f" of namespace {namespace!r}" if namespace else "")
         if not yes:
             try:
                 confirmed = typer.confirm(f"Delete {what} from {url}?", default=False)
@@ -408,7 +438,76 @@ def clear(
         return count
 
     deleted = _run(_using(url, True, work))
-    _out().print(f"deleted {deleted} entries" + (f" of namespace {namespace!r}" if namespace else ""))
+    of_namespace = f" of namespace {namespace!r}" if namespace else ""
+    if deleted:
+        _out().print(f"deleted {_entries(deleted)}{of_namespace}")
+    else:
+        _out().print(f"nothing to delete: no entries{of_namespace} in {_plain(url)}")
+    _note_if_ephemeral(url, wrote=False)
+
+
+# -- delete ----------------------------------------------------------------------------------------------
+
+
+class _NoEmbedder:
+    """`delete` embeds nothing: an embedder that says so if it is ever called (it never loads a model)."""
+
+    name = "none"
+    dimension = None
+
+    async def embed(self, texts: Sequence[str]) -> Matrix:
+        raise UserError("delete embeds nothing")  # pragma: no cover - delete_key never embeds
+
+
+@app.command()
+@_one_line_errors
+def delete(
+    url: UrlArgument,
+    keys: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="KEY...",
+            help="Keys of the entries to delete, as `inspect` lists them (and as every hit carries: CacheHit.key).",
+            show_default=False,
+        ),
+    ],
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--namespace", "-n", metavar="NAME", help="Delete a key only if its entry belongs to this namespace."
+        ),
+    ] = None,
+) -> None:
+    """Delete entries by key; prints "deleted" or "not found" for each key.
+
+    Exit code 0 if every key was deleted, 1 if any was not found (nothing else is changed either way).
+    """
+    from semantic_llm_cache.cache import SemanticCache
+
+    _check_namespace(namespace)
+    for key in keys:
+        if not key.strip():
+            raise UserError(f"a key must be non-empty text (as `inspect` lists them), got {key!r}")
+
+    async def work() -> list[tuple[str, bool]]:
+        backend = _open_backend(url, must_exist=True)
+        async with SemanticCache(backend=backend, embedder=_NoEmbedder(), on_error="raise") as cache:
+            return [(key, await cache.delete_key(key, namespace=namespace)) for key in dict.fromkeys(keys)]
+
+    outcomes = _run(work())
+    out = _out()
+    of_namespace = f" in namespace {namespace!r}" if namespace else ""
+    for key, deleted in outcomes:
+        out.print(f"deleted {_plain(key)}" if deleted else f"not found{of_namespace}: {_plain(key)}")
+    missing = sum(not deleted for _key, deleted in outcomes)
+    _note_if_ephemeral(url, wrote=False)
+    if missing:
+        typer.echo(
+            f"{_entries(len(outcomes) - missing)} deleted; "
+            f"{_count(missing, 'key')} not found{of_namespace} (see `inspect {_plain(url)}` for the keys)",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 # -- calibrate -------------------------------------------------------------------------------------------
@@ -526,7 +625,7 @@ def calibrate(
         from semantic_llm_cache.embeddings.adapters import as_embedder
 
         with _progress() as progress:
-            task = progress.add_task(f"embedding {len(pairs)} pairs", total=None)
+            task = progress.add_task(f"embedding {_count(len(pairs), 'pair')}", total=None)
 
             def advance(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
@@ -537,7 +636,9 @@ def calibrate(
     recommended = {guard: report.recommend(target_precision, guard=guard) for guard in (True, False)}
     shown = {row.threshold for row in report.rows if abs(row.threshold / step - round(row.threshold / step)) < 1e-6}
     shown |= {row.threshold for row in recommended.values() if row is not None}
-    sample = f"{report.pairs} pairs ({report.positives} same meaning), {report.stored} stored prompts"
+    sample = (
+        f"{_count(report.pairs, 'pair')} ({report.positives} same meaning), {_count(report.stored, 'stored prompt')}"
+    )
     table = Table(title=f"{sample}, {report.embedder}")
     table.add_column("threshold", justify="right")
     for guard_name in ("guard off", "guard on"):
@@ -718,15 +819,16 @@ def warm(
             await cache.close()
         if failures:
             raise UserError(
-                f"stored {stored} of {len(latest)} entries, then failed: {_described(failures[0])}; "
+                f"stored {stored} of {_entries(len(latest))}, then failed: {_described(failures[0])}; "
                 "running warm again is safe: it replaces the same entries"
             )
         return len(records), stored
 
     count, stored = _run(work())
     repeated = f" ({count - stored} repeated an earlier prompt: the last one was kept)" if stored < count else ""
-    _out().print(f"stored {stored} entries from {count} records in {_plain(url)}{repeated}")
-    _note_if_ephemeral(url)
+    entries = _entries(stored)
+    _out().print(f"stored {entries} from {_count(count, 'record')} in {_plain(url)}{repeated}")
+    _note_if_ephemeral(url, wrote=True)
 
 
 # -- export / import -------------------------------------------------------------------------------------
@@ -821,6 +923,7 @@ def export(
     if to_stdout:
         sys.stdout.write("".join(lines))
         sys.stdout.flush()
+        _note_if_ephemeral(url, wrote=False)
         return
     partial = output.with_name(output.name + ".partial")
     try:
@@ -832,7 +935,8 @@ def export(
             partial.unlink(missing_ok=True)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise UserError(f"cannot write {output}: {reason}; nothing was exported") from exc
-    _status().print(f"exported {len(lines)} entries to {_plain(output)}")
+    _status().print(f"exported {_entries(len(lines))} to {_plain(output)}")
+    _note_if_ephemeral(url, wrote=False)
 
 
 @app.command("import")
@@ -864,7 +968,7 @@ def import_entries(
                     progress.advance(task)
         except Exception as exc:  # the backend's errors, or a bug: either way, say how far the import got
             raise UserError(
-                f"{source} line {line_number}: failed after importing {imported} of {len(entries)} entries "
+                f"{source} line {line_number}: failed after importing {imported} of {_entries(len(entries))} "
                 f"(every line before it is in the cache, none after): {_described(exc)}"
             ) from exc
         finally:
@@ -873,5 +977,5 @@ def import_entries(
 
     imported, expired = _run(work())
     skipped = f"; skipped {expired} already expired" if expired else ""
-    _out().print(f"imported {imported} entries into {_plain(url)}{skipped}")
-    _note_if_ephemeral(url)
+    _out().print(f"imported {_entries(imported)} into {_plain(url)}{skipped}")
+    _note_if_ephemeral(url, wrote=True)

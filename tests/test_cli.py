@@ -168,7 +168,7 @@ def test_clear_asks_before_deleting_and_can_keep_to_one_namespace(cache_url: str
     assert confirmed.exit_code == 0 and "deleted 3 entries" in confirmed.stdout
     assert stats_of(cache_url)["size"] == 0
     nothing = run("clear", cache_url)
-    assert nothing.exit_code == 0 and "deleted 0 entries" in nothing.stdout
+    assert nothing.exit_code == 0 and "nothing to delete: no entries" in nothing.stdout
 
 
 def test_warm_keeps_the_last_answer_of_a_repeated_prompt(cache_url: str, tmp_path: Path) -> None:
@@ -343,9 +343,8 @@ def test_import_skips_entries_that_expired_since_the_export(cache_url: str, tmp_
     write_jsonl(backup, lines)
     assert run("clear", cache_url, "--yes").exit_code == 0
     result = run("import", cache_url, str(backup))
-    assert (
-        result.exit_code == 0 and "imported 1 entries" in result.stdout and "skipped 1 already expired" in result.stdout
-    )
+    assert result.exit_code == 0 and "imported 1 entry into" in result.stdout
+    assert "skipped 1 already expired" in result.stdout
     assert stats_of(cache_url)["size"] == 1
 
 
@@ -830,3 +829,67 @@ def test_the_library_pair_loader_is_as_strict_as_the_cli(tmp_path: Path, line: s
     path.write_bytes(b'{"text_a": "caf\xe9", "text_b": "b", "label": 1}\n')
     with pytest.raises(InvalidInputError, match="not UTF-8"):
         load_pairs(path)
+
+
+# -- issue 15: delete by key, memory:// notes, plurals ------------------------------------------------------
+
+
+def test_delete_takes_the_keys_inspect_shows_and_hits_carry(cache_url: str, records_file: Path) -> None:
+    warm(cache_url, records_file)
+    hit = asyncio.run(lookup(cache_url, "how do I reset my password please"))
+    assert hit is not None
+    assert hit.key in run("inspect", cache_url).stdout  # a user finds the key there
+    shop = asyncio.run(lookup(cache_url, "Where is my parcel?", Scope(namespace="shop")))
+    assert shop is not None
+
+    some_missing = run("delete", cache_url, hit.key, "0" * 32 + ":" + "0" * 32)
+    assert some_missing.exit_code == 1, some_missing.output
+    assert f"deleted {hit.key}" in some_missing.stdout and f"not found: {'0' * 32}:" in some_missing.stdout
+    assert "1 entry deleted; 1 key not found" in some_missing.stderr and "Traceback" not in some_missing.output
+    assert asyncio.run(lookup(cache_url, "How do I reset my password?")) is None
+    assert stats_of(cache_url)["size"] == len(RECORDS) - 1
+    again = run("delete", cache_url, hit.key)
+    assert again.exit_code == 1 and f"not found: {hit.key}" in again.stdout
+
+    other_tenant = run("delete", cache_url, shop.key, "--namespace", "default")
+    assert other_tenant.exit_code == 1 and f"not found in namespace 'default': {shop.key}" in other_tenant.stdout
+    assert stats_of(cache_url)["size"] == len(RECORDS) - 1
+    own_tenant = run("delete", cache_url, shop.key, "--namespace", "shop")
+    assert own_tenant.exit_code == 0 and own_tenant.stdout.strip() == f"deleted {shop.key}"
+    assert stats_of(cache_url)["size"] == len(RECORDS) - 2
+
+
+def test_delete_refuses_an_empty_key_and_a_missing_sqlite_file(tmp_path: Path) -> None:
+    assert_one_line_error(run("delete", f"sqlite:///{tmp_path}/none.db", "a:b"), "no SQLite cache at")
+    assert not (tmp_path / "none.db").exists()
+    assert_one_line_error(run("delete", f"sqlite:///{tmp_path}/none.db", " "), "a key must be non-empty")
+    assert run("delete", f"sqlite:///{tmp_path}/none.db").exit_code == 2  # no key: a usage error
+
+
+def test_memory_urls_say_that_nothing_outlives_the_command(records_file: Path) -> None:
+    warmed = run("warm", "memory://", str(records_file), "--embedder", FAKE_EMBEDDER)
+    assert warmed.exit_code == 0 and "vanishes when the command exits" in warmed.stderr
+    assert "sqlite:///path/to/cache.db or redis://" in warmed.stderr
+    for command in (["stats", "memory://"], ["inspect", "memory://"], ["export", "memory://", "-"],
+                    ["clear", "memory://", "--yes"], ["delete", "memory://", "a:b"]):  # fmt: skip
+        result = run(*command)
+        assert "never holds what an earlier command stored" in result.stderr, (command, result.output)
+        assert "sqlite:///path/to/cache.db" in result.stderr
+    assert "no entries in memory://" in run("inspect", "memory://").stdout
+    named = run("stats", f"memory://cli-{uuid.uuid4().hex}")  # memory://NAME too: each command is a new process
+    assert named.exit_code == 0 and "note: memory://" in named.stderr
+
+
+def test_counts_agree_with_their_nouns(tmp_path: Path, records_file: Path) -> None:
+    url = f"sqlite:///{tmp_path}/cache.db"
+    one = write_jsonl(tmp_path / "one.jsonl", RECORDS[:1])
+    assert "stored 1 entry from 1 record in" in warm(url, one).stdout
+    assert "1 of 1 entry, newest first" in run("inspect", url).stdout
+    backup = tmp_path / "backup.jsonl"
+    assert "exported 1 entry to" in run("export", url, str(backup)).stderr
+    assert "deleted 1 entry" in run("clear", url, "--yes").stdout
+    assert "imported 1 entry into" in run("import", url, str(backup)).stdout
+    assert "Delete 1 entry from" in run("clear", url, input="n\n").stdout
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"text_a": "a b", "text_b": "a c", "label": 1}])
+    calibrated = run("calibrate", str(pairs), "--embedder", FAKE_EMBEDDER)
+    assert "1 pair (1 same meaning), 1 stored prompt" in calibrated.stdout, calibrated.output
