@@ -33,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from semantic_llm_cache.backends.url import backend_from_url
+from semantic_llm_cache.calibration import DEFAULT_MIN_HITS
 from semantic_llm_cache.config import MAX_TTL, CacheEntry, validate_ttl
 from semantic_llm_cache.embeddings.adapters import as_embedder
 from semantic_llm_cache.embeddings.base import Embedder, Matrix, normalized_matrix
@@ -43,7 +44,7 @@ from semantic_llm_cache.storage import StorageBackend
 from semantic_llm_cache.values import MAX_JSON_DEPTH, check_json_value, check_text
 
 if TYPE_CHECKING:
-    from semantic_llm_cache.calibration import LabeledPair
+    from semantic_llm_cache.calibration import CalibrationReport, LabeledPair, SweepRow
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,7 +74,15 @@ _MAX_COUNT = 2**63  # hits and tokens are stored as 64-bit integers (SQLite INTE
 
 
 class UserError(Exception):
-    """A mistake the user can fix; printed as one line."""
+    """A mistake the user can fix; printed as one line, then exit with `exit_code`."""
+
+    exit_code = 1
+
+
+class PairsFileError(UserError):
+    """calibrate's pairs file cannot be used (missing, unreadable, or a line that is not a labeled pair)."""
+
+    exit_code = 2
 
 
 # Exceptions that carry click's own exit (typer.Exit, --help, a usage error, an answered prompt): let them through.
@@ -91,10 +100,10 @@ def _plain(text: object) -> str:
     return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, exit_code: int = 1) -> NoReturn:
     one_line = " ".join(_plain(message).split())
     typer.echo(f"error: {one_line}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(exit_code)
 
 
 def _os_error(exc: OSError) -> str:
@@ -114,7 +123,9 @@ def _one_line_errors(command: F) -> F:
             return command(*args, **kwargs)
         except _CLICK_EXITS:
             raise
-        except (UserError, SemanticCacheError) as exc:
+        except UserError as exc:
+            _fail(str(exc), exc.exit_code)
+        except SemanticCacheError as exc:
             _fail(str(exc))
         except OSError as exc:
             _fail(_os_error(exc))
@@ -532,7 +543,10 @@ def parse_pair(path: Path, number: int, line: str) -> LabeledPair:
     where = f"{path} line {number}"
     missing = [name for name in ("text_a", "text_b", "label") if name not in record]
     if missing:
-        raise UserError(f"{where}: missing {', '.join(map(repr, missing))}; each line is {PAIR_FORMAT}")
+        raise UserError(
+            f"{where}: missing {', '.join(map(repr, missing))}; each line needs the fields text_a, text_b and "
+            f"label: {PAIR_FORMAT}"
+        )
     texts = []
     for name in ("text_a", "text_b"):
         text = record[name]
@@ -610,8 +624,25 @@ def calibrate(
     embedder_spec: EmbedderOption = "bundled",
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N pairs.")] = None,
     step: Annotated[float, typer.Option("--step", min=0.005, help="Threshold step of the printed table.")] = 0.02,
+    min_hits: Annotated[
+        int,
+        typer.Option(
+            "--min-hits",
+            min=1,
+            help="Judge a threshold's precision only if it rests on at least this many labeled hits.",
+        ),
+    ] = DEFAULT_MIN_HITS,
 ) -> None:
-    """Sweep thresholds on labeled pairs and recommend the lowest one that meets the target precision."""
+    """Sweep thresholds on labeled pairs and recommend the lowest one that meets the target precision.
+
+    The rule: the lowest threshold whose precision reaches the target and stays at or above it at every stricter
+    threshold, judging only thresholds with at least --min-hits labeled hits (near the top a threshold serves a
+    handful of queries, where one wrong hit would otherwise veto every lower threshold). The table marks
+    precision resting on fewer labeled hits with *, and shows the threshold that stopped the search.
+
+    Exit code 2 if the pairs file cannot be used (missing, not UTF-8 JSON lines, or a line without "text_a",
+    "text_b" and a "label" of 0 or 1; the error names the line), 1 if anything else fails.
+    """
     from semantic_llm_cache.calibration import plot_report, sweep
 
     if not 0.0 <= target_precision <= 1.0:
@@ -620,7 +651,10 @@ def calibrate(
         raise UserError(f"--step must be a number from 0.005 to 1, got {step}")
 
     async def work() -> Any:
-        pairs = load_labeled_pairs(pairs_file, limit=limit)
+        try:
+            pairs = load_labeled_pairs(pairs_file, limit=limit)
+        except UserError as exc:
+            raise PairsFileError(str(exc)) from None
         embedder = load_embedder(embedder_spec)
         from semantic_llm_cache.embeddings.adapters import as_embedder
 
@@ -633,9 +667,10 @@ def calibrate(
             return await sweep(pairs, _CheckedEmbedder(as_embedder(embedder)), progress=advance)
 
     report = _run(work())
-    recommended = {guard: report.recommend(target_precision, guard=guard) for guard in (True, False)}
+    recommended = {guard: report.recommend(target_precision, guard, min_hits) for guard in (True, False)}
+    stopped = {guard: _stopped_at(report, recommended[guard], guard, min_hits) for guard in (True, False)}
     shown = {row.threshold for row in report.rows if abs(row.threshold / step - round(row.threshold / step)) < 1e-6}
-    shown |= {row.threshold for row in recommended.values() if row is not None}
+    shown |= {row.threshold for row in [*recommended.values(), *stopped.values()] if row is not None}
     sample = (
         f"{_count(report.pairs, 'pair')} ({report.positives} same meaning), {_count(report.stored, 'stored prompt')}"
     )
@@ -651,30 +686,55 @@ def calibrate(
         cells = [f"{threshold:.3f}"]
         for guard in (False, True):
             row = by_threshold[threshold][guard]
-            cells += [_fraction(row.hit_rate), _fraction(row.precision) if row.hits else "-", _fraction(row.f1)]
+            precision = _fraction(row.precision) + ("*" if row.labeled_hits < min_hits else "") if row.hits else "-"
+            cells += [_fraction(row.hit_rate), precision, _fraction(row.f1)]
         style = "bold green" if recommended[True] is not None and threshold == recommended[True].threshold else None
         table.add_row(*cells, style=style)
     console = _out()
     console.print(table)
+    console.print(f"* precision resting on fewer than {_count(min_hits, 'labeled hit')}: too few to judge (--min-hits)")
+    console.print(
+        f"rule: the lowest threshold whose precision reaches {target_precision} and stays at or above it at every "
+        f"stricter threshold with at least {_count(min_hits, 'labeled hit')}"
+    )
     for guard in (True, False):
         label = "with the answer guard" if guard else "without the guard"
         chosen = recommended[guard]
         if chosen is None:
-            console.print(f"no threshold reaches precision {target_precision} {label} on this sample")
-        else:
             console.print(
-                f"recommended threshold {label}: {chosen.threshold:.3f} (precision {chosen.precision:.3f}, "
-                f"hit rate {chosen.hit_rate:.3f}, F1 {chosen.f1:.3f}) for target precision {target_precision}"
+                f"no threshold reaches precision {target_precision} {label} on this sample "
+                f"with at least {_count(min_hits, 'labeled hit')}"
             )
+            continue
+        below = stopped[guard]
+        why = (
+            f"; below it, {below.threshold:.3f} has precision {below.precision:.3f} on "
+            f"{_count(below.labeled_hits, 'labeled hit')}"
+            if below is not None
+            else "; every lower threshold reaches it too"
+        )
+        console.print(
+            f"recommended threshold {label}: {chosen.threshold:.3f} (precision {chosen.precision:.3f}, "
+            f"hit rate {chosen.hit_rate:.3f}, F1 {chosen.f1:.3f}) for target precision {target_precision}{why}"
+        )
     if plot is not None:
         try:
-            written = plot_report(report, plot, target_precision)
+            written = plot_report(report, plot, target_precision, min_hits)
         except ImportError as exc:
             _fail(f"--plot needs matplotlib: pip install 'async-semantic-llm-cache[plot]' ({exc})")
         except (OSError, ValueError) as exc:  # ValueError: a file name matplotlib cannot write (no known suffix)
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             _fail(f"cannot write the plot to {plot}: {reason}")
         console.print(f"plot written to {_plain(written)}")
+
+
+def _stopped_at(report: CalibrationReport, chosen: SweepRow | None, guard: bool, min_hits: int) -> SweepRow | None:
+    """The judged threshold just below the recommended one: the first whose precision misses the target."""
+    if chosen is None:
+        return None
+    lower = [row for row in report.rows if row.guard == guard and row.threshold < chosen.threshold]
+    judged = [row for row in lower if row.labeled_hits >= min_hits]
+    return max(judged, key=lambda row: row.threshold, default=None)
 
 
 # -- warm ------------------------------------------------------------------------------------------------

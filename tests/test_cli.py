@@ -44,8 +44,8 @@ def run(*arguments: str, input: str | None = None) -> Result:
     return CliRunner(env={"COLUMNS": "250"}).invoke(app, list(arguments), input=input)
 
 
-def assert_one_line_error(result: Result, *fragments: str) -> str:
-    assert result.exit_code == 1, (result.exit_code, result.output)
+def assert_one_line_error(result: Result, *fragments: str, code: int = 1) -> str:
+    assert result.exit_code == code, (result.exit_code, result.output)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.output
@@ -374,7 +374,6 @@ def test_user_errors_print_one_line_and_exit_non_zero(tmp_path: Path, records_fi
         (["stats", f"redis://127.0.0.1:{free_port()}/0"], ("unreachable",)),
         (["warm", "memory://", str(missing_file), "--embedder", FAKE_EMBEDDER], ("no such file", str(missing_file))),
         (["import", "memory://", str(missing_file)], ("no such file",)),
-        (["calibrate", str(missing_file)], ("no such file",)),
         (["warm", "memory://", str(records_file), "--embedder", "no_such_module:Thing"], ("cannot load embedder",)),
         (["warm", "memory://", str(records_file), "--embedder", "nonsense"], ('"bundled" or "module:attribute"',)),
         (["calibrate", str(records_file), "--target-precision", "1.5"], ("--target-precision must be",)),
@@ -382,6 +381,7 @@ def test_user_errors_print_one_line_and_exit_non_zero(tmp_path: Path, records_fi
     ]
     for arguments, fragments in cases:
         assert_one_line_error(run(*arguments), *fragments)
+    assert_one_line_error(run("calibrate", str(missing_file)), "no such file", code=2)  # the pairs file: 2
     assert not missing_db.exists() and not (tmp_path / "out.jsonl").exists()
 
 
@@ -403,7 +403,9 @@ def test_calibrate_names_a_malformed_line(tmp_path: Path) -> None:
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"text_a": "a", "text_b": "b", "label": 1}\n{"text_a": "a", "label": 1}\n', encoding="utf-8")
     result = run("calibrate", str(path), "--embedder", FAKE_EMBEDDER)
-    assert_one_line_error(result, f"{path} line 2", "missing 'text_b'")
+    assert_one_line_error(
+        result, f"{path} line 2", "missing 'text_b'", "needs the fields text_a, text_b and label", code=2
+    )
 
 
 def test_calibrate_prints_both_guard_settings_and_the_recommendation(tmp_path: Path) -> None:
@@ -543,6 +545,11 @@ def input_file(command: str, tmp_path: Path, bad_line: str, records_file: Path) 
     return path
 
 
+def code_of(command: str) -> int:
+    """The exit code of a bad input file: 2 for calibrate's pairs file, 1 for warm's and import's."""
+    return 2 if command == "calibrate" else 1
+
+
 def run_on_file(command: str, url: str, path: Path) -> Result:
     if command == "calibrate":
         return run("calibrate", str(path), "--embedder", FAKE_EMBEDDER)
@@ -566,7 +573,7 @@ def test_deep_nesting_and_huge_integers_in_an_input_file_name_the_line(
 ) -> None:
     url = f"sqlite:///{tmp_path}/cache.db"
     path = input_file(command, tmp_path, bad_line, records_file)
-    assert_one_line_error(run_on_file(command, url, path), f"{path} line 3", fragment)
+    assert_one_line_error(run_on_file(command, url, path), f"{path} line 3", fragment, code=code_of(command))
     assert_nothing_stored(url)
 
 
@@ -586,7 +593,9 @@ def test_a_lone_surrogate_in_an_input_file_names_the_line_and_writes_nothing(
         bad_line = bad_line.replace('"prompt": "', '"prompt": "\\ud800', 1)
         field = "prompt"
     path = input_file(command, tmp_path, bad_line, records_file)
-    assert_one_line_error(run_on_file(command, url, path), f"{path} line 3", f"{field}", "lone surrogate")
+    assert_one_line_error(
+        run_on_file(command, url, path), f"{path} line 3", f"{field}", "lone surrogate", code=code_of(command)
+    )
     assert_nothing_stored(url)
 
 
@@ -597,7 +606,9 @@ def test_an_input_file_that_is_not_utf8_names_the_file_and_line(
     url = f"sqlite:///{tmp_path}/cache.db"
     path = input_file(command, tmp_path, "LATIN1", records_file)
     path.write_bytes(path.read_bytes().replace(b"LATIN1", '{"prompt": "caf\u00e9"}'.encode("latin-1")))
-    line = assert_one_line_error(run_on_file(command, url, path), f"{path} line 3", "not UTF-8 text")
+    line = assert_one_line_error(
+        run_on_file(command, url, path), f"{path} line 3", "not UTF-8 text", code=code_of(command)
+    )
     assert "byte 0xe9" in line
     assert_nothing_stored(url)
 
@@ -675,7 +686,7 @@ def test_calibrate_takes_labels_of_exactly_0_or_1_and_names_a_bad_line(
     tmp_path: Path, bad_line: str, fragment: str
 ) -> None:
     path = input_file("calibrate", tmp_path, bad_line, tmp_path)
-    assert_one_line_error(run_on_file("calibrate", "", path), f"{path} line 3", fragment)
+    assert_one_line_error(run_on_file("calibrate", "", path), f"{path} line 3", fragment, code=2)
 
 
 def test_calibrate_reads_float_labels_0_and_1_as_the_integers(tmp_path: Path) -> None:
@@ -690,13 +701,13 @@ def test_calibrate_reads_float_labels_0_and_1_as_the_integers(tmp_path: Path) ->
 def test_calibrate_of_an_empty_file_or_a_bad_step_is_one_line(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n  \n", encoding="utf-8")
-    assert_one_line_error(run("calibrate", str(empty), "--embedder", FAKE_EMBEDDER), "holds no labeled pairs")
+    assert_one_line_error(run("calibrate", str(empty), "--embedder", FAKE_EMBEDDER), "holds no labeled pairs", code=2)
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [json.loads(good_pair(1))])
     for step in ("inf", "1.5"):
         result = run("calibrate", str(pairs), "--embedder", FAKE_EMBEDDER, "--step", step)
         assert_one_line_error(result, "--step must be a number from 0.005 to 1")
     directory = run("calibrate", str(tmp_path), "--embedder", FAKE_EMBEDDER)
-    assert_one_line_error(directory, f"not a file: {tmp_path}")
+    assert_one_line_error(directory, f"not a file: {tmp_path}", code=2)
 
 
 class ExplodingEmbedder(BagOfWordsEmbedder):
@@ -893,3 +904,55 @@ def test_counts_agree_with_their_nouns(tmp_path: Path, records_file: Path) -> No
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"text_a": "a b", "text_b": "a c", "label": 1}])
     calibrated = run("calibrate", str(pairs), "--embedder", FAKE_EMBEDDER)
     assert "1 pair (1 same meaning), 1 stored prompt" in calibrated.stdout, calibrated.output
+
+
+def sweep_row(threshold: float, correct: int, wrong: int, guard: bool = True) -> Any:
+    from semantic_llm_cache.calibration import SweepRow
+
+    hits = correct + wrong
+    precision = correct / hits if hits else 1.0
+    return SweepRow(threshold, guard, 100, hits, correct, wrong, precision, hits / 100, 0.5, 0.5)
+
+
+def test_a_wrong_hit_among_a_handful_at_the_top_does_not_veto_every_lower_threshold() -> None:
+    from semantic_llm_cache.calibration import CalibrationReport
+
+    # As on the committed QQP sample: one wrong pair scores 0.99, so it is 1 of 7 hits there (0.857) and
+    # 1 of 15 at 0.98 (0.933); the old rule ("every stricter threshold keeps the target") recommended 0.995.
+    rows = [sweep_row(0.94, 25, 4), sweep_row(0.96, 20, 2), sweep_row(0.98, 14, 1), sweep_row(0.99, 6, 1),
+            sweep_row(0.995, 2, 0)]  # fmt: skip
+    report = CalibrationReport(rows, 100, 50, 100, "test")
+    assert report.recommend(0.9, min_hits=1).threshold == 0.995  # judging every threshold: the old answer
+    assert report.recommend(0.9, min_hits=10).threshold == 0.96  # 0.94 (0.862 on 29) stops the search
+    assert report.recommend(0.9).threshold == 0.96  # the default: at least 20 labeled hits
+    assert report.recommend(0.9, min_hits=30) is None
+    assert rows[2].labeled_hits == 15
+
+
+def test_calibrate_states_its_rule_and_what_stopped_it(tmp_path: Path) -> None:
+    from semantic_llm_cache.calibration import load_pairs, sweep
+
+    pairs_file = tmp_path / "pairs.jsonl"
+    write_jsonl(
+        pairs_file,
+        [{"text_a": f"how do i reset password number {n}", "text_b": f"how do i reset password number {n} now",
+          "label": 1} for n in range(15)]
+        + [{"text_a": f"opening hours of shop {n}", "text_b": f"opening hours of the shop {n}", "label": 0}
+           for n in range(5)],
+    )  # fmt: skip
+    result = run("calibrate", str(pairs_file), "--embedder", FAKE_EMBEDDER, "--min-hits", "5")
+    assert result.exit_code == 0, result.output
+    assert "rule: the lowest threshold whose precision reaches 0.9 and stays at or above it at every stricter " in (
+        result.stdout
+    )
+    assert "with at least 5 labeled hits" in result.stdout
+    report = asyncio.run(sweep(load_pairs(pairs_file), BagOfWordsEmbedder()))
+    for guard, label in ((True, "with the answer guard"), (False, "without the guard")):
+        row = report.recommend(0.9, guard=guard, min_hits=5)
+        assert row is not None and f"recommended threshold {label}: {row.threshold:.3f}" in result.stdout
+        table_row = next(
+            line for line in result.stdout.splitlines() if line.strip("│ ").startswith(f"{row.threshold:.3f}")
+        )
+        assert table_row  # the recommended threshold is a row of the table
+        judged = [r for r in report.rows if r.guard == guard and r.labeled_hits >= 5 and r.threshold >= row.threshold]
+        assert all(r.precision >= 0.9 for r in judged)
