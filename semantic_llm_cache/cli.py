@@ -752,10 +752,24 @@ class WarmRecord:
     metadata: dict[str, Any] | None
 
 
-def parse_warm_record(path: Path, number: int, line: str) -> WarmRecord:
-    """Check one line of a warm file; UserError names the line."""
+def parse_warm_record(path: Path, number: int, line: str, integration: str | None = None) -> WarmRecord:
+    """Check one line of a warm file; UserError names the line. With `integration` (warm --for), a line is only
+    {"prompt": ..., "response": "the answer's text"}: the model, namespace and expiry come from the options."""
     record = _json_object(path, number, line, "nothing was written")
     where = f"{path} line {number}"
+    if integration is not None:
+        not_for_integration = sorted(set(record) & {"model", "namespace", "ttl", "metadata"})
+        if not_for_integration:
+            raise UserError(
+                f'{where}: with --for {integration}, a line holds only "prompt" and "response" (got '
+                f"{', '.join(not_for_integration)}): the model comes from --llm, the namespace from --namespace "
+                "and the expiry from --ttl; nothing was written"
+            )
+        if "response" in record and not isinstance(record["response"], str):
+            raise UserError(
+                f"{where}: with --for {integration}, response must be the answer's text (a string), got "
+                f"{_shown(record['response'])}; nothing was written"
+            )
     unknown = sorted(set(record) - set(WARM_FIELDS))
     if unknown:
         raise UserError(
@@ -789,6 +803,90 @@ def parse_warm_record(path: Path, number: int, line: str) -> WarmRecord:
     return WarmRecord(record["prompt"], record["response"], namespace, model, ttl, metadata)
 
 
+INTEGRATIONS = ("langchain", "llamaindex")
+_INTEGRATION_PACKAGES = {"langchain": "langchain-semantic-cache", "llamaindex": "llama-index-llms-semantic-cache"}
+Storer = Callable[[WarmRecord], Awaitable[None]]
+
+
+def _load_llm(spec: str, integration: str) -> Any:
+    """The model object `--llm module:attribute` names (a class is instantiated with no arguments)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UserError(
+            f'--llm must be "module:attribute" naming your application\'s {integration} model, got {spec!r}'
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+        return target() if isinstance(target, type) else target
+    except Exception as exc:
+        raise UserError(f"cannot load --llm {spec!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def _integration_storer(integration: str, llm: Any, cache: Any) -> Storer:
+    """How warm stores a record where `integration` looks for it: under the partition (Scope) the integration
+    gives a call of `llm` with the prompt as its only (user) message and no other arguments, and as the payload
+    the integration stores for a model's answer, so its next such call is a hit that never reaches the model."""
+    package = _INTEGRATION_PACKAGES[integration]
+    if integration == "langchain":
+        try:
+            from langchain_core.language_models import BaseChatModel, BaseLLM
+            from langchain_core.load import dumps
+            from langchain_core.messages import AIMessage, HumanMessage
+            from langchain_core.outputs import ChatGeneration, Generation
+            from langchain_semantic_cache import SemanticCache as LangChainCache
+        except ImportError as exc:
+            raise UserError(f"--for langchain needs the LangChain integration: pip install {package} ({exc})") from exc
+        # The integration's public BaseCache.aupdate, fed what LangChain itself hands its cache for such a call.
+        langchain_cache = LangChainCache(cache=cache)
+        if isinstance(llm, BaseChatModel):
+            chat_llm_string = llm._get_llm_string()  # what BaseChatModel passes its cache for a call without stop
+
+            async def store_chat(record: WarmRecord) -> None:
+                prompt = dumps([HumanMessage(content=record.prompt)])  # a chat model's cache prompt: its messages
+                answer = [ChatGeneration(message=AIMessage(content=record.response))]
+                await langchain_cache.aupdate(prompt, chat_llm_string, answer)
+
+            return store_chat
+        if isinstance(llm, BaseLLM):
+            # As BaseLLM.generate builds its cache's llm_string (langchain_core: get_prompts, stop=None).
+            params = llm._dict_for_compat() if hasattr(llm, "_dict_for_compat") else llm.dict()
+            llm_string = str(sorted({**params, "stop": None}.items()))
+
+            async def store_llm(record: WarmRecord) -> None:
+                await langchain_cache.aupdate(record.prompt, llm_string, [Generation(text=record.response)])
+
+            return store_llm
+        raise UserError(
+            f"--for langchain: --llm must name a LangChain chat model or LLM (BaseChatModel or BaseLLM), "
+            f"got {type(llm).__name__}"
+        )
+    try:
+        from llama_index.core.base.llms.types import CompletionResponse
+        from llama_index.core.llms import LLM
+        from llama_index.llms.semantic_cache import SemanticCacheLLM
+        from llama_index.llms.semantic_cache._keys import Bypass
+    except ImportError as exc:
+        raise UserError(f"--for llamaindex needs the LlamaIndex integration: pip install {package} ({exc})") from exc
+    if not isinstance(llm, LLM):
+        raise UserError(f"--for llamaindex: --llm must name a LlamaIndex LLM, got {type(llm).__name__}")
+    wrapper = SemanticCacheLLM(llm=llm, cache=cache)
+
+    async def store_llamaindex(record: WarmRecord) -> None:
+        # PRIVATE API, until the integration exposes one: SemanticCacheLLM keys complete(prompt) with
+        # _completion_request (a chat model's as chat([user: prompt])) and stores its codec's payload.
+        request, codec = wrapper._completion_request(record.prompt, False, {})
+        if isinstance(request, Bypass):
+            raise UserError(f"LlamaIndex would not cache {record.prompt!r}: {request.reason}")
+        payload = codec.encode(CompletionResponse(text=record.response))
+        await cache.store(request.prompt, payload, request.scope)
+
+    return store_llamaindex
+
+
 @app.command()
 @_one_line_errors
 def warm(
@@ -808,15 +906,47 @@ def warm(
     ),
     ttl: Annotated[float | None, typer.Option("--ttl", help="Seconds each entry lives (default: forever).")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Records embedded at once.")] = 64,
+    integration: Annotated[
+        str | None,
+        typer.Option(
+            "--for",
+            metavar="INTEGRATION",
+            help='Store the answers where an integration looks for them: "langchain" or "llamaindex" (with --llm).',
+            show_default=False,
+        ),
+    ] = None,
+    llm_spec: Annotated[
+        str | None,
+        typer.Option(
+            "--llm",
+            metavar="MODULE:ATTRIBUTE",
+            help="With --for: the model your application gives the integration (an object, or a class built with no "
+            "arguments), importable from the current directory.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Bulk-load prompt/response records, embedded with the cache's embedder (the whole file is checked first).
 
     Each record lands in the partition of Scope(namespace, model): the one the cache serves calls with that
     namespace and model and no other call parameters or context.
+
+    For an integration, warm --for langchain|llamaindex --llm MODULE:ATTRIBUTE: each line is {"prompt": ...,
+    "response": "the answer's text"}, stored as the integration stores that model's answer to a call with the
+    prompt as its only message and no other arguments (LangChain: invoke(prompt) on the chat model or LLM;
+    LlamaIndex: complete(prompt), and chat([user: prompt]) on a chat model). Use the --embedder and --namespace
+    the application's cache uses.
     """
     from semantic_llm_cache.cache import SemanticCache
 
     _check_namespace(namespace)
+    if integration is not None and integration not in INTEGRATIONS:
+        raise UserError(f"--for must be one of {', '.join(INTEGRATIONS)}, got {integration!r}")
+    if (integration is None) != (llm_spec is None):
+        raise UserError(
+            "--for and --llm go together: --for langchain|llamaindex --llm module:attribute names the integration "
+            "and the model your application gives it"
+        )
     try:
         default_ttl = validate_ttl(ttl, "--ttl")
     except ConfigurationError:
@@ -826,7 +956,9 @@ def warm(
         ) from None
 
     async def work() -> tuple[int, int]:
-        records = [parse_warm_record(records_file, number, line) for number, line in _read_lines(records_file)]
+        records = [
+            parse_warm_record(records_file, number, line, integration) for number, line in _read_lines(records_file)
+        ]
         # A prompt repeated in the same namespace and model is one entry: the last record wins, as in the file.
         latest = {(r.namespace or namespace, r.model, normalize_prompt(r.prompt)): r for r in records}
         embedder = as_embedder(load_embedder(embedder_spec))
@@ -846,6 +978,9 @@ def warm(
         stored = 0
         failures: list[Exception] = []
         try:
+            store_for: Storer | None = None
+            if integration is not None and llm_spec is not None:
+                store_for = _integration_storer(integration, _load_llm(llm_spec, integration), cache)
             with _progress() as progress:
                 loading = progress.add_task(f"loading embedder {cache.embedder.name}", total=None)
                 try:
@@ -867,7 +1002,10 @@ def warm(
                             return
                         scope = Scope(namespace=record.namespace, model=record.model)
                         try:
-                            await cache.store(record.prompt, record.response, scope, record.ttl, record.metadata)
+                            if store_for is not None:
+                                await store_for(record)
+                            else:
+                                await cache.store(record.prompt, record.response, scope, record.ttl, record.metadata)
                         except Exception as exc:  # the package's errors, or a bug: either way, stop here
                             failures.append(exc)
                             return
