@@ -31,6 +31,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from semantic_llm_cache.backends.url import backend_from_url
 from semantic_llm_cache.calibration import DEFAULT_MIN_HITS
@@ -49,8 +50,59 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+def _plain_help(param: Any) -> Any:
+    """`param`, shown in --help as plain words: no <str>/<bool> type after a name, an argument as its name
+    (URL, not {URL}), a flag as the flag alone, and no [x>=1] (the help text says the bounds)."""
+    if not getattr(param, "_plain_help", False):
+        base = type(param)
+        if base not in _PLAIN_CLASSES:
+            _PLAIN_CLASSES[base] = _plain_class(base)
+        param.__class__ = _PLAIN_CLASSES[base]
+    return param
+
+
+_PLAIN_CLASSES: dict[type, type] = {}
+
+
+def _plain_class(base: type) -> type:
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        if self.param_type_name == "argument" or getattr(self, "is_flag", False) or getattr(self, "count", False):
+            return None  # an argument's name is its metavar already; a flag takes no value
+        return str(self.metavar or (self.name or "value").upper())
+
+    def usage_name(self: Any) -> str:
+        name = str(self.metavar or (self.name or "value").upper())
+        if self.nargs != 1 and not name.endswith("..."):
+            name += "..."
+        return name if self.required else f"[{name}]"
+
+    def no_range(self: Any) -> None:
+        return None
+
+    # The hooks typer (0.2x) formats help with; on a typer without them they are simply never called.
+    hooks = {"display_type_rich": display_type_rich, "_usage_display_name": usage_name,
+             "_get_number_range_help_str": no_range, "_plain_help": True}  # fmt: skip
+    return type(base.__name__, (base,), hooks)
+
+
+class _PlainHelpCommand(TyperCommand):
+    """A command whose --help reads as plain words (see `_plain_help`)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return [_plain_help(param) for param in super().get_params(ctx)]
+
+
+class _PlainHelpGroup(TyperGroup):
+    """The command group, with the same plain --help."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return [_plain_help(param) for param in super().get_params(ctx)]
+
+
 app = typer.Typer(
     name="semantic-llm-cache",
+    cls=_PlainHelpGroup,
     help="Look inside a semantic LLM cache, tune its threshold, warm it, back it up and restore it.",
     no_args_is_help=True,
     add_completion=False,
@@ -59,11 +111,14 @@ app = typer.Typer(
 
 URL_HELP = "Backend URL: memory://, sqlite:///path/to/cache.db (relative; //// for absolute), redis://host:6379/0"
 UrlArgument = Annotated[str, typer.Argument(metavar="URL", help=URL_HELP, show_default=False)]
-NamespaceOption = Annotated[str | None, typer.Option("--namespace", "-n", help="Only this namespace (tenant).")]
+NamespaceOption = Annotated[
+    str | None, typer.Option("--namespace", "-n", metavar="NAME", help="Only this namespace (tenant).")
+]
 EmbedderOption = Annotated[
     str,
     typer.Option(
         "--embedder",
+        metavar="EMBEDDER",
         help='"bundled" (the all-MiniLM-L6-v2 model shipped with the package) or "module:attribute" naming an '
         "embedder object, class or callable importable from the current directory.",
     ),
@@ -342,7 +397,7 @@ def _human_bytes(count: int) -> str:
 # -- demo ------------------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def demo() -> None:
     """Store a few answers with the bundled model, then show an exact hit, a semantic hit and misses."""
@@ -354,7 +409,7 @@ def demo() -> None:
 # -- stats -----------------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def stats(
     url: UrlArgument,
@@ -378,12 +433,14 @@ def stats(
 # -- inspect ---------------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def inspect(
     url: UrlArgument,
     namespace: NamespaceOption = None,
-    limit: Annotated[int, typer.Option("--limit", "-l", min=1, help="Show at most this many entries.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--limit", "-l", min=1, metavar="N", help="Show at most this many entries (at least 1).")
+    ] = 20,
 ) -> None:
     """List entries, newest first: key, prompt, namespace, age, hits and expiry.
 
@@ -422,12 +479,12 @@ def inspect(
 # -- clear -----------------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def clear(
     url: UrlArgument,
     namespace: NamespaceOption = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking for confirmation.")] = False,
 ) -> None:
     """Delete every entry (or one namespace's), after asking unless --yes is given."""
     _check_namespace(namespace)
@@ -470,7 +527,7 @@ class _NoEmbedder:
         raise UserError("delete embeds nothing")  # pragma: no cover - delete_key never embeds
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def delete(
     url: UrlArgument,
@@ -604,7 +661,7 @@ class _CheckedEmbedder:
         return np.asarray(raw, dtype=np.float32)
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def calibrate(
     pairs_file: Annotated[
@@ -616,19 +673,28 @@ def calibrate(
         ),
     ],
     target_precision: Annotated[
-        float, typer.Option("--target-precision", help="Precision the recommended threshold must reach.")
+        float,
+        typer.Option(
+            "--target-precision", metavar="PRECISION", help="Precision the recommended threshold must reach (0 to 1)."
+        ),
     ] = 0.9,
     plot: Annotated[
         Path | None, typer.Option("--plot", metavar="OUT.png", help="Write precision and hit rate against threshold.")
     ] = None,
     embedder_spec: EmbedderOption = "bundled",
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N pairs.")] = None,
-    step: Annotated[float, typer.Option("--step", min=0.005, help="Threshold step of the printed table.")] = 0.02,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, metavar="N", help="Use only the first N pairs.")
+    ] = None,
+    step: Annotated[
+        float,
+        typer.Option("--step", min=0.005, metavar="STEP", help="Threshold step of the printed table (0.005 to 1)."),
+    ] = 0.02,
     min_hits: Annotated[
         int,
         typer.Option(
             "--min-hits",
             min=1,
+            metavar="N",
             help="Judge a threshold's precision only if it rests on at least this many labeled hits.",
         ),
     ] = DEFAULT_MIN_HITS,
@@ -887,7 +953,7 @@ def _integration_storer(integration: str, llm: Any, cache: Any) -> Storer:
     return store_llamaindex
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def warm(
     url: UrlArgument,
@@ -896,16 +962,20 @@ def warm(
         typer.Argument(
             metavar="FILE.jsonl",
             help='One JSON object a line: {"prompt": ..., "response": ...} and optionally "namespace", "model", '
-            '"ttl" (seconds) and "metadata".',
+            '"ttl" (seconds) and "metadata" (with --for, only "prompt" and "response": the answer\'s text).',
             show_default=False,
         ),
     ],
     embedder_spec: EmbedderOption = "bundled",
-    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Namespace of records that name none.")] = (
-        "default"
-    ),
-    ttl: Annotated[float | None, typer.Option("--ttl", help="Seconds each entry lives (default: forever).")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Records embedded at once.")] = 64,
+    namespace: Annotated[
+        str, typer.Option("--namespace", "-n", metavar="NAME", help="Namespace of records that name none.")
+    ] = ("default"),
+    ttl: Annotated[
+        float | None, typer.Option("--ttl", metavar="SECONDS", help="Seconds each entry lives (default: forever).")
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, metavar="N", help="Records embedded at once (at least 1).")
+    ] = 64,
     integration: Annotated[
         str | None,
         typer.Option(
@@ -934,8 +1004,8 @@ def warm(
     For an integration, warm --for langchain|llamaindex --llm MODULE:ATTRIBUTE: each line is {"prompt": ...,
     "response": "the answer's text"}, stored as the integration stores that model's answer to a call with the
     prompt as its only message and no other arguments (LangChain: invoke(prompt) on the chat model or LLM;
-    LlamaIndex: complete(prompt), and chat([user: prompt]) on a chat model). Use the --embedder and --namespace
-    the application's cache uses.
+    LlamaIndex: complete(prompt), and on a chat model also chat with the prompt as the one user message). Give
+    the --embedder and --namespace the application's cache uses.
     """
     from semantic_llm_cache.cache import SemanticCache
 
@@ -1102,7 +1172,7 @@ def parse_export_line(path: Path, number: int, line: str) -> tuple[str, CacheEnt
     return key, entry
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def export(
     url: UrlArgument,
@@ -1137,7 +1207,7 @@ def export(
     _note_if_ephemeral(url, wrote=False)
 
 
-@app.command("import")
+@app.command("import", cls=_PlainHelpCommand)
 @_one_line_errors
 def import_entries(
     url: UrlArgument,

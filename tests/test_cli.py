@@ -956,3 +956,27 @@ def test_calibrate_states_its_rule_and_what_stopped_it(tmp_path: Path) -> None:
         assert table_row  # the recommended threshold is a row of the table
         judged = [r for r in report.rows if r.guard == guard and r.labeled_hits >= 5 and r.threshold >= row.threshold]
         assert all(r.precision >= 0.9 for r in judged)
+
+
+COMMANDS = ("demo", "stats", "inspect", "clear", "delete", "calibrate", "warm", "export", "import")
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_every_help_reads_as_plain_words(command: str | None) -> None:
+    result = run(*([command] if command else []), "--help")
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    for typer_ism in ("<bool>", "<str>", "<int", "<float", "<path>", "{URL}", "{KEY", "x>=", "<=x"):
+        assert typer_ism not in text, (typer_ism, text)
+    assert "--help" in text and "Show this message and exit." in text
+    if command in ("stats", "inspect", "clear", "delete", "warm", "export", "import"):
+        assert f"{command} [OPTIONS] URL" in text
+    if command == "delete":
+        assert "URL KEY..." in text and "1 if any was not found" in text
+    if command == "warm":
+        assert "--for" in text and "INTEGRATION" in text and "MODULE:ATTRIBUTE" in text and "SECONDS" in text
+    if command == "calibrate":
+        assert "PRECISION" in text and "--min-hits" in text and "Exit code 2" in text
+    if command is None:
+        for name in COMMANDS:
+            assert name in text
