@@ -1,10 +1,13 @@
 """The `semantic-llm-cache` command: look inside a cache, tune its threshold, warm it, back it up and restore it.
 
 Every command that touches a cache takes a backend URL (memory://, sqlite:///path/to/cache.db,
-redis://host:6379/0; see semantic_llm_cache.backends.url). Mistakes a user can make (a missing file, a malformed
-line, an unreachable server, an unknown URL scheme) print one line starting with "error:" and exit with code 1;
-so does anything else that goes wrong inside a command (never a traceback). Input files are read whole and every
-line is checked before anything is written; a bad line's error names the file and the line.
+redis://host:6379/0; see semantic_llm_cache.backends.url). Each command is a new process, so a memory:// store
+starts empty and vanishes when the command exits: those commands say so on stderr. Mistakes a user can make (a
+missing file, a malformed line, an unreachable server, an unknown URL scheme) print one line starting with
+"error:" and exit with code 1; so does anything else that goes wrong inside a command (never a traceback). Two
+exceptions, each stated in its --help: `calibrate` exits with 2 when its pairs file cannot be used, and `delete`
+with 1 when a key was not found (after deleting the others). Input files are read whole and every line is checked
+before anything is written; a bad line's error names the file and the line.
 """
 
 from __future__ import annotations

@@ -464,7 +464,12 @@ def test_the_console_script_works_as_a_user_runs_it(tmp_path: Path, records_file
     script = Path(sys.executable).with_name("semantic-llm-cache")
     assert script.exists(), "the console script should be installed with the package"
     url = f"sqlite:///{tmp_path}/cache.db"
-    environment = {**os.environ, "COLUMNS": "200"}
+    # The code under test, whichever checkout the virtualenv's editable install points at.
+    environment = {
+        **os.environ,
+        "COLUMNS": "200",
+        "PYTHONPATH": os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
+    }
 
     def shell(*arguments: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(arguments, cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=120)
@@ -478,7 +483,7 @@ def test_the_console_script_works_as_a_user_runs_it(tmp_path: Path, records_file
     assert failed.stderr.strip().startswith("error: unsupported backend URL scheme") and failed.stderr.count("\n") == 1
     usage = shell(str(script), "--help")
     assert usage.returncode == 0
-    for command in ("demo", "stats", "inspect", "clear", "calibrate", "warm", "export", "import"):
+    for command in ("demo", "stats", "inspect", "clear", "delete", "calibrate", "warm", "export", "import"):
         assert command in usage.stdout
 
 
