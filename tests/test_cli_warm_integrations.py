@@ -97,6 +97,16 @@ def test_warm_for_langchain_serves_a_chat_model_without_calling_it(tmp_path: Pat
     assert chat_model.invoke("Something never warmed?").content == MODEL_ANSWER  # and a miss calls the model
 
 
+def test_warm_for_langchain_serves_the_caching_chat_model_wrapper_too(tmp_path: Path) -> None:
+    from langchain_semantic_cache import SemanticCacheChatModel
+
+    url = warm_for("langchain", "tests.test_cli_warm_integrations:chat_model", tmp_path)
+    wrapper = SemanticCacheChatModel(model=chat_model, semantic_cache=core_cache(url))
+    assert asyncio.run(wrapper.ainvoke("What are your opening hours?")).content == "9 to 5, Monday to Friday."
+    streamed = "".join(str(chunk.content) for chunk in wrapper.stream("How do I reset my password?"))
+    assert streamed == "Open Settings > Security."
+
+
 def test_warm_for_langchain_serves_an_llm_without_calling_it(tmp_path: Path, langchain_cache_of: Any) -> None:
     url = warm_for("langchain", "tests.test_cli_warm_integrations:completion_model", tmp_path)
     langchain_cache_of(url)
