@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import dataclasses
 import functools
 import importlib
 import io
@@ -823,16 +824,17 @@ class WarmRecord:
 
 def parse_warm_record(path: Path, number: int, line: str, integration: str | None = None) -> WarmRecord:
     """Check one line of a warm file; UserError names the line. With `integration` (warm --for), a line is only
-    {"prompt": ..., "response": "the answer's text"}: the model, namespace and expiry come from the options."""
+    {"prompt": ..., "response": "the answer's text"} and optionally "namespace": the model and expiry come from
+    the options."""
     record = _json_object(path, number, line, "nothing was written")
     where = f"{path} line {number}"
     if integration is not None:
-        not_for_integration = sorted(set(record) & {"model", "namespace", "ttl", "metadata"})
+        not_for_integration = sorted(set(record) & {"model", "ttl", "metadata"})
         if not_for_integration:
             raise UserError(
-                f'{where}: with --for {integration}, a line holds only "prompt" and "response" (got '
-                f"{', '.join(not_for_integration)}): the model comes from --llm, the namespace from --namespace "
-                "and the expiry from --ttl; nothing was written"
+                f'{where}: with --for {integration}, a line holds only "prompt", "response" and optionally '
+                f'"namespace" (got {", ".join(not_for_integration)}): the model comes from --llm and the expiry '
+                "from --ttl; nothing was written"
             )
         if "response" in record and not isinstance(record["response"], str):
             raise UserError(
@@ -909,15 +911,25 @@ def _integration_storer(integration: str, llm: Any, cache: Any) -> Storer:
             from langchain_semantic_cache import SemanticCache as LangChainCache
         except ImportError as exc:
             raise UserError(f"--for langchain needs the LangChain integration: pip install {package} ({exc})") from exc
-        # The integration's public BaseCache.aupdate, fed what LangChain itself hands its cache for such a call.
-        langchain_cache = LangChainCache(cache=cache)
+        # The integration's public BaseCache.aupdate, fed what LangChain itself hands its cache for such a call;
+        # its namespace is its engine's, so a record of another namespace goes through an engine of that one.
+        by_namespace: dict[str, Any] = {cache.config.namespace: LangChainCache(cache=cache)}
+
+        def langchain_cache_for(record: WarmRecord) -> Any:
+            namespace = record.namespace or cache.config.namespace
+            if namespace not in by_namespace:  # the same backend and embedder (never closed: it is the backend)
+                config = dataclasses.replace(cache.config, namespace=namespace)
+                engine = type(cache)(backend=cache.backend, embedder=cache.embedder, config=config)
+                by_namespace[namespace] = LangChainCache(cache=engine)
+            return by_namespace[namespace]
+
         if isinstance(llm, BaseChatModel):
             chat_llm_string = llm._get_llm_string()  # what BaseChatModel passes its cache for a call without stop
 
             async def store_chat(record: WarmRecord) -> None:
                 prompt = dumps([HumanMessage(content=record.prompt)])  # a chat model's cache prompt: its messages
                 answer = [ChatGeneration(message=AIMessage(content=record.response))]
-                await langchain_cache.aupdate(prompt, chat_llm_string, answer)
+                await langchain_cache_for(record).aupdate(prompt, chat_llm_string, answer)
 
             return store_chat
         if isinstance(llm, BaseLLM):
@@ -926,7 +938,8 @@ def _integration_storer(integration: str, llm: Any, cache: Any) -> Storer:
             llm_string = str(sorted({**params, "stop": None}.items()))
 
             async def store_llm(record: WarmRecord) -> None:
-                await langchain_cache.aupdate(record.prompt, llm_string, [Generation(text=record.response)])
+                answer = [Generation(text=record.response)]
+                await langchain_cache_for(record).aupdate(record.prompt, llm_string, answer)
 
             return store_llm
         raise UserError(
@@ -942,12 +955,14 @@ def _integration_storer(integration: str, llm: Any, cache: Any) -> Storer:
         raise UserError(f"--for llamaindex needs the LlamaIndex integration: pip install {package} ({exc})") from exc
     if not isinstance(llm, LLM):
         raise UserError(f"--for llamaindex: --llm must name a LlamaIndex LLM, got {type(llm).__name__}")
-    wrapper = SemanticCacheLLM(llm=llm, cache=cache)
+    wrappers: dict[str | None, Any] = {}
 
     async def store_llamaindex(record: WarmRecord) -> None:
+        if record.namespace not in wrappers:  # SemanticCacheLLM(namespace=None) uses the cache's (--namespace)
+            wrappers[record.namespace] = SemanticCacheLLM(llm=llm, cache=cache, namespace=record.namespace)
         # PRIVATE API, until the integration exposes one: SemanticCacheLLM keys complete(prompt) with
         # _completion_request (a chat model's as chat([user: prompt])) and stores its codec's payload.
-        request, codec = wrapper._completion_request(record.prompt, False, {})
+        request, codec = wrappers[record.namespace]._completion_request(record.prompt, False, {})
         if isinstance(request, Bypass):
             raise UserError(f"LlamaIndex would not cache {record.prompt!r}: {request.reason}")
         payload = codec.encode(CompletionResponse(text=record.response))
@@ -965,7 +980,7 @@ def warm(
         typer.Argument(
             metavar="FILE.jsonl",
             help='One JSON object a line: {"prompt": ..., "response": ...} and optionally "namespace", "model", '
-            '"ttl" (seconds) and "metadata" (with --for, only "prompt" and "response": the answer\'s text).',
+            '"ttl" (seconds) and "metadata" (with --for: "prompt", "response" as the answer\'s text, and "namespace").',
             show_default=False,
         ),
     ],
@@ -1005,10 +1020,10 @@ def warm(
     namespace and model and no other call parameters or context.
 
     For an integration, warm --for langchain|llamaindex --llm MODULE:ATTRIBUTE: each line is {"prompt": ...,
-    "response": "the answer's text"}, stored as the integration stores that model's answer to a call with the
-    prompt as its only message and no other arguments (LangChain: invoke(prompt) on the chat model or LLM;
-    LlamaIndex: complete(prompt), and on a chat model also chat with the prompt as the one user message). Give
-    the --embedder and --namespace the application's cache uses.
+    "response": "the answer's text"} and optionally "namespace", stored as the integration stores that model's
+    answer to a call with the prompt as its only message and no other arguments (LangChain: invoke(prompt) on
+    the chat model or LLM; LlamaIndex: complete(prompt), and on a chat model also chat with the prompt as the one
+    user message). Give the --embedder and --namespace the application's cache uses.
     """
     from semantic_llm_cache.cache import SemanticCache
 

@@ -107,6 +107,32 @@ def test_warm_for_langchain_serves_the_caching_chat_model_wrapper_too(tmp_path: 
     assert streamed == "Open Settings > Security."
 
 
+@pytest.mark.parametrize("integration", ["langchain", "llamaindex"])
+def test_warm_for_an_integration_puts_a_record_in_its_own_namespace(tmp_path: Path, integration: str) -> None:
+    records = tmp_path / "records.jsonl"
+    records.write_text(json.dumps({**WARMED[0], "namespace": "tenant-7"}) + "\n" + json.dumps(WARMED[1]) + "\n")
+    url = f"sqlite:///{tmp_path}/cache.db"
+    model = "chat_model" if integration == "langchain" else "llamaindex_completion_model"
+    result = run("warm", url, str(records), "--embedder", FAKE_EMBEDDER, "--for", integration, "--llm",
+                 f"tests.test_cli_warm_integrations:{model}")  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+    def ask(namespace: str, prompt: str) -> str:
+        if integration == "langchain":
+            from langchain_semantic_cache import SemanticCacheChatModel
+
+            wrapper = SemanticCacheChatModel(model=chat_model, semantic_cache=core_cache(url, namespace))
+            return str(wrapper.invoke(prompt).content)
+        from llama_index.llms.semantic_cache import SemanticCacheLLM
+
+        return SemanticCacheLLM(llm=llamaindex_completion_model, cache=core_cache(url, namespace)).complete(prompt).text
+
+    assert ask("tenant-7", "How do I reset my password?") == "Open Settings > Security."
+    assert ask("default", "How do I reset my password?") != "Open Settings > Security."  # another tenant's
+    assert ask("default", "What are your opening hours?") == "9 to 5, Monday to Friday."
+    assert ask("tenant-7", "What are your opening hours?") != "9 to 5, Monday to Friday."
+
+
 def test_warm_for_langchain_serves_an_llm_without_calling_it(tmp_path: Path, langchain_cache_of: Any) -> None:
     url = warm_for("langchain", "tests.test_cli_warm_integrations:completion_model", tmp_path)
     langchain_cache_of(url)
@@ -179,7 +205,7 @@ def test_warm_for_llamaindex_serves_complete_without_calling_the_llm(tmp_path: P
         (["--llm", "x:y"], WARMED[0], "--for and --llm go together"),
         (["--for", "haystack", "--llm", "x:y"], WARMED[0], "--for must be one of langchain, llamaindex"),
         (["--for", "langchain", "--llm", "tests.test_cli_warm_integrations:chat_model"], {**WARMED[0], "model": "m"},
-         "holds only \"prompt\" and \"response\" (got model)"),
+         "holds only \"prompt\", \"response\" and optionally \"namespace\" (got model)"),
         (["--for", "langchain", "--llm", "tests.test_cli_warm_integrations:chat_model"], {**WARMED[0], "response": 3},
          "response must be the answer's text (a string), got 3"),
         (["--for", "langchain", "--llm", "tests.test_cli_warm_integrations:nothing_here"], WARMED[0],
