@@ -897,10 +897,13 @@ def _load_llm(spec: str, integration: str) -> Any:
         raise UserError(f"cannot load --llm {spec!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def _integration_storer(integration: str, llm: Any, cache: Any) -> Storer:
+def _integration_storer(integration: str, llm: Any) -> Callable[[Any], Storer]:
     """How warm stores a record where `integration` looks for it: under the partition (Scope) the integration
     gives a call of `llm` with the prompt as its only (user) message and no other arguments, and as the payload
-    the integration stores for a model's answer, so its next such call is a hit that never reaches the model."""
+    the integration stores for a model's answer, so its next such call is a hit that never reaches the model.
+
+    Checked before anything is opened (the integration is installed, `llm` is one of its models); the result
+    binds the storer to the warm command's cache once it is built."""
     package = _INTEGRATION_PACKAGES[integration]
     if integration == "langchain":
         try:
@@ -911,41 +914,45 @@ def _integration_storer(integration: str, llm: Any, cache: Any) -> Storer:
             from langchain_semantic_cache import SemanticCache as LangChainCache
         except ImportError as exc:
             raise UserError(f"--for langchain needs the LangChain integration: pip install {package} ({exc})") from exc
-        # The integration's public BaseCache.aupdate, fed what LangChain itself hands its cache for such a call;
-        # its namespace is its engine's, so a record of another namespace goes through an engine of that one.
-        by_namespace: dict[str, Any] = {cache.config.namespace: LangChainCache(cache=cache)}
-
-        def langchain_cache_for(record: WarmRecord) -> Any:
-            namespace = record.namespace or cache.config.namespace
-            if namespace not in by_namespace:  # the same backend and embedder (never closed: it is the backend)
-                config = dataclasses.replace(cache.config, namespace=namespace)
-                engine = type(cache)(backend=cache.backend, embedder=cache.embedder, config=config)
-                by_namespace[namespace] = LangChainCache(cache=engine)
-            return by_namespace[namespace]
-
         if isinstance(llm, BaseChatModel):
-            chat_llm_string = llm._get_llm_string()  # what BaseChatModel passes its cache for a call without stop
-
-            async def store_chat(record: WarmRecord) -> None:
-                prompt = dumps([HumanMessage(content=record.prompt)])  # a chat model's cache prompt: its messages
-                answer = [ChatGeneration(message=AIMessage(content=record.response))]
-                await langchain_cache_for(record).aupdate(prompt, chat_llm_string, answer)
-
-            return store_chat
-        if isinstance(llm, BaseLLM):
+            chat = True
+            llm_string = llm._get_llm_string()  # what BaseChatModel passes its cache for a call without stop
+        elif isinstance(llm, BaseLLM):
+            chat = False
             # As BaseLLM.generate builds its cache's llm_string (langchain_core: get_prompts, stop=None).
             params = llm._dict_for_compat() if hasattr(llm, "_dict_for_compat") else llm.dict()
             llm_string = str(sorted({**params, "stop": None}.items()))
+        else:
+            raise UserError(
+                f"--for langchain: --llm must name a LangChain chat model or LLM (BaseChatModel or BaseLLM), "
+                f"got {type(llm).__name__}"
+            )
 
-            async def store_llm(record: WarmRecord) -> None:
-                answer = [Generation(text=record.response)]
-                await langchain_cache_for(record).aupdate(record.prompt, llm_string, answer)
+        def bind_langchain(cache: Any) -> Storer:
+            # The integration's public BaseCache.aupdate, fed what LangChain itself hands its cache for such a
+            # call; its namespace is its engine's, so a record of another namespace goes through an engine of
+            # that namespace on the same backend and embedder (never closed: closing would close the backend).
+            by_namespace: dict[str, Any] = {cache.config.namespace: LangChainCache(cache=cache)}
 
-            return store_llm
-        raise UserError(
-            f"--for langchain: --llm must name a LangChain chat model or LLM (BaseChatModel or BaseLLM), "
-            f"got {type(llm).__name__}"
-        )
+            def langchain_cache_for(record: WarmRecord) -> Any:
+                namespace = record.namespace or cache.config.namespace
+                if namespace not in by_namespace:
+                    config = dataclasses.replace(cache.config, namespace=namespace)
+                    engine = type(cache)(backend=cache.backend, embedder=cache.embedder, config=config)
+                    by_namespace[namespace] = LangChainCache(cache=engine)
+                return by_namespace[namespace]
+
+            async def store_langchain(record: WarmRecord) -> None:
+                if chat:  # a chat model's cache prompt is its serialized messages
+                    prompt = dumps([HumanMessage(content=record.prompt)])
+                    answer: list[Any] = [ChatGeneration(message=AIMessage(content=record.response))]
+                else:
+                    prompt, answer = record.prompt, [Generation(text=record.response)]
+                await langchain_cache_for(record).aupdate(prompt, llm_string, answer)
+
+            return store_langchain
+
+        return bind_langchain
     try:
         from llama_index.core.base.llms.types import CompletionResponse
         from llama_index.core.llms import LLM
@@ -955,20 +962,24 @@ def _integration_storer(integration: str, llm: Any, cache: Any) -> Storer:
         raise UserError(f"--for llamaindex needs the LlamaIndex integration: pip install {package} ({exc})") from exc
     if not isinstance(llm, LLM):
         raise UserError(f"--for llamaindex: --llm must name a LlamaIndex LLM, got {type(llm).__name__}")
-    wrappers: dict[str | None, Any] = {}
 
-    async def store_llamaindex(record: WarmRecord) -> None:
-        if record.namespace not in wrappers:  # SemanticCacheLLM(namespace=None) uses the cache's (--namespace)
-            wrappers[record.namespace] = SemanticCacheLLM(llm=llm, cache=cache, namespace=record.namespace)
-        # PRIVATE API, until the integration exposes one: SemanticCacheLLM keys complete(prompt) with
-        # _completion_request (a chat model's as chat([user: prompt])) and stores its codec's payload.
-        request, codec = wrappers[record.namespace]._completion_request(record.prompt, False, {})
-        if isinstance(request, Bypass):
-            raise UserError(f"LlamaIndex would not cache {record.prompt!r}: {request.reason}")
-        payload = codec.encode(CompletionResponse(text=record.response))
-        await cache.store(request.prompt, payload, request.scope)
+    def bind_llamaindex(cache: Any) -> Storer:
+        wrappers: dict[str | None, Any] = {}
 
-    return store_llamaindex
+        async def store_llamaindex(record: WarmRecord) -> None:
+            if record.namespace not in wrappers:  # SemanticCacheLLM(namespace=None) uses the cache's (--namespace)
+                wrappers[record.namespace] = SemanticCacheLLM(llm=llm, cache=cache, namespace=record.namespace)
+            # PRIVATE API, until the integration exposes one: SemanticCacheLLM keys complete(prompt) with
+            # _completion_request (a chat model's as chat([user: prompt])) and stores its codec's payload.
+            request, codec = wrappers[record.namespace]._completion_request(record.prompt, False, {})
+            if isinstance(request, Bypass):
+                raise UserError(f"LlamaIndex would not cache {record.prompt!r}: {request.reason}")
+            payload = codec.encode(CompletionResponse(text=record.response))
+            await cache.store(request.prompt, payload, request.scope)
+
+        return store_llamaindex
+
+    return bind_llamaindex
 
 
 @app.command(cls=_PlainHelpCommand)
@@ -1056,6 +1067,9 @@ def warm(
                 "application: give it the name your application uses (an Embedder with a `name`, or "
                 "CallableEmbedder(fn, name='...') in that module)"
             )
+        bind_storer = None
+        if integration is not None and llm_spec is not None:  # checked before the backend is opened
+            bind_storer = _integration_storer(integration, _load_llm(llm_spec, integration))
         backend = _open_backend(url, must_exist=False)
         try:
             cache = SemanticCache(backend=backend, embedder=embedder, namespace=namespace, ttl=default_ttl,
@@ -1066,9 +1080,7 @@ def warm(
         stored = 0
         failures: list[Exception] = []
         try:
-            store_for: Storer | None = None
-            if integration is not None and llm_spec is not None:
-                store_for = _integration_storer(integration, _load_llm(llm_spec, integration), cache)
+            store_for = bind_storer(cache) if bind_storer is not None else None
             with _progress() as progress:
                 loading = progress.add_task(f"loading embedder {cache.embedder.name}", total=None)
                 try:

@@ -225,3 +225,4 @@ def test_warm_for_an_integration_names_each_mistake_in_one_line(
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+    assert not (tmp_path / "cache.db").exists()  # found before anything was opened
