@@ -32,6 +32,8 @@ from semantic_llm_cache.values import check_text, shown
 
 Progress = Callable[[int, int], None]
 _NOT_WORD = re.compile(r"[\W_]+")
+#: Labeled hits a threshold needs before `recommend` judges its precision (see CalibrationReport.recommend).
+DEFAULT_MIN_HITS = 20
 DEFAULT_THRESHOLDS = tuple(round(0.60 + 0.005 * step, 3) for step in range(81))
 
 
@@ -61,6 +63,11 @@ class SweepRow:
     unlabeled_hits: int = 0
     strict_precision: float = 1.0
 
+    @property
+    def labeled_hits(self) -> int:
+        """Hits the data judges (correct + wrong): the denominator of `precision`."""
+        return self.correct_hits + self.wrong_hits
+
 
 @dataclass(frozen=True)
 class CalibrationReport:
@@ -77,15 +84,25 @@ class CalibrationReport:
         candidates = [row for row in self.rows if row.guard == guard]
         return min(candidates, key=lambda row: abs(row.threshold - threshold))
 
-    def recommend(self, target_precision: float = 0.9, guard: bool = True) -> SweepRow | None:
-        """The lowest threshold from which every stricter threshold keeps (labeled) precision >= target."""
+    def recommend(
+        self, target_precision: float = 0.9, guard: bool = True, min_hits: int = DEFAULT_MIN_HITS
+    ) -> SweepRow | None:
+        """The lowest threshold whose precision reaches `target_precision` and stays there at every stricter one.
+
+        Only thresholds with at least `min_hits` labeled hits (correct + wrong) are judged: near the top a
+        threshold serves a handful of queries, where one wrong hit among 7 reads as precision 0.857 and would
+        otherwise veto every lower threshold, although the same wrong hit is also counted at each of them (the
+        sample's mistake, not the threshold's). Thresholds with fewer labeled hits neither qualify nor veto.
+        None when no judged threshold reaches the target.
+        """
         rows = sorted((row for row in self.rows if row.guard == guard), key=lambda row: row.threshold)
         best: SweepRow | None = None
         for row in reversed(rows):
-            if row.hits and row.precision < target_precision:
+            if row.labeled_hits < min_hits:
+                continue
+            if row.precision < target_precision:
                 break
-            if row.hits:
-                best = row
+            best = row
         return best
 
 
@@ -257,7 +274,12 @@ async def sweep(
     return CalibrationReport(rows, len(pairs), int((labels == 1).sum()), len(stored_texts), embedder.name)
 
 
-def plot_report(report: CalibrationReport, path: str | Path, target_precision: float | None = None) -> Path:
+def plot_report(
+    report: CalibrationReport,
+    path: str | Path,
+    target_precision: float | None = None,
+    min_hits: int = DEFAULT_MIN_HITS,
+) -> Path:
     """Write a PNG of precision and hit rate against threshold, with and without the guard."""
     import matplotlib
 
@@ -274,7 +296,7 @@ def plot_report(report: CalibrationReport, path: str | Path, target_precision: f
                   label=f"hit rate ({label})")  # fmt: skip
     if target_precision is not None:
         axes.axhline(target_precision, color="grey", linewidth=0.8)
-        chosen = report.recommend(target_precision)
+        chosen = report.recommend(target_precision, min_hits=min_hits)
         if chosen is not None:
             axes.axvline(chosen.threshold, color="tab:green", linewidth=0.8, label=f"recommended {chosen.threshold}")
     axes.set_xlabel("threshold (cosine similarity, >=)")

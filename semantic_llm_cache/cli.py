@@ -1,10 +1,13 @@
 """The `semantic-llm-cache` command: look inside a cache, tune its threshold, warm it, back it up and restore it.
 
 Every command that touches a cache takes a backend URL (memory://, sqlite:///path/to/cache.db,
-redis://host:6379/0; see semantic_llm_cache.backends.url). Mistakes a user can make (a missing file, a malformed
-line, an unreachable server, an unknown URL scheme) print one line starting with "error:" and exit with code 1;
-so does anything else that goes wrong inside a command (never a traceback). Input files are read whole and every
-line is checked before anything is written; a bad line's error names the file and the line.
+redis://host:6379/0; see semantic_llm_cache.backends.url). Each command is a new process, so a memory:// store
+starts empty and vanishes when the command exits: those commands say so on stderr. Mistakes a user can make (a
+missing file, a malformed line, an unreachable server, an unknown URL scheme) print one line starting with
+"error:" and exit with code 1; so does anything else that goes wrong inside a command (never a traceback). Two
+exceptions, each stated in its --help: `calibrate` exits with 2 when its pairs file cannot be used, and `delete`
+with 1 when a key was not found (after deleting the others). Input files are read whole and every line is checked
+before anything is written; a bad line's error names the file and the line.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import dataclasses
 import functools
 import importlib
 import io
@@ -31,8 +35,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from semantic_llm_cache.backends.url import backend_from_url
+from semantic_llm_cache.calibration import DEFAULT_MIN_HITS
 from semantic_llm_cache.config import MAX_TTL, CacheEntry, validate_ttl
 from semantic_llm_cache.embeddings.adapters import as_embedder
 from semantic_llm_cache.embeddings.base import Embedder, Matrix, normalized_matrix
@@ -43,13 +49,64 @@ from semantic_llm_cache.storage import StorageBackend
 from semantic_llm_cache.values import MAX_JSON_DEPTH, check_json_value, check_text
 
 if TYPE_CHECKING:
-    from semantic_llm_cache.calibration import LabeledPair
+    from semantic_llm_cache.calibration import CalibrationReport, LabeledPair, SweepRow
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+def _plain_help(param: Any) -> Any:
+    """`param`, shown in --help as plain words: no <str>/<bool> type after a name, an argument as its name
+    (URL, not {URL}), a flag as the flag alone, and no [x>=1] (the help text says the bounds)."""
+    if not getattr(param, "_plain_help", False):
+        base = type(param)
+        if base not in _PLAIN_CLASSES:
+            _PLAIN_CLASSES[base] = _plain_class(base)
+        param.__class__ = _PLAIN_CLASSES[base]
+    return param
+
+
+_PLAIN_CLASSES: dict[type, type] = {}
+
+
+def _plain_class(base: type) -> type:
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        if self.param_type_name == "argument" or getattr(self, "is_flag", False) or getattr(self, "count", False):
+            return None  # an argument's name is its metavar already; a flag takes no value
+        return str(self.metavar or (self.name or "value").upper())
+
+    def usage_name(self: Any) -> str:
+        name = str(self.metavar or (self.name or "value").upper())
+        if self.nargs != 1 and not name.endswith("..."):
+            name += "..."
+        return name if self.required else f"[{name}]"
+
+    def no_range(self: Any) -> None:
+        return None
+
+    # The hooks typer (0.2x) formats help with; on a typer without them they are simply never called.
+    hooks = {"display_type_rich": display_type_rich, "_usage_display_name": usage_name,
+             "_get_number_range_help_str": no_range, "_plain_help": True}  # fmt: skip
+    return type(base.__name__, (base,), hooks)
+
+
+class _PlainHelpCommand(TyperCommand):
+    """A command whose --help reads as plain words (see `_plain_help`)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return [_plain_help(param) for param in super().get_params(ctx)]
+
+
+class _PlainHelpGroup(TyperGroup):
+    """The command group, with the same plain --help."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return [_plain_help(param) for param in super().get_params(ctx)]
+
+
 app = typer.Typer(
     name="semantic-llm-cache",
+    cls=_PlainHelpGroup,
     help="Look inside a semantic LLM cache, tune its threshold, warm it, back it up and restore it.",
     no_args_is_help=True,
     add_completion=False,
@@ -58,11 +115,14 @@ app = typer.Typer(
 
 URL_HELP = "Backend URL: memory://, sqlite:///path/to/cache.db (relative; //// for absolute), redis://host:6379/0"
 UrlArgument = Annotated[str, typer.Argument(metavar="URL", help=URL_HELP, show_default=False)]
-NamespaceOption = Annotated[str | None, typer.Option("--namespace", "-n", help="Only this namespace (tenant).")]
+NamespaceOption = Annotated[
+    str | None, typer.Option("--namespace", "-n", metavar="NAME", help="Only this namespace (tenant).")
+]
 EmbedderOption = Annotated[
     str,
     typer.Option(
         "--embedder",
+        metavar="EMBEDDER",
         help='"bundled" (the all-MiniLM-L6-v2 model shipped with the package) or "module:attribute" naming an '
         "embedder object, class or callable importable from the current directory.",
     ),
@@ -73,7 +133,15 @@ _MAX_COUNT = 2**63  # hits and tokens are stored as 64-bit integers (SQLite INTE
 
 
 class UserError(Exception):
-    """A mistake the user can fix; printed as one line."""
+    """A mistake the user can fix; printed as one line, then exit with `exit_code`."""
+
+    exit_code = 1
+
+
+class PairsFileError(UserError):
+    """calibrate's pairs file cannot be used (missing, unreadable, or a line that is not a labeled pair)."""
+
+    exit_code = 2
 
 
 # Exceptions that carry click's own exit (typer.Exit, --help, a usage error, an answered prompt): let them through.
@@ -91,10 +159,10 @@ def _plain(text: object) -> str:
     return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, exit_code: int = 1) -> NoReturn:
     one_line = " ".join(_plain(message).split())
     typer.echo(f"error: {one_line}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(exit_code)
 
 
 def _os_error(exc: OSError) -> str:
@@ -114,7 +182,9 @@ def _one_line_errors(command: F) -> F:
             return command(*args, **kwargs)
         except _CLICK_EXITS:
             raise
-        except (UserError, SemanticCacheError) as exc:
+        except UserError as exc:
+            _fail(str(exc), exc.exit_code)
+        except SemanticCacheError as exc:
             _fail(str(exc))
         except OSError as exc:
             _fail(_os_error(exc))
@@ -180,9 +250,30 @@ def _open_backend(url: str, *, must_exist: bool) -> StorageBackend:
     return backend_from_url(url, **options)
 
 
-def _note_if_ephemeral(url: str) -> None:
-    if url.lower().startswith("memory://"):
-        _status().print("note: a memory:// backend lives only inside this process; its entries go when it exits")
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    """`number` and the noun agreeing with it: "no entries", "1 entry", "2 entries"."""
+    noun = singular if number == 1 else (plural or singular + "s")
+    return f"{'no' if number == 0 else number} {noun}"
+
+
+def _entries(number: int) -> str:
+    return _count(number, "entry", "entries")
+
+
+_KEEP_IT = "to keep entries between commands, use sqlite:///path/to/cache.db or redis://host:6379/0"
+
+
+def _note_if_ephemeral(url: str, *, wrote: bool) -> None:
+    """Each command is a new process, so a memory:// store neither keeps what it writes nor sees earlier writes."""
+    if not url.lower().startswith("memory://"):
+        return
+    if wrote:
+        note = "note: memory:// lives only inside this command: what it wrote vanishes when the command exits; "
+    else:
+        note = (
+            "note: memory:// is a new, empty store in each command, so it never holds what an earlier command stored; "
+        )
+    typer.echo(note + _KEEP_IT, err=True)
 
 
 async def _using(url: str, must_exist: bool, work: Callable[[StorageBackend], Awaitable[T]]) -> T:
@@ -310,7 +401,7 @@ def _human_bytes(count: int) -> str:
 # -- demo ------------------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def demo() -> None:
     """Store a few answers with the bundled model, then show an exact hit, a semantic hit and misses."""
@@ -322,7 +413,7 @@ def demo() -> None:
 # -- stats -----------------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def stats(
     url: UrlArgument,
@@ -330,6 +421,7 @@ def stats(
 ) -> None:
     """Show the backend's statistics: size, partitions, evictions, file size..."""
     values = _run(_using(url, True, lambda backend: backend.get_stats()))
+    _note_if_ephemeral(url, wrote=False)
     if as_json:
         typer.echo(json.dumps(values, default=str))
         return
@@ -345,48 +437,58 @@ def stats(
 # -- inspect ---------------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def inspect(
     url: UrlArgument,
     namespace: NamespaceOption = None,
-    limit: Annotated[int, typer.Option("--limit", "-l", min=1, help="Show at most this many entries.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--limit", "-l", min=1, metavar="N", help="Show at most this many entries (at least 1).")
+    ] = 20,
 ) -> None:
-    """List entries, newest first: prompt, namespace, partition, age, hits and expiry."""
+    """List entries, newest first: key, prompt, namespace, age, hits and expiry.
+
+    The key (partition id, a colon, then a hash of the prompt) is what `delete` takes.
+    """
     _check_namespace(namespace)
     entries = _run(_using(url, True, lambda backend: backend.iterate(namespace)))
     entries.sort(key=lambda item: item[1].created_at, reverse=True)
     now = time.time()
     where = f" in namespace {namespace!r}" if namespace else ""
-    table = Table(title=f"{min(limit, len(entries))} of {len(entries)} entries{where}, newest first")
+    if not entries:
+        _out().print(f"no entries{where} in {_plain(url)}")
+        _note_if_ephemeral(url, wrote=False)
+        return
+    table = Table(title=f"{min(limit, len(entries))} of {_entries(len(entries))}{where}, newest first")
+    table.add_column("key", overflow="fold")  # whole (folded on a narrow terminal): it is what `delete` takes
     table.add_column("prompt", overflow="ellipsis", no_wrap=True, max_width=60)
     table.add_column("namespace", no_wrap=True)
-    table.add_column("partition", no_wrap=True)
     table.add_column("age", justify="right")
     table.add_column("hits", justify="right")
     table.add_column("expires", justify="right", no_wrap=True)
-    for _key, entry in entries[:limit]:
+    for key, entry in entries[:limit]:
         remaining = entry.ttl_remaining(now)
         table.add_row(
+            key,
             entry.prompt,
             entry.namespace,
-            entry.partition_id[:12],
             _human_seconds(max(0.0, now - entry.created_at)),
             str(entry.hits),
             "never" if remaining is None else f"in {_human_seconds(remaining)}",
         )
     _out().print(table)
+    _note_if_ephemeral(url, wrote=False)
 
 
 # -- clear -----------------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def clear(
     url: UrlArgument,
     namespace: NamespaceOption = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking for confirmation.")] = False,
 ) -> None:
     """Delete every entry (or one namespace's), after asking unless --yes is given."""
     _check_namespace(namespace)
@@ -396,7 +498,7 @@ def clear(
         count = len(await backend.iterate(namespace)) if namespace else int((await backend.get_stats())["size"])
         if count == 0:
             return 0
-        what = f"{count} entries" + (f" of namespace {namespace!r}" if namespace else "")
+        what = _entries(count) + (f" of namespace {namespace!r}" if namespace else "")
         if not yes:
             try:
                 confirmed = typer.confirm(f"Delete {what} from {url}?", default=False)
@@ -408,7 +510,76 @@ def clear(
         return count
 
     deleted = _run(_using(url, True, work))
-    _out().print(f"deleted {deleted} entries" + (f" of namespace {namespace!r}" if namespace else ""))
+    of_namespace = f" of namespace {namespace!r}" if namespace else ""
+    if deleted:
+        _out().print(f"deleted {_entries(deleted)}{of_namespace}")
+    else:
+        _out().print(f"nothing to delete: no entries{of_namespace} in {_plain(url)}")
+    _note_if_ephemeral(url, wrote=False)
+
+
+# -- delete ----------------------------------------------------------------------------------------------
+
+
+class _NoEmbedder:
+    """`delete` embeds nothing: an embedder that says so if it is ever called (it never loads a model)."""
+
+    name = "none"
+    dimension = None
+
+    async def embed(self, texts: Sequence[str]) -> Matrix:
+        raise UserError("delete embeds nothing")  # pragma: no cover - delete_key never embeds
+
+
+@app.command(cls=_PlainHelpCommand)
+@_one_line_errors
+def delete(
+    url: UrlArgument,
+    keys: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="KEY...",
+            help="Keys of the entries to delete, as `inspect` lists them (and as every hit carries: CacheHit.key).",
+            show_default=False,
+        ),
+    ],
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--namespace", "-n", metavar="NAME", help="Delete a key only if its entry belongs to this namespace."
+        ),
+    ] = None,
+) -> None:
+    """Delete entries by key; prints "deleted" or "not found" for each key.
+
+    Exit code 0 if every key was deleted, 1 if any was not found (nothing else is changed either way).
+    """
+    from semantic_llm_cache.cache import SemanticCache
+
+    _check_namespace(namespace)
+    for key in keys:
+        if not key.strip():
+            raise UserError(f"a key must be non-empty text (as `inspect` lists them), got {key!r}")
+
+    async def work() -> list[tuple[str, bool]]:
+        backend = _open_backend(url, must_exist=True)
+        async with SemanticCache(backend=backend, embedder=_NoEmbedder(), on_error="raise") as cache:
+            return [(key, await cache.delete_key(key, namespace=namespace)) for key in dict.fromkeys(keys)]
+
+    outcomes = _run(work())
+    out = _out()
+    of_namespace = f" in namespace {namespace!r}" if namespace else ""
+    for key, deleted in outcomes:
+        out.print(f"deleted {_plain(key)}" if deleted else f"not found{of_namespace}: {_plain(key)}")
+    missing = sum(not deleted for _key, deleted in outcomes)
+    _note_if_ephemeral(url, wrote=False)
+    if missing:
+        typer.echo(
+            f"{_entries(len(outcomes) - missing)} deleted; "
+            f"{_count(missing, 'key')} not found{of_namespace} (see `inspect {_plain(url)}` for the keys)",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 # -- calibrate -------------------------------------------------------------------------------------------
@@ -433,7 +604,10 @@ def parse_pair(path: Path, number: int, line: str) -> LabeledPair:
     where = f"{path} line {number}"
     missing = [name for name in ("text_a", "text_b", "label") if name not in record]
     if missing:
-        raise UserError(f"{where}: missing {', '.join(map(repr, missing))}; each line is {PAIR_FORMAT}")
+        raise UserError(
+            f"{where}: missing {', '.join(map(repr, missing))}; each line needs the fields text_a, text_b and "
+            f"label: {PAIR_FORMAT}"
+        )
     texts = []
     for name in ("text_a", "text_b"):
         text = record[name]
@@ -491,7 +665,7 @@ class _CheckedEmbedder:
         return np.asarray(raw, dtype=np.float32)
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def calibrate(
     pairs_file: Annotated[
@@ -503,16 +677,42 @@ def calibrate(
         ),
     ],
     target_precision: Annotated[
-        float, typer.Option("--target-precision", help="Precision the recommended threshold must reach.")
+        float,
+        typer.Option(
+            "--target-precision", metavar="PRECISION", help="Precision the recommended threshold must reach (0 to 1)."
+        ),
     ] = 0.9,
     plot: Annotated[
         Path | None, typer.Option("--plot", metavar="OUT.png", help="Write precision and hit rate against threshold.")
     ] = None,
     embedder_spec: EmbedderOption = "bundled",
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N pairs.")] = None,
-    step: Annotated[float, typer.Option("--step", min=0.005, help="Threshold step of the printed table.")] = 0.02,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, metavar="N", help="Use only the first N pairs.")
+    ] = None,
+    step: Annotated[
+        float,
+        typer.Option("--step", min=0.005, metavar="STEP", help="Threshold step of the printed table (0.005 to 1)."),
+    ] = 0.02,
+    min_hits: Annotated[
+        int,
+        typer.Option(
+            "--min-hits",
+            min=1,
+            metavar="N",
+            help="Judge a threshold's precision only if it rests on at least this many labeled hits.",
+        ),
+    ] = DEFAULT_MIN_HITS,
 ) -> None:
-    """Sweep thresholds on labeled pairs and recommend the lowest one that meets the target precision."""
+    """Sweep thresholds on labeled pairs and recommend the lowest one that meets the target precision.
+
+    The rule: the lowest threshold whose precision reaches the target and stays at or above it at every stricter
+    threshold, judging only thresholds with at least --min-hits labeled hits (near the top a threshold serves a
+    handful of queries, where one wrong hit would otherwise veto every lower threshold). The table marks
+    precision resting on fewer labeled hits with *, and shows the threshold that stopped the search.
+
+    Exit code 2 if the pairs file cannot be used (missing, not UTF-8 JSON lines, or a line without "text_a",
+    "text_b" and a "label" of 0 or 1; the error names the line), 1 if anything else fails.
+    """
     from semantic_llm_cache.calibration import plot_report, sweep
 
     if not 0.0 <= target_precision <= 1.0:
@@ -521,12 +721,15 @@ def calibrate(
         raise UserError(f"--step must be a number from 0.005 to 1, got {step}")
 
     async def work() -> Any:
-        pairs = load_labeled_pairs(pairs_file, limit=limit)
+        try:
+            pairs = load_labeled_pairs(pairs_file, limit=limit)
+        except UserError as exc:
+            raise PairsFileError(str(exc)) from None
         embedder = load_embedder(embedder_spec)
         from semantic_llm_cache.embeddings.adapters import as_embedder
 
         with _progress() as progress:
-            task = progress.add_task(f"embedding {len(pairs)} pairs", total=None)
+            task = progress.add_task(f"embedding {_count(len(pairs), 'pair')}", total=None)
 
             def advance(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
@@ -534,10 +737,13 @@ def calibrate(
             return await sweep(pairs, _CheckedEmbedder(as_embedder(embedder)), progress=advance)
 
     report = _run(work())
-    recommended = {guard: report.recommend(target_precision, guard=guard) for guard in (True, False)}
+    recommended = {guard: report.recommend(target_precision, guard, min_hits) for guard in (True, False)}
+    stopped = {guard: _stopped_at(report, recommended[guard], guard, min_hits) for guard in (True, False)}
     shown = {row.threshold for row in report.rows if abs(row.threshold / step - round(row.threshold / step)) < 1e-6}
-    shown |= {row.threshold for row in recommended.values() if row is not None}
-    sample = f"{report.pairs} pairs ({report.positives} same meaning), {report.stored} stored prompts"
+    shown |= {row.threshold for row in [*recommended.values(), *stopped.values()] if row is not None}
+    sample = (
+        f"{_count(report.pairs, 'pair')} ({report.positives} same meaning), {_count(report.stored, 'stored prompt')}"
+    )
     table = Table(title=f"{sample}, {report.embedder}")
     table.add_column("threshold", justify="right")
     for guard_name in ("guard off", "guard on"):
@@ -550,30 +756,55 @@ def calibrate(
         cells = [f"{threshold:.3f}"]
         for guard in (False, True):
             row = by_threshold[threshold][guard]
-            cells += [_fraction(row.hit_rate), _fraction(row.precision) if row.hits else "-", _fraction(row.f1)]
+            precision = _fraction(row.precision) + ("*" if row.labeled_hits < min_hits else "") if row.hits else "-"
+            cells += [_fraction(row.hit_rate), precision, _fraction(row.f1)]
         style = "bold green" if recommended[True] is not None and threshold == recommended[True].threshold else None
         table.add_row(*cells, style=style)
     console = _out()
     console.print(table)
+    console.print(f"* precision resting on fewer than {_count(min_hits, 'labeled hit')}: too few to judge (--min-hits)")
+    console.print(
+        f"rule: the lowest threshold whose precision reaches {target_precision} and stays at or above it at every "
+        f"stricter threshold with at least {_count(min_hits, 'labeled hit')}"
+    )
     for guard in (True, False):
         label = "with the answer guard" if guard else "without the guard"
         chosen = recommended[guard]
         if chosen is None:
-            console.print(f"no threshold reaches precision {target_precision} {label} on this sample")
-        else:
             console.print(
-                f"recommended threshold {label}: {chosen.threshold:.3f} (precision {chosen.precision:.3f}, "
-                f"hit rate {chosen.hit_rate:.3f}, F1 {chosen.f1:.3f}) for target precision {target_precision}"
+                f"no threshold reaches precision {target_precision} {label} on this sample "
+                f"with at least {_count(min_hits, 'labeled hit')}"
             )
+            continue
+        below = stopped[guard]
+        why = (
+            f"; below it, {below.threshold:.3f} has precision {below.precision:.3f} on "
+            f"{_count(below.labeled_hits, 'labeled hit')}"
+            if below is not None
+            else "; every lower threshold reaches it too"
+        )
+        console.print(
+            f"recommended threshold {label}: {chosen.threshold:.3f} (precision {chosen.precision:.3f}, "
+            f"hit rate {chosen.hit_rate:.3f}, F1 {chosen.f1:.3f}) for target precision {target_precision}{why}"
+        )
     if plot is not None:
         try:
-            written = plot_report(report, plot, target_precision)
+            written = plot_report(report, plot, target_precision, min_hits)
         except ImportError as exc:
             _fail(f"--plot needs matplotlib: pip install 'async-semantic-llm-cache[plot]' ({exc})")
         except (OSError, ValueError) as exc:  # ValueError: a file name matplotlib cannot write (no known suffix)
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             _fail(f"cannot write the plot to {plot}: {reason}")
         console.print(f"plot written to {_plain(written)}")
+
+
+def _stopped_at(report: CalibrationReport, chosen: SweepRow | None, guard: bool, min_hits: int) -> SweepRow | None:
+    """The judged threshold just below the recommended one: the first whose precision misses the target."""
+    if chosen is None:
+        return None
+    lower = [row for row in report.rows if row.guard == guard and row.threshold < chosen.threshold]
+    judged = [row for row in lower if row.labeled_hits >= min_hits]
+    return max(judged, key=lambda row: row.threshold, default=None)
 
 
 # -- warm ------------------------------------------------------------------------------------------------
@@ -591,10 +822,25 @@ class WarmRecord:
     metadata: dict[str, Any] | None
 
 
-def parse_warm_record(path: Path, number: int, line: str) -> WarmRecord:
-    """Check one line of a warm file; UserError names the line."""
+def parse_warm_record(path: Path, number: int, line: str, integration: str | None = None) -> WarmRecord:
+    """Check one line of a warm file; UserError names the line. With `integration` (warm --for), a line is only
+    {"prompt": ..., "response": "the answer's text"} and optionally "namespace": the model and expiry come from
+    the options."""
     record = _json_object(path, number, line, "nothing was written")
     where = f"{path} line {number}"
+    if integration is not None:
+        not_for_integration = sorted(set(record) & {"model", "ttl", "metadata"})
+        if not_for_integration:
+            raise UserError(
+                f'{where}: with --for {integration}, a line holds only "prompt", "response" and optionally '
+                f'"namespace" (got {", ".join(not_for_integration)}): the model comes from --llm and the expiry '
+                "from --ttl; nothing was written"
+            )
+        if "response" in record and not isinstance(record["response"], str):
+            raise UserError(
+                f"{where}: with --for {integration}, response must be the answer's text (a string), got "
+                f"{_shown(record['response'])}; nothing was written"
+            )
     unknown = sorted(set(record) - set(WARM_FIELDS))
     if unknown:
         raise UserError(
@@ -628,7 +874,115 @@ def parse_warm_record(path: Path, number: int, line: str) -> WarmRecord:
     return WarmRecord(record["prompt"], record["response"], namespace, model, ttl, metadata)
 
 
-@app.command()
+INTEGRATIONS = ("langchain", "llamaindex")
+_INTEGRATION_PACKAGES = {"langchain": "langchain-semantic-cache", "llamaindex": "llama-index-llms-semantic-cache"}
+Storer = Callable[[WarmRecord], Awaitable[None]]
+
+
+def _load_llm(spec: str, integration: str) -> Any:
+    """The model object `--llm module:attribute` names (a class is instantiated with no arguments)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UserError(
+            f'--llm must be "module:attribute" naming your application\'s {integration} model, got {spec!r}'
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+        return target() if isinstance(target, type) else target
+    except Exception as exc:
+        raise UserError(f"cannot load --llm {spec!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def _integration_storer(integration: str, llm: Any) -> Callable[[Any], Storer]:
+    """How warm stores a record where `integration` looks for it: under the partition (Scope) the integration
+    gives a call of `llm` with the prompt as its only (user) message and no other arguments, and as the payload
+    the integration stores for a model's answer, so its next such call is a hit that never reaches the model.
+
+    Checked before anything is opened (the integration is installed, `llm` is one of its models); the result
+    binds the storer to the warm command's cache once it is built."""
+    package = _INTEGRATION_PACKAGES[integration]
+    if integration == "langchain":
+        try:
+            from langchain_core.language_models import BaseChatModel, BaseLLM
+            from langchain_core.load import dumps
+            from langchain_core.messages import AIMessage, HumanMessage
+            from langchain_core.outputs import ChatGeneration, Generation
+            from langchain_semantic_cache import SemanticCache as LangChainCache
+        except ImportError as exc:
+            raise UserError(f"--for langchain needs the LangChain integration: pip install {package} ({exc})") from exc
+        if isinstance(llm, BaseChatModel):
+            chat = True
+            llm_string = llm._get_llm_string()  # what BaseChatModel passes its cache for a call without stop
+        elif isinstance(llm, BaseLLM):
+            chat = False
+            # As BaseLLM.generate builds its cache's llm_string (langchain_core: get_prompts, stop=None).
+            params = llm._dict_for_compat() if hasattr(llm, "_dict_for_compat") else llm.dict()
+            llm_string = str(sorted({**params, "stop": None}.items()))
+        else:
+            raise UserError(
+                f"--for langchain: --llm must name a LangChain chat model or LLM (BaseChatModel or BaseLLM), "
+                f"got {type(llm).__name__}"
+            )
+
+        def bind_langchain(cache: Any) -> Storer:
+            # The integration's public BaseCache.aupdate, fed what LangChain itself hands its cache for such a
+            # call; its namespace is its engine's, so a record of another namespace goes through an engine of
+            # that namespace on the same backend and embedder (never closed: closing would close the backend).
+            by_namespace: dict[str, Any] = {cache.config.namespace: LangChainCache(cache=cache)}
+
+            def langchain_cache_for(record: WarmRecord) -> Any:
+                namespace = record.namespace or cache.config.namespace
+                if namespace not in by_namespace:
+                    config = dataclasses.replace(cache.config, namespace=namespace)
+                    engine = type(cache)(backend=cache.backend, embedder=cache.embedder, config=config)
+                    by_namespace[namespace] = LangChainCache(cache=engine)
+                return by_namespace[namespace]
+
+            async def store_langchain(record: WarmRecord) -> None:
+                if chat:  # a chat model's cache prompt is its serialized messages
+                    prompt = dumps([HumanMessage(content=record.prompt)])
+                    answer: list[Any] = [ChatGeneration(message=AIMessage(content=record.response))]
+                else:
+                    prompt, answer = record.prompt, [Generation(text=record.response)]
+                await langchain_cache_for(record).aupdate(prompt, llm_string, answer)
+
+            return store_langchain
+
+        return bind_langchain
+    try:
+        from llama_index.core.base.llms.types import CompletionResponse
+        from llama_index.core.llms import LLM
+        from llama_index.llms.semantic_cache import SemanticCacheLLM
+        from llama_index.llms.semantic_cache._keys import Bypass
+    except ImportError as exc:
+        raise UserError(f"--for llamaindex needs the LlamaIndex integration: pip install {package} ({exc})") from exc
+    if not isinstance(llm, LLM):
+        raise UserError(f"--for llamaindex: --llm must name a LlamaIndex LLM, got {type(llm).__name__}")
+
+    def bind_llamaindex(cache: Any) -> Storer:
+        wrappers: dict[str | None, Any] = {}
+
+        async def store_llamaindex(record: WarmRecord) -> None:
+            if record.namespace not in wrappers:  # SemanticCacheLLM(namespace=None) uses the cache's (--namespace)
+                wrappers[record.namespace] = SemanticCacheLLM(llm=llm, cache=cache, namespace=record.namespace)
+            # PRIVATE API, until the integration exposes one: SemanticCacheLLM keys complete(prompt) with
+            # _completion_request (a chat model's as chat([user: prompt])) and stores its codec's payload.
+            request, codec = wrappers[record.namespace]._completion_request(record.prompt, False, {})
+            if isinstance(request, Bypass):
+                raise UserError(f"LlamaIndex would not cache {record.prompt!r}: {request.reason}")
+            payload = codec.encode(CompletionResponse(text=record.response))
+            await cache.store(request.prompt, payload, request.scope)
+
+        return store_llamaindex
+
+    return bind_llamaindex
+
+
+@app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def warm(
     url: UrlArgument,
@@ -637,25 +991,61 @@ def warm(
         typer.Argument(
             metavar="FILE.jsonl",
             help='One JSON object a line: {"prompt": ..., "response": ...} and optionally "namespace", "model", '
-            '"ttl" (seconds) and "metadata".',
+            '"ttl" (seconds) and "metadata" (with --for: "prompt", "response" as the answer\'s text, and "namespace").',
             show_default=False,
         ),
     ],
     embedder_spec: EmbedderOption = "bundled",
-    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Namespace of records that name none.")] = (
-        "default"
-    ),
-    ttl: Annotated[float | None, typer.Option("--ttl", help="Seconds each entry lives (default: forever).")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Records embedded at once.")] = 64,
+    namespace: Annotated[
+        str, typer.Option("--namespace", "-n", metavar="NAME", help="Namespace of records that name none.")
+    ] = ("default"),
+    ttl: Annotated[
+        float | None, typer.Option("--ttl", metavar="SECONDS", help="Seconds each entry lives (default: forever).")
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, metavar="N", help="Records embedded at once (at least 1).")
+    ] = 64,
+    integration: Annotated[
+        str | None,
+        typer.Option(
+            "--for",
+            metavar="INTEGRATION",
+            help='Store the answers where an integration looks for them: "langchain" or "llamaindex" (with --llm).',
+            show_default=False,
+        ),
+    ] = None,
+    llm_spec: Annotated[
+        str | None,
+        typer.Option(
+            "--llm",
+            metavar="MODULE:ATTRIBUTE",
+            help="With --for: the model your application gives the integration (an object, or a class built with no "
+            "arguments), importable from the current directory.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Bulk-load prompt/response records, embedded with the cache's embedder (the whole file is checked first).
 
     Each record lands in the partition of Scope(namespace, model): the one the cache serves calls with that
     namespace and model and no other call parameters or context.
+
+    For an integration, warm --for langchain|llamaindex --llm MODULE:ATTRIBUTE: each line is {"prompt": ...,
+    "response": "the answer's text"} and optionally "namespace", stored as the integration stores that model's
+    answer to a call with the prompt as its only message and no other arguments (LangChain: invoke(prompt) on
+    the chat model or LLM; LlamaIndex: complete(prompt), and on a chat model also chat with the prompt as the one
+    user message). Give the --embedder and --namespace the application's cache uses.
     """
     from semantic_llm_cache.cache import SemanticCache
 
     _check_namespace(namespace)
+    if integration is not None and integration not in INTEGRATIONS:
+        raise UserError(f"--for must be one of {', '.join(INTEGRATIONS)}, got {integration!r}")
+    if (integration is None) != (llm_spec is None):
+        raise UserError(
+            "--for and --llm go together: --for langchain|llamaindex --llm module:attribute names the integration "
+            "and the model your application gives it"
+        )
     try:
         default_ttl = validate_ttl(ttl, "--ttl")
     except ConfigurationError:
@@ -665,7 +1055,9 @@ def warm(
         ) from None
 
     async def work() -> tuple[int, int]:
-        records = [parse_warm_record(records_file, number, line) for number, line in _read_lines(records_file)]
+        records = [
+            parse_warm_record(records_file, number, line, integration) for number, line in _read_lines(records_file)
+        ]
         # A prompt repeated in the same namespace and model is one entry: the last record wins, as in the file.
         latest = {(r.namespace or namespace, r.model, normalize_prompt(r.prompt)): r for r in records}
         embedder = as_embedder(load_embedder(embedder_spec))
@@ -675,6 +1067,9 @@ def warm(
                 "application: give it the name your application uses (an Embedder with a `name`, or "
                 "CallableEmbedder(fn, name='...') in that module)"
             )
+        bind_storer = None
+        if integration is not None and llm_spec is not None:  # checked before the backend is opened
+            bind_storer = _integration_storer(integration, _load_llm(llm_spec, integration))
         backend = _open_backend(url, must_exist=False)
         try:
             cache = SemanticCache(backend=backend, embedder=embedder, namespace=namespace, ttl=default_ttl,
@@ -685,6 +1080,7 @@ def warm(
         stored = 0
         failures: list[Exception] = []
         try:
+            store_for = bind_storer(cache) if bind_storer is not None else None
             with _progress() as progress:
                 loading = progress.add_task(f"loading embedder {cache.embedder.name}", total=None)
                 try:
@@ -706,7 +1102,10 @@ def warm(
                             return
                         scope = Scope(namespace=record.namespace, model=record.model)
                         try:
-                            await cache.store(record.prompt, record.response, scope, record.ttl, record.metadata)
+                            if store_for is not None:
+                                await store_for(record)
+                            else:
+                                await cache.store(record.prompt, record.response, scope, record.ttl, record.metadata)
                         except Exception as exc:  # the package's errors, or a bug: either way, stop here
                             failures.append(exc)
                             return
@@ -718,15 +1117,16 @@ def warm(
             await cache.close()
         if failures:
             raise UserError(
-                f"stored {stored} of {len(latest)} entries, then failed: {_described(failures[0])}; "
+                f"stored {stored} of {_entries(len(latest))}, then failed: {_described(failures[0])}; "
                 "running warm again is safe: it replaces the same entries"
             )
         return len(records), stored
 
     count, stored = _run(work())
     repeated = f" ({count - stored} repeated an earlier prompt: the last one was kept)" if stored < count else ""
-    _out().print(f"stored {stored} entries from {count} records in {_plain(url)}{repeated}")
-    _note_if_ephemeral(url)
+    entries = _entries(stored)
+    _out().print(f"stored {entries} from {_count(count, 'record')} in {_plain(url)}{repeated}")
+    _note_if_ephemeral(url, wrote=True)
 
 
 # -- export / import -------------------------------------------------------------------------------------
@@ -802,7 +1202,7 @@ def parse_export_line(path: Path, number: int, line: str) -> tuple[str, CacheEnt
     return key, entry
 
 
-@app.command()
+@app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def export(
     url: UrlArgument,
@@ -821,6 +1221,7 @@ def export(
     if to_stdout:
         sys.stdout.write("".join(lines))
         sys.stdout.flush()
+        _note_if_ephemeral(url, wrote=False)
         return
     partial = output.with_name(output.name + ".partial")
     try:
@@ -832,10 +1233,11 @@ def export(
             partial.unlink(missing_ok=True)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise UserError(f"cannot write {output}: {reason}; nothing was exported") from exc
-    _status().print(f"exported {len(lines)} entries to {_plain(output)}")
+    _status().print(f"exported {_entries(len(lines))} to {_plain(output)}")
+    _note_if_ephemeral(url, wrote=False)
 
 
-@app.command("import")
+@app.command("import", cls=_PlainHelpCommand)
 @_one_line_errors
 def import_entries(
     url: UrlArgument,
@@ -864,7 +1266,7 @@ def import_entries(
                     progress.advance(task)
         except Exception as exc:  # the backend's errors, or a bug: either way, say how far the import got
             raise UserError(
-                f"{source} line {line_number}: failed after importing {imported} of {len(entries)} entries "
+                f"{source} line {line_number}: failed after importing {imported} of {_entries(len(entries))} "
                 f"(every line before it is in the cache, none after): {_described(exc)}"
             ) from exc
         finally:
@@ -873,5 +1275,5 @@ def import_entries(
 
     imported, expired = _run(work())
     skipped = f"; skipped {expired} already expired" if expired else ""
-    _out().print(f"imported {imported} entries into {_plain(url)}{skipped}")
-    _note_if_ephemeral(url)
+    _out().print(f"imported {_entries(imported)} into {_plain(url)}{skipped}")
+    _note_if_ephemeral(url, wrote=True)

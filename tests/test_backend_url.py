@@ -28,6 +28,19 @@ def test_memory_url_builds_a_fresh_backend_each_time() -> None:
     assert isinstance(bounded, MemoryBackend) and bounded.max_entries == 5
 
 
+def test_memory_url_has_the_same_bound_as_a_semantic_cache_by_default() -> None:
+    from semantic_llm_cache import SemanticCache
+
+    engine_default = SemanticCache(embedder=lambda texts: [[1.0] * 4 for _ in texts]).backend
+    assert isinstance(engine_default, MemoryBackend) and engine_default.max_entries == 100_000
+    for url in ("memory://", "memory://bounded-by-default"):
+        backend = backend_from_url(url)
+        assert isinstance(backend, MemoryBackend) and backend.max_entries == engine_default.max_entries
+    assert backend_from_url("memory://bounded-by-default") is backend  # a later plain URL names the same one
+    unbounded = backend_from_url("memory://", max_entries=None)
+    assert isinstance(unbounded, MemoryBackend) and unbounded.max_entries is None
+
+
 def test_named_memory_url_is_shared_until_forgotten() -> None:
     shared = backend_from_url("memory://team-cache")
     assert backend_from_url("memory://team-cache") is shared

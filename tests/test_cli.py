@@ -44,8 +44,8 @@ def run(*arguments: str, input: str | None = None) -> Result:
     return CliRunner(env={"COLUMNS": "250"}).invoke(app, list(arguments), input=input)
 
 
-def assert_one_line_error(result: Result, *fragments: str) -> str:
-    assert result.exit_code == 1, (result.exit_code, result.output)
+def assert_one_line_error(result: Result, *fragments: str, code: int = 1) -> str:
+    assert result.exit_code == code, (result.exit_code, result.output)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.output
@@ -168,7 +168,7 @@ def test_clear_asks_before_deleting_and_can_keep_to_one_namespace(cache_url: str
     assert confirmed.exit_code == 0 and "deleted 3 entries" in confirmed.stdout
     assert stats_of(cache_url)["size"] == 0
     nothing = run("clear", cache_url)
-    assert nothing.exit_code == 0 and "deleted 0 entries" in nothing.stdout
+    assert nothing.exit_code == 0 and "nothing to delete: no entries" in nothing.stdout
 
 
 def test_warm_keeps_the_last_answer_of_a_repeated_prompt(cache_url: str, tmp_path: Path) -> None:
@@ -343,9 +343,8 @@ def test_import_skips_entries_that_expired_since_the_export(cache_url: str, tmp_
     write_jsonl(backup, lines)
     assert run("clear", cache_url, "--yes").exit_code == 0
     result = run("import", cache_url, str(backup))
-    assert (
-        result.exit_code == 0 and "imported 1 entries" in result.stdout and "skipped 1 already expired" in result.stdout
-    )
+    assert result.exit_code == 0 and "imported 1 entry into" in result.stdout
+    assert "skipped 1 already expired" in result.stdout
     assert stats_of(cache_url)["size"] == 1
 
 
@@ -375,7 +374,6 @@ def test_user_errors_print_one_line_and_exit_non_zero(tmp_path: Path, records_fi
         (["stats", f"redis://127.0.0.1:{free_port()}/0"], ("unreachable",)),
         (["warm", "memory://", str(missing_file), "--embedder", FAKE_EMBEDDER], ("no such file", str(missing_file))),
         (["import", "memory://", str(missing_file)], ("no such file",)),
-        (["calibrate", str(missing_file)], ("no such file",)),
         (["warm", "memory://", str(records_file), "--embedder", "no_such_module:Thing"], ("cannot load embedder",)),
         (["warm", "memory://", str(records_file), "--embedder", "nonsense"], ('"bundled" or "module:attribute"',)),
         (["calibrate", str(records_file), "--target-precision", "1.5"], ("--target-precision must be",)),
@@ -383,6 +381,7 @@ def test_user_errors_print_one_line_and_exit_non_zero(tmp_path: Path, records_fi
     ]
     for arguments, fragments in cases:
         assert_one_line_error(run(*arguments), *fragments)
+    assert_one_line_error(run("calibrate", str(missing_file)), "no such file", code=2)  # the pairs file: 2
     assert not missing_db.exists() and not (tmp_path / "out.jsonl").exists()
 
 
@@ -404,7 +403,9 @@ def test_calibrate_names_a_malformed_line(tmp_path: Path) -> None:
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"text_a": "a", "text_b": "b", "label": 1}\n{"text_a": "a", "label": 1}\n', encoding="utf-8")
     result = run("calibrate", str(path), "--embedder", FAKE_EMBEDDER)
-    assert_one_line_error(result, f"{path} line 2", "missing 'text_b'")
+    assert_one_line_error(
+        result, f"{path} line 2", "missing 'text_b'", "needs the fields text_a, text_b and label", code=2
+    )
 
 
 def test_calibrate_prints_both_guard_settings_and_the_recommendation(tmp_path: Path) -> None:
@@ -463,7 +464,12 @@ def test_the_console_script_works_as_a_user_runs_it(tmp_path: Path, records_file
     script = Path(sys.executable).with_name("semantic-llm-cache")
     assert script.exists(), "the console script should be installed with the package"
     url = f"sqlite:///{tmp_path}/cache.db"
-    environment = {**os.environ, "COLUMNS": "200"}
+    # The code under test, whichever checkout the virtualenv's editable install points at.
+    environment = {
+        **os.environ,
+        "COLUMNS": "200",
+        "PYTHONPATH": os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
+    }
 
     def shell(*arguments: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(arguments, cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=120)
@@ -477,7 +483,7 @@ def test_the_console_script_works_as_a_user_runs_it(tmp_path: Path, records_file
     assert failed.stderr.strip().startswith("error: unsupported backend URL scheme") and failed.stderr.count("\n") == 1
     usage = shell(str(script), "--help")
     assert usage.returncode == 0
-    for command in ("demo", "stats", "inspect", "clear", "calibrate", "warm", "export", "import"):
+    for command in ("demo", "stats", "inspect", "clear", "delete", "calibrate", "warm", "export", "import"):
         assert command in usage.stdout
 
 
@@ -544,6 +550,11 @@ def input_file(command: str, tmp_path: Path, bad_line: str, records_file: Path) 
     return path
 
 
+def code_of(command: str) -> int:
+    """The exit code of a bad input file: 2 for calibrate's pairs file, 1 for warm's and import's."""
+    return 2 if command == "calibrate" else 1
+
+
 def run_on_file(command: str, url: str, path: Path) -> Result:
     if command == "calibrate":
         return run("calibrate", str(path), "--embedder", FAKE_EMBEDDER)
@@ -567,7 +578,7 @@ def test_deep_nesting_and_huge_integers_in_an_input_file_name_the_line(
 ) -> None:
     url = f"sqlite:///{tmp_path}/cache.db"
     path = input_file(command, tmp_path, bad_line, records_file)
-    assert_one_line_error(run_on_file(command, url, path), f"{path} line 3", fragment)
+    assert_one_line_error(run_on_file(command, url, path), f"{path} line 3", fragment, code=code_of(command))
     assert_nothing_stored(url)
 
 
@@ -587,7 +598,9 @@ def test_a_lone_surrogate_in_an_input_file_names_the_line_and_writes_nothing(
         bad_line = bad_line.replace('"prompt": "', '"prompt": "\\ud800', 1)
         field = "prompt"
     path = input_file(command, tmp_path, bad_line, records_file)
-    assert_one_line_error(run_on_file(command, url, path), f"{path} line 3", f"{field}", "lone surrogate")
+    assert_one_line_error(
+        run_on_file(command, url, path), f"{path} line 3", f"{field}", "lone surrogate", code=code_of(command)
+    )
     assert_nothing_stored(url)
 
 
@@ -598,7 +611,9 @@ def test_an_input_file_that_is_not_utf8_names_the_file_and_line(
     url = f"sqlite:///{tmp_path}/cache.db"
     path = input_file(command, tmp_path, "LATIN1", records_file)
     path.write_bytes(path.read_bytes().replace(b"LATIN1", '{"prompt": "caf\u00e9"}'.encode("latin-1")))
-    line = assert_one_line_error(run_on_file(command, url, path), f"{path} line 3", "not UTF-8 text")
+    line = assert_one_line_error(
+        run_on_file(command, url, path), f"{path} line 3", "not UTF-8 text", code=code_of(command)
+    )
     assert "byte 0xe9" in line
     assert_nothing_stored(url)
 
@@ -676,7 +691,7 @@ def test_calibrate_takes_labels_of_exactly_0_or_1_and_names_a_bad_line(
     tmp_path: Path, bad_line: str, fragment: str
 ) -> None:
     path = input_file("calibrate", tmp_path, bad_line, tmp_path)
-    assert_one_line_error(run_on_file("calibrate", "", path), f"{path} line 3", fragment)
+    assert_one_line_error(run_on_file("calibrate", "", path), f"{path} line 3", fragment, code=2)
 
 
 def test_calibrate_reads_float_labels_0_and_1_as_the_integers(tmp_path: Path) -> None:
@@ -691,13 +706,13 @@ def test_calibrate_reads_float_labels_0_and_1_as_the_integers(tmp_path: Path) ->
 def test_calibrate_of_an_empty_file_or_a_bad_step_is_one_line(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n  \n", encoding="utf-8")
-    assert_one_line_error(run("calibrate", str(empty), "--embedder", FAKE_EMBEDDER), "holds no labeled pairs")
+    assert_one_line_error(run("calibrate", str(empty), "--embedder", FAKE_EMBEDDER), "holds no labeled pairs", code=2)
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [json.loads(good_pair(1))])
     for step in ("inf", "1.5"):
         result = run("calibrate", str(pairs), "--embedder", FAKE_EMBEDDER, "--step", step)
         assert_one_line_error(result, "--step must be a number from 0.005 to 1")
     directory = run("calibrate", str(tmp_path), "--embedder", FAKE_EMBEDDER)
-    assert_one_line_error(directory, f"not a file: {tmp_path}")
+    assert_one_line_error(directory, f"not a file: {tmp_path}", code=2)
 
 
 class ExplodingEmbedder(BagOfWordsEmbedder):
@@ -830,3 +845,143 @@ def test_the_library_pair_loader_is_as_strict_as_the_cli(tmp_path: Path, line: s
     path.write_bytes(b'{"text_a": "caf\xe9", "text_b": "b", "label": 1}\n')
     with pytest.raises(InvalidInputError, match="not UTF-8"):
         load_pairs(path)
+
+
+# -- issue 15: delete by key, memory:// notes, plurals ------------------------------------------------------
+
+
+def test_delete_takes_the_keys_inspect_shows_and_hits_carry(cache_url: str, records_file: Path) -> None:
+    warm(cache_url, records_file)
+    hit = asyncio.run(lookup(cache_url, "how do I reset my password please"))
+    assert hit is not None
+    assert hit.key in run("inspect", cache_url).stdout  # a user finds the key there
+    shop = asyncio.run(lookup(cache_url, "Where is my parcel?", Scope(namespace="shop")))
+    assert shop is not None
+
+    some_missing = run("delete", cache_url, hit.key, "0" * 32 + ":" + "0" * 32)
+    assert some_missing.exit_code == 1, some_missing.output
+    assert f"deleted {hit.key}" in some_missing.stdout and f"not found: {'0' * 32}:" in some_missing.stdout
+    assert "1 entry deleted; 1 key not found" in some_missing.stderr and "Traceback" not in some_missing.output
+    assert asyncio.run(lookup(cache_url, "How do I reset my password?")) is None
+    assert stats_of(cache_url)["size"] == len(RECORDS) - 1
+    again = run("delete", cache_url, hit.key)
+    assert again.exit_code == 1 and f"not found: {hit.key}" in again.stdout
+
+    other_tenant = run("delete", cache_url, shop.key, "--namespace", "default")
+    assert other_tenant.exit_code == 1 and f"not found in namespace 'default': {shop.key}" in other_tenant.stdout
+    assert stats_of(cache_url)["size"] == len(RECORDS) - 1
+    own_tenant = run("delete", cache_url, shop.key, "--namespace", "shop")
+    assert own_tenant.exit_code == 0 and own_tenant.stdout.strip() == f"deleted {shop.key}"
+    assert stats_of(cache_url)["size"] == len(RECORDS) - 2
+
+
+def test_delete_refuses_an_empty_key_and_a_missing_sqlite_file(tmp_path: Path) -> None:
+    assert_one_line_error(run("delete", f"sqlite:///{tmp_path}/none.db", "a:b"), "no SQLite cache at")
+    assert not (tmp_path / "none.db").exists()
+    assert_one_line_error(run("delete", f"sqlite:///{tmp_path}/none.db", " "), "a key must be non-empty")
+    assert run("delete", f"sqlite:///{tmp_path}/none.db").exit_code == 2  # no key: a usage error
+
+
+def test_memory_urls_say_that_nothing_outlives_the_command(records_file: Path) -> None:
+    warmed = run("warm", "memory://", str(records_file), "--embedder", FAKE_EMBEDDER)
+    assert warmed.exit_code == 0 and "vanishes when the command exits" in warmed.stderr
+    assert "sqlite:///path/to/cache.db or redis://" in warmed.stderr
+    for command in (["stats", "memory://"], ["inspect", "memory://"], ["export", "memory://", "-"],
+                    ["clear", "memory://", "--yes"], ["delete", "memory://", "a:b"]):  # fmt: skip
+        result = run(*command)
+        assert "never holds what an earlier command stored" in result.stderr, (command, result.output)
+        assert "sqlite:///path/to/cache.db" in result.stderr
+    assert "no entries in memory://" in run("inspect", "memory://").stdout
+    named = run("stats", f"memory://cli-{uuid.uuid4().hex}")  # memory://NAME too: each command is a new process
+    assert named.exit_code == 0 and "note: memory://" in named.stderr
+
+
+def test_counts_agree_with_their_nouns(tmp_path: Path, records_file: Path) -> None:
+    url = f"sqlite:///{tmp_path}/cache.db"
+    one = write_jsonl(tmp_path / "one.jsonl", RECORDS[:1])
+    assert "stored 1 entry from 1 record in" in warm(url, one).stdout
+    assert "1 of 1 entry, newest first" in run("inspect", url).stdout
+    backup = tmp_path / "backup.jsonl"
+    assert "exported 1 entry to" in run("export", url, str(backup)).stderr
+    assert "deleted 1 entry" in run("clear", url, "--yes").stdout
+    assert "imported 1 entry into" in run("import", url, str(backup)).stdout
+    assert "Delete 1 entry from" in run("clear", url, input="n\n").stdout
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"text_a": "a b", "text_b": "a c", "label": 1}])
+    calibrated = run("calibrate", str(pairs), "--embedder", FAKE_EMBEDDER)
+    assert "1 pair (1 same meaning), 1 stored prompt" in calibrated.stdout, calibrated.output
+
+
+def sweep_row(threshold: float, correct: int, wrong: int, guard: bool = True) -> Any:
+    from semantic_llm_cache.calibration import SweepRow
+
+    hits = correct + wrong
+    precision = correct / hits if hits else 1.0
+    return SweepRow(threshold, guard, 100, hits, correct, wrong, precision, hits / 100, 0.5, 0.5)
+
+
+def test_a_wrong_hit_among_a_handful_at_the_top_does_not_veto_every_lower_threshold() -> None:
+    from semantic_llm_cache.calibration import CalibrationReport
+
+    # As on the committed QQP sample: one wrong pair scores 0.99, so it is 1 of 7 hits there (0.857) and
+    # 1 of 15 at 0.98 (0.933); the old rule ("every stricter threshold keeps the target") recommended 0.995.
+    rows = [sweep_row(0.94, 25, 4), sweep_row(0.96, 20, 2), sweep_row(0.98, 14, 1), sweep_row(0.99, 6, 1),
+            sweep_row(0.995, 2, 0)]  # fmt: skip
+    report = CalibrationReport(rows, 100, 50, 100, "test")
+    assert report.recommend(0.9, min_hits=1).threshold == 0.995  # judging every threshold: the old answer
+    assert report.recommend(0.9, min_hits=10).threshold == 0.96  # 0.94 (0.862 on 29) stops the search
+    assert report.recommend(0.9).threshold == 0.96  # the default: at least 20 labeled hits
+    assert report.recommend(0.9, min_hits=30) is None
+    assert rows[2].labeled_hits == 15
+
+
+def test_calibrate_states_its_rule_and_what_stopped_it(tmp_path: Path) -> None:
+    from semantic_llm_cache.calibration import load_pairs, sweep
+
+    pairs_file = tmp_path / "pairs.jsonl"
+    write_jsonl(
+        pairs_file,
+        [{"text_a": f"how do i reset password number {n}", "text_b": f"how do i reset password number {n} now",
+          "label": 1} for n in range(15)]
+        + [{"text_a": f"opening hours of shop {n}", "text_b": f"opening hours of the shop {n}", "label": 0}
+           for n in range(5)],
+    )  # fmt: skip
+    result = run("calibrate", str(pairs_file), "--embedder", FAKE_EMBEDDER, "--min-hits", "5")
+    assert result.exit_code == 0, result.output
+    assert "rule: the lowest threshold whose precision reaches 0.9 and stays at or above it at every stricter " in (
+        result.stdout
+    )
+    assert "with at least 5 labeled hits" in result.stdout
+    report = asyncio.run(sweep(load_pairs(pairs_file), BagOfWordsEmbedder()))
+    for guard, label in ((True, "with the answer guard"), (False, "without the guard")):
+        row = report.recommend(0.9, guard=guard, min_hits=5)
+        assert row is not None and f"recommended threshold {label}: {row.threshold:.3f}" in result.stdout
+        table_row = next(
+            line for line in result.stdout.splitlines() if line.strip("│ ").startswith(f"{row.threshold:.3f}")
+        )
+        assert table_row  # the recommended threshold is a row of the table
+        judged = [r for r in report.rows if r.guard == guard and r.labeled_hits >= 5 and r.threshold >= row.threshold]
+        assert all(r.precision >= 0.9 for r in judged)
+
+
+COMMANDS = ("demo", "stats", "inspect", "clear", "delete", "calibrate", "warm", "export", "import")
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_every_help_reads_as_plain_words(command: str | None) -> None:
+    result = run(*([command] if command else []), "--help")
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    for typer_ism in ("<bool>", "<str>", "<int", "<float", "<path>", "{URL}", "{KEY", "x>=", "<=x"):
+        assert typer_ism not in text, (typer_ism, text)
+    assert "--help" in text and "Show this message and exit." in text
+    if command in ("stats", "inspect", "clear", "delete", "warm", "export", "import"):
+        assert f"{command} [OPTIONS] URL" in text
+    if command == "delete":
+        assert "URL KEY..." in text and "1 if any was not found" in text
+    if command == "warm":
+        assert "--for" in text and "INTEGRATION" in text and "MODULE:ATTRIBUTE" in text and "SECONDS" in text
+    if command == "calibrate":
+        assert "PRECISION" in text and "--min-hits" in text and "Exit code 2" in text
+    if command is None:
+        for name in COMMANDS:
+            assert name in text

@@ -1,6 +1,6 @@
 """Build a storage backend from a URL: memory://, sqlite:///path, redis://host:port/db, rediss://...
 
-    memory://                  a new, private in-process backend
+    memory://                  a new, private in-process backend (at most 100,000 entries, as SemanticCache())
     memory://NAME              the in-process backend called NAME, shared by every URL that names it
     sqlite:///cache.db         a SQLite file, relative to the working directory (as in SQLAlchemy)
     sqlite:////var/cache.db    an absolute path (four slashes)
@@ -29,11 +29,15 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from semantic_llm_cache.backends.memory import MemoryBackend
+from semantic_llm_cache.config import CacheConfig
 from semantic_llm_cache.errors import ConfigurationError
 from semantic_llm_cache.storage import StorageBackend
 
 SUPPORTED_SCHEMES = ("memory", "sqlite", "redis", "rediss")
 EXAMPLES = "memory://, sqlite:///path/to/cache.db, redis://host:6379/0, rediss://host:6380/0"
+
+#: The bound of a memory:// backend that gives no max_entries: SemanticCache()'s own (CacheConfig.max_entries).
+DEFAULT_MEMORY_MAX_ENTRIES: int | None = CacheConfig.max_entries
 
 _named_memory: dict[str, MemoryBackend] = {}
 _named_memory_lock = threading.Lock()
@@ -110,12 +114,13 @@ def _build(factory: Callable[..., StorageBackend], url: str, *args: Any, **optio
 
 
 def _memory(url: str, name: str, options: dict[str, Any]) -> StorageBackend:
+    bounded = {"max_entries": DEFAULT_MEMORY_MAX_ENTRIES, **options}
     if not name:
-        return _build(MemoryBackend, url, **options)
+        return _build(MemoryBackend, url, **bounded)
     with _named_memory_lock:
         backend = _named_memory.get(name)
         if backend is None:
-            built = _build(MemoryBackend, url, **options)
+            built = _build(MemoryBackend, url, **bounded)
             assert isinstance(built, MemoryBackend)
             backend = _named_memory[name] = built
         elif options and options.get("max_entries", backend.max_entries) != backend.max_entries:
