@@ -954,10 +954,8 @@ def _integration_storer(integration: str, llm: Any) -> Callable[[Any], Storer]:
 
         return bind_langchain
     try:
-        from llama_index.core.base.llms.types import CompletionResponse
         from llama_index.core.llms import LLM
         from llama_index.llms.semantic_cache import SemanticCacheLLM
-        from llama_index.llms.semantic_cache._keys import Bypass
     except ImportError as exc:
         raise UserError(f"--for llamaindex needs the LlamaIndex integration: pip install {package} ({exc})") from exc
     if not isinstance(llm, LLM):
@@ -969,13 +967,10 @@ def _integration_storer(integration: str, llm: Any) -> Callable[[Any], Storer]:
         async def store_llamaindex(record: WarmRecord) -> None:
             if record.namespace not in wrappers:  # SemanticCacheLLM(namespace=None) uses the cache's (--namespace)
                 wrappers[record.namespace] = SemanticCacheLLM(llm=llm, cache=cache, namespace=record.namespace)
-            # PRIVATE API, until the integration exposes one: SemanticCacheLLM keys complete(prompt) with
-            # _completion_request (a chat model's as chat([user: prompt])) and stores its codec's payload.
-            request, codec = wrappers[record.namespace]._completion_request(record.prompt, False, {})
-            if isinstance(request, Bypass):
-                raise UserError(f"LlamaIndex would not cache {record.prompt!r}: {request.reason}")
-            payload = codec.encode(CompletionResponse(text=record.response))
-            await cache.store(request.prompt, payload, request.scope)
+            try:
+                await wrappers[record.namespace].astore_completion(record.prompt, record.response)
+            except InvalidInputError as exc:
+                raise UserError(str(exc)) from exc
 
         return store_llamaindex
 

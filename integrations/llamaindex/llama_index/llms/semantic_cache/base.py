@@ -340,6 +340,16 @@ class SemanticCacheLLM(LLM):
         number = temperature if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) else None
         return resolve_options(raw, self.cache.temperature_options(None if number is None else float(number)))
 
+    async def astore_completion(self, prompt: str, text: str) -> str | None:
+        """Store `text` as this LLM's answer to `complete(prompt)` (on a chat model also `chat([user: prompt])`),
+        as a miss would store it (for warming a cache); returns the entry's key (None if it was not stored).
+        Raises InvalidInputError, with the reason, for a prompt such calls would not cache."""
+        request, codec = self._completion_request(prompt, False, {})
+        if isinstance(request, Bypass):
+            raise InvalidInputError(f"LlamaIndex would not cache {prompt!r}: {request.reason}")
+        answer = codec.computed(CompletionResponse(text=text))
+        return await self.cache.store_computed(request.prompt, answer, request.scope, ttl=self.ttl)
+
     def delete_key(self, key: str) -> bool:
         """Delete the entry a response names (`additional_kwargs["semantic_cache"]["key"]`) in this wrapper's
         namespace; True if there was one."""
