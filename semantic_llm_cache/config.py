@@ -48,6 +48,13 @@ def validate_ttl(value: float | None, name: str = "ttl") -> float | None:
     return float(value)
 
 
+def validate_max_entries(value: int | None, name: str = "max_entries") -> int | None:
+    """Return `value` if it is None (unbounded) or a positive integer, else raise ConfigurationError."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ConfigurationError(f"{name} must be a positive integer or None, got {shown(value)}")
+    return value
+
+
 _UNIT_TOLERANCE = 1e-5  # float32 rounding of a normalised 384-d vector stays within ~1e-7 of norm 1
 
 
@@ -193,10 +200,7 @@ class CacheConfig:
     def __post_init__(self) -> None:
         validate_threshold(self.threshold)
         validate_ttl(self.ttl)
-        if self.max_entries is not None and (
-            isinstance(self.max_entries, bool) or not isinstance(self.max_entries, int) or self.max_entries <= 0
-        ):
-            raise ConfigurationError(f"max_entries must be a positive integer or None, got {shown(self.max_entries)}")
+        validate_max_entries(self.max_entries)
         if not isinstance(self.namespace, str) or not self.namespace.strip():
             raise ConfigurationError(f"namespace must be a non-empty string, got {shown(self.namespace)}")
         if self.on_error not in ("log", "raise"):

@@ -7,21 +7,18 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from semantic_llm_cache.config import CacheEntry, as_unit_vector, validate_threshold
-from semantic_llm_cache.errors import ConfigurationError, InvalidInputError
+from semantic_llm_cache.config import CacheEntry, Vector, validate_max_entries
+from semantic_llm_cache.errors import InvalidInputError
 from semantic_llm_cache.index import VectorIndex
 from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, partition_index_factory
-from semantic_llm_cache.storage import Match, NearestFirstBackend
+from semantic_llm_cache.storage import Match, StorageBackend
 
 _ENTRY_OVERHEAD_BYTES = 400  # dataclass, dict slots and index bookkeeping, measured roughly with tracemalloc
 
 
-class MemoryBackend(NearestFirstBackend):
+class MemoryBackend(StorageBackend):
     """The embedded default: fast, bounded by `max_entries` (LRU, O(1) per operation), lost on exit.
 
     Thread-safe: every method runs under one lock and never awaits while holding it, so the backend can be
@@ -32,9 +29,7 @@ class MemoryBackend(NearestFirstBackend):
     """
 
     def __init__(self, max_entries: int | None = None, *, hnsw_threshold: int | None = DEFAULT_HNSW_THRESHOLD) -> None:
-        if max_entries is not None and (isinstance(max_entries, bool) or max_entries <= 0):
-            raise ConfigurationError(f"max_entries must be a positive integer or None, got {max_entries!r}")
-        self.max_entries = max_entries
+        self.max_entries = validate_max_entries(max_entries)
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._entry_bytes: dict[str, int] = {}
         self._index_factory = partition_index_factory(hnsw_threshold)
@@ -149,17 +144,9 @@ class MemoryBackend(NearestFirstBackend):
                 if not entry.is_expired(now) and (namespace is None or entry.namespace == namespace)
             ]
 
-    async def find_nearest(
-        self,
-        embedding: Sequence[float] | np.ndarray,
-        threshold: float,
-        k: int,
-        namespace: str | None = None,
-        *,
-        partition: str | None = None,
+    async def _find_nearest(
+        self, query: Vector, threshold: float, k: int, namespace: str | None, partition: str | None
     ) -> list[Match]:
-        threshold = validate_threshold(threshold)
-        query = as_unit_vector(embedding)
         with self._lock:
             now = time.time()
             if partition is not None:
@@ -179,8 +166,7 @@ class MemoryBackend(NearestFirstBackend):
                     if len(live) == len(found) or partition_id not in self._indexes:
                         break  # no expired entry among them, or the partition emptied: nothing more to find
                 matches.extend((key, self._entries[key], score) for key, score in live)
-            matches.sort(key=lambda match: match[2], reverse=True)
-            return matches[:k]
+            return matches
 
     async def record_hit(self, key: str) -> None:
         with self._lock:

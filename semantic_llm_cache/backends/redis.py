@@ -40,13 +40,19 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
-from semantic_llm_cache.config import CacheEntry, Vector, as_unit_vector, validate_threshold
+from semantic_llm_cache.config import CacheEntry, Vector
 from semantic_llm_cache.errors import CacheBackendError, ConfigurationError, InvalidInputError
 from semantic_llm_cache.health import CircuitBreaker
 from semantic_llm_cache.index import VectorIndex
 from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, partition_index_factory
-from semantic_llm_cache.serialization import entry_from_dict, entry_to_dict, vector_from_bytes, vector_to_bytes
-from semantic_llm_cache.storage import Match, NearestFirstBackend
+from semantic_llm_cache.serialization import (
+    entry_from_dict,
+    entry_to_dict,
+    unit_vector_from_bytes,
+    vector_from_bytes,
+    vector_to_bytes,
+)
+from semantic_llm_cache.storage import Match, StorageBackend
 
 try:
     import redis.asyncio as aioredis
@@ -282,7 +288,7 @@ class _Fetched:
     error: BaseException | None = None
 
 
-class RedisBackend(NearestFirstBackend):
+class RedisBackend(StorageBackend):
     """A StorageBackend on Redis: shared by every process that points at the same server and prefix.
 
     url: ``redis://[:password@]host:port/db``, ``rediss://`` for TLS, or an existing ``redis.asyncio.Redis`` /
@@ -783,19 +789,9 @@ class RedisBackend(NearestFirstBackend):
 
         return await self._run(operation)
 
-    async def find_nearest(
-        self,
-        embedding: Sequence[float] | np.ndarray,
-        threshold: float,
-        k: int,
-        namespace: str | None = None,
-        *,
-        partition: str | None = None,
+    async def _find_nearest(
+        self, query: Vector, threshold: float, k: int, namespace: str | None, partition: str | None
     ) -> list[Match]:
-        threshold = validate_threshold(threshold)
-        query = as_unit_vector(embedding)
-        if k <= 0:
-            return []
         if partition is not None and any(char in partition for char in "{},"):
             return []
 
@@ -1286,8 +1282,8 @@ class RedisBackend(NearestFirstBackend):
                     loaded.append((digest, None, None))
                     continue
                 try:
-                    vector = as_unit_vector(vector_from_bytes(blob, dimension))
-                except (ValueError, InvalidInputError):
+                    vector = unit_vector_from_bytes(blob, dimension)
+                except InvalidInputError:
                     self._count("corrupt_skipped")
                     loaded.append((digest, None, None))
                     continue

@@ -23,13 +23,17 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import numpy as np
-
-from semantic_llm_cache.config import CacheEntry, Vector, as_unit_vector, validate_threshold
+from semantic_llm_cache.config import CacheEntry, Vector, validate_max_entries
 from semantic_llm_cache.errors import CacheBackendError, ConfigurationError, InvalidInputError
 from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, partition_index_factory
-from semantic_llm_cache.serialization import entry_from_dict, entry_to_dict, vector_from_bytes, vector_to_bytes
-from semantic_llm_cache.storage import Match, NearestFirstBackend
+from semantic_llm_cache.serialization import (
+    entry_from_dict,
+    entry_to_dict,
+    unit_vector_from_bytes,
+    vector_from_bytes,
+    vector_to_bytes,
+)
+from semantic_llm_cache.storage import Match, StorageBackend
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,7 +98,7 @@ class _PartitionIndex:
         self.namespace = namespace
 
 
-class SQLiteBackend(NearestFirstBackend):
+class SQLiteBackend(StorageBackend):
     """Entries in a SQLite file that survives restarts; similarity search in memory, per partition.
 
     path: the database file (created with its schema unless `create=False`), or ":memory:".
@@ -120,16 +124,12 @@ class SQLiteBackend(NearestFirstBackend):
         index_factory: IndexFactory | None = None,
         hnsw_threshold: int | None = DEFAULT_HNSW_THRESHOLD,
     ) -> None:
-        if max_entries is not None and (
-            isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries <= 0
-        ):
-            raise ConfigurationError(f"max_entries must be a positive integer or None, got {max_entries!r}")
         if not isinstance(synchronous, str) or synchronous.upper() not in SYNCHRONOUS_MODES:
             raise ConfigurationError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise ConfigurationError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
         self.path = str(path) if str(path) == MEMORY_PATH else str(Path(path).expanduser().absolute())
-        self.max_entries = max_entries
+        self.max_entries = validate_max_entries(max_entries)
         self.create = create
         self.synchronous = synchronous.upper()
         self.timeout = float(timeout)
@@ -321,8 +321,8 @@ class SQLiteBackend(NearestFirstBackend):
         ).fetchall()
         for key, namespace, dimension, blob in rows:
             try:
-                vector = as_unit_vector(vector_from_bytes(bytes(blob), dimension))
-            except (ValueError, TypeError) as exc:
+                vector = unit_vector_from_bytes(bytes(blob), dimension)
+            except (InvalidInputError, TypeError) as exc:
                 if key not in self._corrupt_keys:
                     self._corrupt_keys.add(key)
                     logger.warning("skipping corrupt vector %r in SQLite cache %s: %s", key, self.path, exc)
@@ -448,8 +448,8 @@ class SQLiteBackend(NearestFirstBackend):
                 result.append((str(row[0]), entry))
         return result
 
-    def _find_nearest(self, query: Vector, threshold: float, k: int, namespace: str | None,
-                      partition: str | None) -> list[Match]:  # fmt: skip
+    def _search(self, query: Vector, threshold: float, k: int, namespace: str | None,
+                partition: str | None) -> list[Match]:  # fmt: skip
         self._db.execute("BEGIN")  # one snapshot for loading, searching and fetching
         try:
             self._sync()
@@ -474,8 +474,7 @@ class SQLiteBackend(NearestFirstBackend):
         except BaseException:
             self._rollback()
             raise
-        matches.sort(key=lambda match: match[2], reverse=True)
-        return matches[:k]
+        return matches
 
     def _search_partition(
         self, loaded: _PartitionIndex, query: Vector, threshold: float, k: int, now: float
@@ -555,20 +554,10 @@ class SQLiteBackend(NearestFirstBackend):
     async def iterate(self, namespace: str | None = None) -> list[tuple[str, CacheEntry]]:
         return await self._run(self._iterate, namespace)
 
-    async def find_nearest(
-        self,
-        embedding: Sequence[float] | np.ndarray,
-        threshold: float,
-        k: int,
-        namespace: str | None = None,
-        *,
-        partition: str | None = None,
+    async def _find_nearest(
+        self, query: Vector, threshold: float, k: int, namespace: str | None, partition: str | None
     ) -> list[Match]:
-        threshold = validate_threshold(threshold)
-        query = as_unit_vector(embedding)
-        if k <= 0:
-            return []
-        return await self._run(self._find_nearest, query, threshold, k, namespace, partition)
+        return await self._run(self._search, query, threshold, k, namespace, partition)
 
     async def record_hit(self, key: str) -> None:
         await self._run(self._record_hit, key)
