@@ -391,15 +391,16 @@ async def live_keys(backend: StorageBackend, query: np.ndarray) -> list[tuple[st
 async def partition_index(backend: StorageBackend) -> Any:
     """The partition's index, moved to HNSW if it is moving (waited for in the thread that owns it)."""
     if isinstance(backend, MemoryBackend):
-        index = backend._indexes[PARTITION]
+        index = backend._indexes.get(PARTITION)
+        assert index is not None
         with backend._lock:
-            if isinstance(index, AutoIndex):
-                index.wait(timeout=60)
-        return index
+            if isinstance(index.index, AutoIndex):
+                index.index.wait(timeout=60)
+        return index.index
     assert isinstance(backend, SQLiteBackend)
 
     def wait() -> Any:
-        index = backend._indexes[PARTITION]
+        index = backend._indexes.get(PARTITION)
         assert index is not None
         if isinstance(index.index, AutoIndex):
             index.index.wait(timeout=60)

@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import heapq
 import json
 import logging
 import re
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -43,8 +41,9 @@ import numpy as np
 from semantic_llm_cache.config import CacheEntry, Vector
 from semantic_llm_cache.errors import CacheBackendError, ConfigurationError, InvalidInputError
 from semantic_llm_cache.health import CircuitBreaker
-from semantic_llm_cache.index import VectorIndex
-from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, partition_index_factory
+from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD
+from semantic_llm_cache.index.partitions import SEARCH_AGAIN, Checked, Found, PartitionIndex, PartitionIndexes
+from semantic_llm_cache.index.protocol import IndexFactory
 from semantic_llm_cache.serialization import (
     entry_from_dict,
     entry_to_dict,
@@ -250,34 +249,12 @@ class _CorruptEntry(Exception):
     """Data under the prefix that is not an entry this backend wrote."""
 
 
-@dataclass
-class _LocalPartition:
-    """One partition's vectors of one dimension, as this process last saw them, and the log position."""
+class _Replica(PartitionIndex):
+    """One partition's vectors of one dimension as this process last saw them, and its changelog position."""
 
-    index: VectorIndex
-    last_id: tuple[int, int] | None = None  # None: the log did not exist at the last look
-    generation: int = 0
-    expiry: dict[str, float] = field(default_factory=dict)
-    expiry_heap: list[tuple[float, str]] = field(default_factory=list)
-
-    def put(self, digest: str, vector: Vector, expires_at: float | None) -> None:
-        self.index.add(digest, vector)
-        if expires_at is None:
-            self.expiry.pop(digest, None)
-        else:
-            self.expiry[digest] = expires_at
-            heapq.heappush(self.expiry_heap, (expires_at, digest))
-
-    def drop(self, digest: str) -> None:
-        self.index.remove(digest)
-        self.expiry.pop(digest, None)
-
-    def purge_expired(self, now: float) -> None:
-        heap = self.expiry_heap
-        while heap and heap[0][0] <= now:
-            expires_at, digest = heapq.heappop(heap)
-            if self.expiry.get(digest) == expires_at:
-                self.drop(digest)
+    def __init__(self, namespace: str, index_factory: IndexFactory) -> None:
+        super().__init__(namespace, index_factory)
+        self.last_id: tuple[int, int] | None = None  # None: the log did not exist at the last look
 
 
 @dataclass
@@ -378,7 +355,6 @@ class RedisBackend(StorageBackend):
         self.index_requested: IndexMode = index
         self.log_length = log_length
         self.local_partitions = local_partitions
-        self._local_index_factory = partition_index_factory(local_hnsw_threshold)
         self.hnsw = {"M": hnsw_m, "EF_CONSTRUCTION": hnsw_ef_construction, "EF_RUNTIME": hnsw_ef_runtime}
         self.breaker = CircuitBreaker("Redis", breaker_failures, breaker_cooldown, breaker_cooldown, logger)
         self._cluster = cluster
@@ -409,14 +385,16 @@ class RedisBackend(StorageBackend):
             weakref.WeakKeyDictionary()
         )
         self._rebuilds: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Future[_LocalPartition]]
+            asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Future[_Replica]]
         ] = weakref.WeakKeyDictionary()
         self._mode: Literal["search", "client"] | None = None
         self._server: str | None = None  # "redis" or "valkey"
         self._server_version: str | None = None
         self._indexed_dimensions: set[int] = set()
         self._filter_sizes: dict[tuple[int, str, tuple[str, ...]], tuple[int, int, float]] = {}
-        self._local: OrderedDict[tuple[str, int], _LocalPartition] = OrderedDict()
+        self._local: PartitionIndexes[tuple[str, int], _Replica] = PartitionIndexes(
+            _Replica, local_hnsw_threshold, keep_empty=True, capacity=local_partitions
+        )
         self._local_lock = threading.Lock()
         self._counter_lock = threading.Lock()
         self._counters: dict[str, int] = dict.fromkeys(
@@ -828,7 +806,7 @@ class RedisBackend(StorageBackend):
 
         size = await self._run(operation)
         with self._local_lock:
-            local_vectors = sum(len(state.index) for state in self._local.values())
+            local_vectors = self._local.vectors
             local_partitions = len(self._local)
         with self._counter_lock:
             counters = dict(self._counters)
@@ -1107,21 +1085,18 @@ class RedisBackend(StorageBackend):
         pipeline. A candidate that is gone (expired, evicted) or corrupt is dropped and the next one tried.
         """
         dimension = int(query.size)
-        state = await self._local_state(client, partition, dimension)
-        want = k + 2  # room for a gone or corrupt neighbour without a second round trip
+        await self._local_state(client, partition, dimension)
+        log_key = self._log_key(partition)
         fetched: dict[str, Any] = {}
         log_checked = False
-        matches: list[Match] = []
-        for _ in range(_MAX_SEARCH_ROUNDS):
-            with self._local_lock:
-                state.purge_expired(time.time())
-                candidates = state.index.search(query, want, threshold)
-                snapshot = (state.generation, state.last_id)
+
+        async def check(state: _Replica, candidates: Found) -> Checked[CacheEntry]:
+            nonlocal fetched, log_checked
+            last_id = state.last_id
             missing = [digest for digest, _ in candidates if digest not in fetched]
             pipe = client.pipeline(transaction=False)
             if not log_checked:
-                start = "-" if snapshot[1] is None else _format_id(snapshot[1])
-                pipe.xrange(self._log_key(partition), min=start, count=_DELTA_BATCH)
+                pipe.xrange(log_key, min="-" if last_id is None else _format_id(last_id), count=_DELTA_BATCH)
             for digest in missing:
                 pipe.hgetall(self._entry_key(partition, digest))
             replies = await self._execute(pipe) if len(pipe) else []
@@ -1134,15 +1109,12 @@ class RedisBackend(StorageBackend):
                         raise delta
                     self._count("corrupt_skipped")  # something foreign where the log belongs: no delta
                     delta = None
-                changed = await self._advance(client, partition, state, snapshot, delta)
+                changed = await self._advance(client, partition, dimension, state, last_id, delta)
                 if changed:
-                    with self._local_lock:
-                        state = self._local.get((partition, dimension), state)
                     fetched = {} if "*" in changed else {d: r for d, r in fetched.items() if d not in changed}
-                    continue  # the index changed: search again, fetching only what is new
+                    return SEARCH_AGAIN  # the index changed: search again, fetching only what is new
             now = time.time()
-            matches = []
-            dropped = False
+            verdicts: list[CacheEntry | None] = []
             for digest, _ in candidates:
                 reply = fetched[digest]
                 entry = None
@@ -1152,35 +1124,45 @@ class RedisBackend(StorageBackend):
                     self._count("stale_dropped")  # expired or evicted since it was indexed
                 else:
                     entry = self._live_entry(partition, reply, now)
-                if entry is None or entry.embedding is None or entry.embedding.size != dimension:
-                    with self._local_lock:
-                        state.drop(digest)
-                    dropped = True
-                    continue
-                if namespace is not None and entry.namespace != namespace:
-                    continue
-                similarity = float(np.dot(entry.embedding, query))  # the stored vector, not the local copy
-                if similarity >= threshold:
-                    matches.append((f"{partition}:{digest}", entry, similarity))
-            matches.sort(key=lambda match: match[2], reverse=True)
-            if len(matches) >= k or not dropped:
-                return matches[:k]
-        return matches[:k]
+                if entry is not None and (entry.embedding is None or entry.embedding.size != dimension):
+                    entry = None
+                verdicts.append(entry)
+            return verdicts
 
-    async def _local_state(self, client: Client, partition: str, dimension: int) -> _LocalPartition:
+        found = await self._local.search_async(
+            (partition, dimension),
+            query,
+            k,
+            threshold,
+            check,
+            now=time.time(),
+            extra=2,
+            lock=self._local_lock,
+            check_first=True,  # the first check reads the changelog: an empty index may be behind
+        )  # two more candidates: room for a gone or corrupt neighbour without a second round trip
+        matches: list[Match] = []
+        for digest, entry, _ in found:
+            if namespace is not None and entry.namespace != namespace:
+                continue
+            assert entry.embedding is not None
+            similarity = float(np.dot(entry.embedding, query))  # the stored vector, not the local copy
+            if similarity >= threshold:
+                matches.append((f"{partition}:{digest}", entry, similarity))
+        return matches
+
+    async def _local_state(self, client: Client, partition: str, dimension: int) -> _Replica:
         """This process's index of (partition, dimension), built on first use (one build per loop at a time)."""
         key = (partition, dimension)
         with self._local_lock:
             state = self._local.get(key)
             if state is not None:
-                self._local.move_to_end(key)
                 return state
         loop = asyncio.get_running_loop()
         builds = self._rebuilds.setdefault(loop, {})
         pending = builds.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
-        future: asyncio.Future[_LocalPartition] = loop.create_future()
+        future: asyncio.Future[_Replica] = loop.create_future()
         builds[key] = future
         try:
             state = await self._rebuild(client, partition, dimension)
@@ -1194,19 +1176,12 @@ class RedisBackend(StorageBackend):
         finally:
             builds.pop(key, None)
 
-    def _install(self, partition: str, dimension: int, state: _LocalPartition) -> _LocalPartition:
-        key = (partition, dimension)
+    def _install(self, partition: str, dimension: int, state: _Replica) -> _Replica:
         with self._local_lock:
-            previous = self._local.get(key)
-            if previous is not None:
-                state.generation = previous.generation + 1
-            self._local[key] = state
-            self._local.move_to_end(key)
-            while len(self._local) > self.local_partitions:
-                self._local.popitem(last=False)
+            self._local.install((partition, dimension), state)
         return state
 
-    async def _rebuild(self, client: Client, partition: str, dimension: int) -> _LocalPartition:
+    async def _rebuild(self, client: Client, partition: str, dimension: int) -> _Replica:
         """Build the local index from the changelog if it holds the whole history, else by SCAN."""
         log_key = self._log_key(partition)
         records: list[Any] = []
@@ -1217,30 +1192,30 @@ class RedisBackend(StorageBackend):
             if len(batch) < _DELTA_BATCH:
                 break
             start = "(" + _format_id(_stream_id(batch[-1][0]))
-        state = _LocalPartition(self._local_index_factory(dimension))
+        state = self._local.new("")
         if not records:
             return self._install(partition, dimension, state)  # no log: no live entries
         if _record_op(records[0]) == b"g":
             self._count("log_replays")
             operations = self._fold(records)
-            await self._load(client, partition, state, [d for d, op in operations.items() if op == b"s"])
+            await self._load(client, partition, dimension, state, [d for d, op in operations.items() if op == b"s"])
             state.last_id = _stream_id(records[-1][0])
             return self._install(partition, dimension, state)
         return await self._resync(client, partition, dimension)
 
-    async def _resync(self, client: Client, partition: str, dimension: int) -> _LocalPartition:
+    async def _resync(self, client: Client, partition: str, dimension: int) -> _Replica:
         """Rebuild by SCAN of the partition's keys, from the log's current end (it was trimmed past us)."""
         self._count("resyncs")
         log_key = self._log_key(partition)
         tip = await client.xrevrange(log_key, max="+", min="-", count=1)
-        state = _LocalPartition(self._local_index_factory(dimension))
+        state = self._local.new("")
         state.last_id = _stream_id(tip[0][0]) if tip else None
         node = client.get_node_from_key(log_key) if self._cluster else None
         match = f"{_glob_escape(self.prefix)}e:{{{_glob_escape(partition)}}}:*"
         head = len(self._entry_key(partition, ""))
         async for chunk in self._scan_chunks(client, match, node=node):
             digests = [redis_key[head:].decode(errors="replace") for redis_key in chunk]
-            await self._load(client, partition, state, digests)
+            await self._load(client, partition, dimension, state, digests)
         return self._install(partition, dimension, state)
 
     def _fold(self, records: Sequence[Any]) -> dict[str, bytes]:
@@ -1290,11 +1265,13 @@ class RedisBackend(StorageBackend):
                 loaded.append((digest, vector, None if int(ttl) < 0 else now + int(ttl) / 1000.0))
         return loaded
 
-    async def _load(self, client: Client, partition: str, state: _LocalPartition, digests: Sequence[str]) -> None:
+    async def _load(
+        self, client: Client, partition: str, dimension: int, state: _Replica, digests: Sequence[str]
+    ) -> None:
         """Read `digests` into a state not yet installed (nobody else sees it)."""
-        for digest, vector, expires_at in await self._read_vectors(client, partition, state.index.dimension, digests):
+        for digest, vector, expires_at in await self._read_vectors(client, partition, dimension, digests):
             if vector is None:
-                state.drop(digest)
+                state.discard(digest)
             else:
                 state.put(digest, vector, expires_at)
 
@@ -1302,17 +1279,17 @@ class RedisBackend(StorageBackend):
         self,
         client: Client,
         partition: str,
-        state: _LocalPartition,
-        snapshot: tuple[int, tuple[int, int] | None],
+        dimension: int,
+        state: _Replica,
+        last_id: tuple[int, int] | None,
         delta: list[Any] | None,
     ) -> Digests:
-        """Apply the log records read from the snapshot's position; return the digests that changed ("*": all).
+        """Apply the log records read from `last_id`, the position of `state` searched; return the digests that
+        changed ("*": all).
 
-        `delta` starts at the snapshot's last id, inclusive. When that record is gone the log was trimmed or
-        recreated, and the local index is rebuilt.
+        `delta` starts at `last_id`, inclusive. When that record is gone the log was trimmed or recreated, and the
+        local index is rebuilt.
         """
-        dimension = state.index.dimension
-        generation, last_id = snapshot
         if delta is None:
             return set()
         if last_id is None:
@@ -1337,12 +1314,12 @@ class RedisBackend(StorageBackend):
         vectors = {digest: (vector, expires_at) for digest, vector, expires_at in loaded}
         with self._local_lock:
             current = self._local.get((partition, dimension))
-            if current is not state or state.generation != generation or state.last_id != last_id:
+            if current is not state or state.last_id != last_id:
                 return set(operations) or {"*"}  # another task moved it on meanwhile
             for digest in operations:
                 vector, expires_at = vectors.get(digest, (None, None))
                 if vector is None:
-                    state.drop(digest)
+                    state.discard(digest)
                 else:
                     state.put(digest, vector, expires_at)
             state.last_id = _stream_id(records[-1][0])

@@ -21,11 +21,13 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from semantic_llm_cache.config import CacheEntry, Vector, validate_max_entries
 from semantic_llm_cache.errors import CacheBackendError, ConfigurationError, InvalidInputError
-from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, partition_index_factory
+from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD
+from semantic_llm_cache.index.partitions import Found, PartitionIndex, PartitionIndexes
+from semantic_llm_cache.index.protocol import IndexFactory
 from semantic_llm_cache.serialization import (
     entry_from_dict,
     entry_to_dict,
@@ -70,34 +72,6 @@ _COLUMNS = "key, partition_id, namespace, dimension, embedding, expires_at, hits
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 
 
-class VectorIndex(Protocol):
-    """What the backend needs from an index (FlatIndex, HNSWIndex or AutoIndex, which moves from one to the other)."""
-
-    dimension: int
-
-    def __len__(self) -> int: ...
-
-    def add(self, key: str, vector: Vector) -> None: ...
-
-    def remove(self, key: str) -> bool: ...
-
-    def search(self, query: Vector, k: int = 1, threshold: float = -1.0) -> list[tuple[str, float]]: ...
-
-    @property
-    def nbytes(self) -> int: ...
-
-
-IndexFactory = Callable[[int], VectorIndex]
-
-
-class _PartitionIndex:
-    """One partition's vectors in memory (expiry is checked in SQL when the matches are fetched)."""
-
-    def __init__(self, index: VectorIndex, namespace: str) -> None:
-        self.index = index
-        self.namespace = namespace
-
-
 class SQLiteBackend(StorageBackend):
     """Entries in a SQLite file that survives restarts; similarity search in memory, per partition.
 
@@ -134,14 +108,16 @@ class SQLiteBackend(StorageBackend):
         self.synchronous = synchronous.upper()
         self.timeout = float(timeout)
         self.purge_interval = float(purge_interval)
-        self._index_factory = index_factory if index_factory is not None else partition_index_factory(hnsw_threshold)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantic-cache-sqlite")
         self._closed = False
         # Everything below is touched only by the worker thread.
         self._connection: sqlite3.Connection | None = None
         self._shut_down = False
         self._journal_mode = ""
-        self._indexes: dict[str, _PartitionIndex | None] = {}
+        # The partitions whose vectors are loaded (an empty one: loaded, and holds none).
+        self._indexes: PartitionIndexes[str, PartitionIndex] = PartitionIndexes(
+            PartitionIndex, hnsw_threshold, index_factory=index_factory, keep_empty=True
+        )
         self._generation = -1
         self._size: int | None = None
         self._last_purge = 0.0
@@ -269,11 +245,7 @@ class SQLiteBackend(StorageBackend):
     def _forget(self, rows: Sequence[tuple[str, str]]) -> None:
         """Remove deleted (key, partition) rows from the loaded indexes."""
         for key, partition in rows:
-            index = self._indexes.get(partition)
-            if index is not None:
-                index.index.remove(key)
-                if len(index.index) == 0:
-                    self._indexes[partition] = None
+            self._indexes.discard(partition, key)
 
     def _delete_rows(self, rows: Sequence[tuple[str, str]]) -> None:
         if rows:
@@ -309,17 +281,18 @@ class SQLiteBackend(StorageBackend):
                 logger.warning("skipping corrupt row %r in SQLite cache %s: %s", key, self.path, exc)
             return None
 
-    def _load(self, partition: str, now: float) -> _PartitionIndex | None:
-        """The partition's index, loaded from the file on first use (None: no vectors there)."""
-        if partition in self._indexes:
-            return self._indexes[partition]
-        loaded: _PartitionIndex | None = None
+    def _load(self, partition: str, now: float) -> PartitionIndex:
+        """The partition's index, loaded from the file on first use (a partition without vectors: empty)."""
+        loaded = self._indexes.get(partition)
+        if loaded is not None:
+            return loaded
         rows = self._db.execute(
             f"SELECT key, namespace, dimension, embedding FROM entries "
             f"WHERE partition_id = ? AND embedding IS NOT NULL AND {_LIVE} ORDER BY rowid",
             (partition, now),
         ).fetchall()
-        for key, namespace, dimension, blob in rows:
+        loaded = self._indexes.new(rows[0][1] if rows else "")
+        for key, _namespace, dimension, blob in rows:
             try:
                 vector = unit_vector_from_bytes(bytes(blob), dimension)
             except (InvalidInputError, TypeError) as exc:
@@ -327,19 +300,15 @@ class SQLiteBackend(StorageBackend):
                     self._corrupt_keys.add(key)
                     logger.warning("skipping corrupt vector %r in SQLite cache %s: %s", key, self.path, exc)
                 continue
-            if loaded is None:
-                loaded = _PartitionIndex(self._index_factory(int(vector.size)), namespace)
-            if vector.size == loaded.index.dimension:
-                loaded.index.add(key, vector)
-        self._indexes[partition] = loaded
+            if loaded.dimension in (None, vector.size):
+                loaded.put(key, vector)
+        self._indexes.install(partition, loaded)
         return loaded
 
     def _partition_dimension(self, partition: str, key: str) -> int | None:
         loaded = self._indexes.get(partition)
-        if loaded is not None:
-            return loaded.index.dimension
-        if partition in self._indexes:  # loaded, and holds no vectors
-            return None
+        if loaded is not None:  # loaded: its vectors are all in memory
+            return loaded.dimension
         row = self._db.execute(  # only a row whose column agrees with its own vector: one bad value decides nothing
             "SELECT dimension FROM entries WHERE partition_id = ? AND key != ? AND typeof(dimension) = 'integer' "
             "AND dimension > 0 AND typeof(embedding) = 'blob' AND length(embedding) = 4 * dimension LIMIT 1",
@@ -390,11 +359,7 @@ class SQLiteBackend(StorageBackend):
         self._corrupt_keys.discard(key)
         self._forget(removed)
         if not expired and entry.embedding is not None and entry.partition_id in self._indexes:
-            loaded = self._indexes[entry.partition_id]
-            if loaded is None:
-                loaded = _PartitionIndex(self._index_factory(int(entry.embedding.size)), entry.namespace)
-                self._indexes[entry.partition_id] = loaded
-            loaded.index.add(key, entry.embedding)
+            self._indexes.put(entry.partition_id, entry.namespace, key, entry.embedding)
 
     def _evict(self, keep: str) -> list[tuple[str, str]]:
         """Delete the least recently used rows beyond max_entries (never `keep`, the row just written)."""
@@ -465,35 +430,23 @@ class SQLiteBackend(StorageBackend):
             matches: list[Match] = []
             for partition_id in partitions:
                 loaded = self._load(partition_id, now)
-                if loaded is None or loaded.index.dimension != query.size:
-                    continue
                 if namespace is not None and loaded.namespace != namespace:
                     continue
-                matches.extend(self._search_partition(loaded, query, threshold, k, now))
+                matches.extend(self._indexes.search(partition_id, query, k, threshold, self._check, now=now))
             self._db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
         return matches
 
-    def _search_partition(
-        self, loaded: _PartitionIndex, query: Vector, threshold: float, k: int, now: float
-    ) -> list[Match]:
-        while True:
-            found = loaded.index.search(query, k, threshold)
-            if not found:
-                return []
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM entries WHERE key IN ({', '.join('?' * len(found))}) AND {_LIVE}",
-                (*(key for key, _ in found), now),
-            ).fetchall()
-            entries = {str(row[0]): self._decode(row) for row in rows}
-            matches = [(key, entry, score) for key, score in found if (entry := entries.get(key)) is not None]
-            if len(matches) == len(found):
-                return matches
-            for key, _ in found:  # expired or corrupt: out of this process's index, then search again
-                if entries.get(key) is None:
-                    loaded.index.remove(key)
+    def _check(self, _index: PartitionIndex, found: Found) -> list[CacheEntry | None]:
+        """The candidates' live entries, read in the search's snapshot (None: expired, deleted or corrupt)."""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE key IN ({', '.join('?' * len(found))}) AND {_LIVE}",
+            (*(key for key, _ in found), time.time()),
+        ).fetchall()
+        entries = {str(row[0]): self._decode(row) for row in rows}
+        return [entries.get(key) for key, _ in found]
 
     def _record_hit(self, key: str) -> None:
         now = time.time()
@@ -513,7 +466,6 @@ class SQLiteBackend(StorageBackend):
         ).fetchone()
         page_count = int(self._db.execute("PRAGMA page_count").fetchone()[0])
         page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
-        loaded = [index for index in self._indexes.values() if index is not None]
         return {
             "backend": "sqlite",
             "size": int(size),
@@ -521,8 +473,8 @@ class SQLiteBackend(StorageBackend):
             "schema_version": SCHEMA_VERSION,
             "journal_mode": self._journal_mode,
             "partitions": int(partitions),
-            "loaded_partitions": len(loaded),
-            "index_bytes": sum(index.index.nbytes for index in loaded),
+            "loaded_partitions": sum(1 for index in self._indexes.values() if len(index)),
+            "index_bytes": self._indexes.nbytes,
             "file_bytes": page_count * page_size,
             "max_entries": self.max_entries,
             "evictions": self.evictions,
