@@ -514,8 +514,8 @@ async def test_client_mode_moves_a_large_local_partition_to_hnsw_and_finds_the_s
     rng = np.random.default_rng(5)
     centres = rng.standard_normal((20, 32))
     vectors = [unit(list(centres[row % 20] + 0.3 * rng.standard_normal(32))) for row in range(300)]
-    reference = MemoryBackend(hnsw_threshold=None)
-    async with fresh_backend(redis_plain_server.url, index="client", local_hnsw_threshold=50) as backend:
+    reference = MemoryBackend(hnsw_min_entries=None)
+    async with fresh_backend(redis_plain_server.url, index="client", hnsw_min_entries=50) as backend:
         for row, vector in enumerate(vectors):
             entry = CacheEntry(prompt=f"p{row}", response=row, partition_id=partition, embedding=vector)
             await backend.set(f"{partition}:{row:032x}", entry)
@@ -732,3 +732,8 @@ async def test_older_entries_of_odd_partitions_stay_found(mode_backend: RedisBac
         assert {key for key, _ in await backend.iterate()} == {f"{partition}:t2" for partition in partitions}
     finally:
         await client.aclose()
+
+
+def test_the_old_name_local_hnsw_threshold_still_works_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="hnsw_min_entries"):
+        RedisBackend("redis://localhost:6379/0", index="client", local_hnsw_threshold=None)

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from typing import Any
 
 from semantic_llm_cache.config import CacheEntry, Vector, validate_max_entries
-from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD
+from semantic_llm_cache.index.auto import DEFAULT_HNSW_MIN_ENTRIES, renamed_min_entries
 from semantic_llm_cache.index.partitions import ExpiryHeap, Found, PartitionIndex, PartitionIndexes
 from semantic_llm_cache.storage import Match, StorageBackend
 
@@ -22,15 +22,18 @@ class MemoryBackend(StorageBackend):
     Thread-safe: every method runs under one lock and never awaits while holding it, so the backend can be
     shared by several event loops (e.g. a sync wrapper's loop thread and the application's loop).
 
-    hnsw_threshold: a partition holding more vectors than this moves from the exact flat index to an HNSW
+    hnsw_min_entries: a partition holding more vectors than this moves from the exact flat index to an HNSW
         graph, built in the background (needs the `hnsw` extra); None keeps every partition exact.
     """
 
-    def __init__(self, max_entries: int | None = None, *, hnsw_threshold: int | None = DEFAULT_HNSW_THRESHOLD) -> None:
+    def __init__(
+        self, max_entries: int | None = None, *, hnsw_min_entries: int | None = DEFAULT_HNSW_MIN_ENTRIES, **renamed: Any
+    ) -> None:
+        hnsw_min_entries = renamed_min_entries(hnsw_min_entries, renamed)
         self.max_entries = validate_max_entries(max_entries)
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._entry_bytes: dict[str, int] = {}
-        self._indexes: PartitionIndexes[str, PartitionIndex] = PartitionIndexes(PartitionIndex, hnsw_threshold)
+        self._indexes: PartitionIndexes[str, PartitionIndex] = PartitionIndexes(PartitionIndex, hnsw_min_entries)
         self._expiry = ExpiryHeap()
         self._lock = threading.Lock()
         self._bytes = 0

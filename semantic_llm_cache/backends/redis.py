@@ -41,7 +41,7 @@ import numpy as np
 from semantic_llm_cache.config import CacheEntry, Vector
 from semantic_llm_cache.errors import CacheBackendError, ConfigurationError, InvalidInputError
 from semantic_llm_cache.health import CircuitBreaker
-from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD
+from semantic_llm_cache.index.auto import DEFAULT_HNSW_MIN_ENTRIES, renamed_min_entries
 from semantic_llm_cache.index.partitions import SEARCH_AGAIN, Checked, Found, PartitionIndex, PartitionIndexes
 from semantic_llm_cache.index.protocol import IndexFactory
 from semantic_llm_cache.serialization import (
@@ -287,7 +287,7 @@ class RedisBackend(StorageBackend):
         large enough to be searched through the graph; smaller ones are searched exactly). EF_RUNTIME trades
         latency for recall: on 100k random 384-d vectors, 20 finds the true neighbour 58% of the time (0.3 ms),
         100 95% (0.7 ms), 200 99% (1.1 ms); real embeddings, being clustered, do better.
-    local_hnsw_threshold: in client mode, a local partition index larger than this moves from exact flat search
+    hnsw_min_entries: in client mode, a local partition index larger than this moves from exact flat search
         to an HNSW graph (built in the background; needs the `hnsw` extra); None keeps it flat.
 
     The URL's query string may also carry ``prefix``, ``index`` and ``cluster`` (keyword arguments win); the rest
@@ -320,8 +320,10 @@ class RedisBackend(StorageBackend):
         hnsw_m: int = 16,
         hnsw_ef_construction: int = 200,
         hnsw_ef_runtime: int = 100,
-        local_hnsw_threshold: int | None = DEFAULT_HNSW_THRESHOLD,
+        hnsw_min_entries: int | None = DEFAULT_HNSW_MIN_ENTRIES,
+        **renamed: Any,
     ) -> None:
+        hnsw_min_entries = renamed_min_entries(hnsw_min_entries, renamed, "local_hnsw_threshold")
         if isinstance(url, str):
             from semantic_llm_cache.backends.url import check_redis_url  # url.py builds this class lazily
 
@@ -393,7 +395,7 @@ class RedisBackend(StorageBackend):
         self._indexed_dimensions: set[int] = set()
         self._filter_sizes: dict[tuple[int, str, tuple[str, ...]], tuple[int, int, float]] = {}
         self._local: PartitionIndexes[tuple[str, int], _Replica] = PartitionIndexes(
-            _Replica, local_hnsw_threshold, keep_empty=True, capacity=local_partitions
+            _Replica, hnsw_min_entries, keep_empty=True, capacity=local_partitions
         )
         self._local_lock = threading.Lock()
         self._counter_lock = threading.Lock()

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from semantic_llm_cache.config import CacheEntry, Vector, validate_max_entries
 from semantic_llm_cache.errors import CacheBackendError, ConfigurationError, InvalidInputError
-from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD
+from semantic_llm_cache.index.auto import DEFAULT_HNSW_MIN_ENTRIES, renamed_min_entries
 from semantic_llm_cache.index.partitions import Found, PartitionIndex, PartitionIndexes
 from semantic_llm_cache.index.protocol import IndexFactory
 from semantic_llm_cache.serialization import (
@@ -81,8 +81,8 @@ class SQLiteBackend(StorageBackend):
         of the process; "FULL" also across power loss, at the cost of an fsync per write.
     timeout: seconds to wait for another process's write lock before failing.
     purge_interval: expired rows are deleted at most this often (they are never returned in between).
-    index_factory: builds a partition's vector index from its dimension (default: from `hnsw_threshold`).
-    hnsw_threshold: a partition holding more vectors than this moves from the exact flat index to an HNSW
+    index_factory: builds a partition's vector index from its dimension (default: from `hnsw_min_entries`).
+    hnsw_min_entries: a partition holding more vectors than this moves from the exact flat index to an HNSW
         graph, built in the background (needs the `hnsw` extra); None keeps every partition exact.
     """
 
@@ -96,8 +96,10 @@ class SQLiteBackend(StorageBackend):
         timeout: float = 5.0,
         purge_interval: float = 1.0,
         index_factory: IndexFactory | None = None,
-        hnsw_threshold: int | None = DEFAULT_HNSW_THRESHOLD,
+        hnsw_min_entries: int | None = DEFAULT_HNSW_MIN_ENTRIES,
+        **renamed: Any,
     ) -> None:
+        hnsw_min_entries = renamed_min_entries(hnsw_min_entries, renamed)
         if not isinstance(synchronous, str) or synchronous.upper() not in SYNCHRONOUS_MODES:
             raise ConfigurationError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
@@ -116,7 +118,7 @@ class SQLiteBackend(StorageBackend):
         self._journal_mode = ""
         # The partitions whose vectors are loaded (an empty one: loaded, and holds none).
         self._indexes: PartitionIndexes[str, PartitionIndex] = PartitionIndexes(
-            PartitionIndex, hnsw_threshold, index_factory=index_factory, keep_empty=True
+            PartitionIndex, hnsw_min_entries, index_factory=index_factory, keep_empty=True
         )
         self._generation = -1
         self._size: int | None = None

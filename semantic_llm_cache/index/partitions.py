@@ -1,7 +1,7 @@
 """One vector index per partition, shared by the backends that search in process (memory, SQLite, Redis client).
 
 `PartitionIndexes` maps a partition to a `PartitionIndex`: its vectors (exact flat index, moving to HNSW past
-`hnsw_threshold`, see auto.py), its namespace and the expiry times of vectors that expire. It keeps the
+`hnsw_min_entries`, see auto.py), its namespace and the expiry times of vectors that expire. It keeps the
 dimension wall (a partition holds vectors of one dimension) and runs the search every such backend needs:
 search, check the candidates through the backend's callback (is the entry still there, still live?), drop the
 stale ones and search again until every candidate checked is live.
@@ -20,7 +20,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from semantic_llm_cache.config import Vector
 from semantic_llm_cache.errors import InvalidInputError
-from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, partition_index_factory
+from semantic_llm_cache.index.auto import DEFAULT_HNSW_MIN_ENTRIES, partition_index_factory
 from semantic_llm_cache.index.protocol import IndexFactory, VectorIndex
 
 K = TypeVar("K", bound=Hashable)
@@ -128,9 +128,9 @@ _Rounds = Generator[tuple[P, Found], "Checked[T] | None", list[tuple[str, T, flo
 class PartitionIndexes(Generic[K, P]):
     """Partition -> PartitionIndex, bounded to `capacity` partitions (least recently used dropped) if given.
 
-    hnsw_threshold: a partition holding more vectors than this moves from the exact flat index to an HNSW graph,
+    hnsw_min_entries: a partition holding more vectors than this moves from the exact flat index to an HNSW graph,
         built in the background (needs the `hnsw` extra); None keeps every partition exact.
-    index_factory: builds a partition's index from its dimension (default: from `hnsw_threshold`).
+    index_factory: builds a partition's index from its dimension (default: from `hnsw_min_entries`).
     keep_empty: keep a partition once its last vector is gone (an owner that remembers it as loaded, or synced).
     partition_type: the PartitionIndex class to build (an owner's subclass carrying its sync state).
     """
@@ -138,14 +138,14 @@ class PartitionIndexes(Generic[K, P]):
     def __init__(
         self,
         partition_type: type[P],
-        hnsw_threshold: int | None = DEFAULT_HNSW_THRESHOLD,
+        hnsw_min_entries: int | None = DEFAULT_HNSW_MIN_ENTRIES,
         *,
         index_factory: IndexFactory | None = None,
         keep_empty: bool = False,
         capacity: int | None = None,
     ) -> None:
         self._partition_type = partition_type
-        self._index_factory = index_factory if index_factory is not None else partition_index_factory(hnsw_threshold)
+        self._index_factory = index_factory if index_factory is not None else partition_index_factory(hnsw_min_entries)
         self._keep_empty = keep_empty
         self._capacity = capacity
         self._partitions: OrderedDict[K, P] = OrderedDict()
