@@ -743,3 +743,8 @@ async def test_older_entries_of_odd_partitions_stay_found(mode_backend: RedisBac
 def test_the_old_name_local_hnsw_threshold_still_works_with_a_deprecation_warning() -> None:
     with pytest.warns(DeprecationWarning, match="hnsw_min_entries"):
         RedisBackend("redis://localhost:6379/0", index="client", local_hnsw_threshold=None)
+
+
+def test_the_backend_breaker_options_are_deprecated_the_engine_breaker_guards_every_call() -> None:
+    with pytest.warns(DeprecationWarning, match="engine's circuit breaker"):
+        RedisBackend("redis://localhost:6379/0", breaker_failures=3, breaker_cooldown=2.0)

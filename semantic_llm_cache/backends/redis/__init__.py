@@ -1,7 +1,7 @@
 """The Redis backend, split by role:
 
 - `backend.py`: `RedisBackend`, the StorageBackend (thin: it composes the parts below);
-- `connection.py`: clients per event loop, cluster detection, the circuit breaker, SCAN, error translation;
+- `connection.py`: clients per event loop, cluster detection, SCAN, error translation (no breaker: the engine's);
 - `layout.py`: key names under the prefix and the partition / namespace TAG values;
 - `scripts.py`: the Lua scripts that write, delete and count hits, and the changelog they append to;
 - `codec.py`: an entry as a hash (tags, JSON payload, float32 vector) and back;

@@ -1,7 +1,7 @@
 """RedisBackend: one cache shared by many processes on many machines, on plain Redis or Redis with search.
 
 The backend is thin: keys and tags come from layout.py, hashes from codec.py, writes are the scripts of
-scripts.py, the connection (and its circuit breaker) is connection.py's, and the search is an index strategy
+scripts.py, the connection is connection.py's, and the search is an index strategy
 chosen once, when the server first answers: `ServerIndex` (server_index.py) or `ClientReplica` (replica.py).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -75,8 +76,8 @@ class RedisBackend(StorageBackend):
         ``"auto"`` picks ``search`` when the server has it (and is not a cluster), else ``client``.
     cluster: connect to a Redis Cluster (None: detect from the server).
     socket_timeout / connect_timeout: seconds; keep them below the cache's `timeout`.
-    breaker_failures / breaker_cooldown: after that many consecutive connection failures, calls fail at once
-        (the cache serves misses) for `breaker_cooldown` seconds before one call probes the server again.
+    breaker_failures / breaker_cooldown: deprecated, without effect: the engine's circuit breaker guards every
+        backend call (a dead or hung server is skipped there, see SemanticCache).
     log_length: approximate length each partition's changelog is trimmed to; a process that falls further
         behind resyncs its local index with SCAN.
     local_partitions: in client mode, how many partitions' local indexes one process keeps (least recently
@@ -112,8 +113,8 @@ class RedisBackend(StorageBackend):
         socket_timeout: float = 2.0,
         connect_timeout: float = 1.0,
         max_connections: int = 64,
-        breaker_failures: int = 3,
-        breaker_cooldown: float = 2.0,
+        breaker_failures: int | None = None,
+        breaker_cooldown: float | None = None,
         log_length: int = 10_000,
         local_partitions: int = 1024,
         hnsw_m: int = 16,
@@ -123,6 +124,13 @@ class RedisBackend(StorageBackend):
         **renamed: Any,
     ) -> None:
         hnsw_min_entries = renamed_min_entries(hnsw_min_entries, renamed, "local_hnsw_threshold")
+        if breaker_failures is not None or breaker_cooldown is not None:
+            warnings.warn(
+                "RedisBackend's breaker_failures and breaker_cooldown have no effect: the engine's circuit breaker "
+                "guards every backend call",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         if isinstance(url, str):
             from semantic_llm_cache.backends.url import check_redis_url  # url.py builds this class lazily
 
@@ -159,11 +167,8 @@ class RedisBackend(StorageBackend):
             socket_timeout=socket_timeout,
             connect_timeout=connect_timeout,
             max_connections=max_connections,
-            breaker_failures=breaker_failures,
-            breaker_cooldown=breaker_cooldown,
             counters=counters,
         )
-        self.breaker = self.connection.breaker
         self._keyspace = Keyspace(self.connection, layout, counters, log_length)
         self._layout = layout
         self._counters = counters
@@ -184,7 +189,7 @@ class RedisBackend(StorageBackend):
     # -- one operation ----------------------------------------------------------------------------------
 
     async def _run(self, operation: Callable[[Client, IndexStrategy], Awaitable[T]]) -> T:
-        """Run one operation with this loop's client and the index strategy, behind the connection's breaker."""
+        """Run one operation with this loop's client and the index strategy, its errors translated."""
 
         async def call() -> T:
             client = await self.connection.client()
@@ -372,9 +377,6 @@ class RedisBackend(StorageBackend):
             "server": self._server,
             "server_version": self._server_version,
             "prefix": self.prefix,
-            "circuit": self.breaker.state,
-            "circuit_opened": self.breaker.opened,
-            "short_circuits": self.breaker.short_circuits,
             **local,
             **self._counters.snapshot(),
         }

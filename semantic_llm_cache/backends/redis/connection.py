@@ -1,5 +1,9 @@
-"""The Redis connection: one client per event loop, cluster detection, a bound on operations in flight, the
-circuit breaker, SCAN, and redis-py's errors turned into CacheBackendError.
+"""The Redis connection: one client per event loop, cluster detection, a bound on operations in flight, SCAN,
+and redis-py's errors turned into CacheBackendError.
+
+No circuit breaker here: the engine (`SemanticCache`) guards every backend call, and every embedder call, with
+its own breaker and time budget, so a dead or hung server is already skipped there; a second breaker in the
+backend only opened on the same failures.
 
 The one module that imports redis-py: the others take what they need of it from here.
 """
@@ -15,7 +19,6 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from semantic_llm_cache.errors import CacheBackendError, ConfigurationError
-from semantic_llm_cache.health import CircuitBreaker
 
 try:
     import redis.asyncio as aioredis
@@ -62,8 +65,7 @@ class Counters:
 class Connection:
     """Clients to one server or cluster, made per event loop on first use (a client passed in is used as is).
 
-    cluster: True / False, or None to ask the server. breaker_failures / breaker_cooldown: after that many
-    consecutive connection failures, calls fail at once for `breaker_cooldown` seconds before one probes again.
+    cluster: True / False, or None to ask the server.
     """
 
     def __init__(
@@ -74,15 +76,12 @@ class Connection:
         socket_timeout: float,
         connect_timeout: float,
         max_connections: int,
-        breaker_failures: int,
-        breaker_cooldown: float,
         counters: Counters,
     ) -> None:
         for name, value in (("socket_timeout", socket_timeout), ("connect_timeout", connect_timeout)):
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
         self.cluster = cluster
-        self.breaker = CircuitBreaker("Redis", breaker_failures, breaker_cooldown, breaker_cooldown, logger)
         self.counters = counters
         self.max_connections = max_connections
         self._options: dict[str, Any] = {
@@ -147,39 +146,26 @@ class Connection:
             return client
 
     async def run(self, operation: Callable[[], Awaitable[T]], on_lost: Callable[[], None]) -> T:
-        """Run one backend operation: circuit breaker, the in-flight bound and error translation around it.
+        """Run one backend operation within the in-flight bound, its errors translated.
 
         `on_lost` is called when the server is unreachable (it may come back empty).
         """
         if self.closed:
             raise CacheBackendError("the Redis backend is closed")
-        probe = self.breaker.before_call()
-        settled = False
         try:
             async with self._slot():
-                result = await operation()
+                return await operation()
         except CONNECTION_ERRORS as exc:
-            settled = True
-            self.breaker.failure(exc)
             on_lost()
             self.counters.count("errors")
             raise CacheBackendError(f"Redis unreachable: {type(exc).__name__}: {exc}") from exc
         except RedisError as exc:
-            settled = True
-            self.breaker.success()  # the server answered: it is up
             self.counters.count("errors")
             raise CacheBackendError(f"Redis error: {type(exc).__name__}: {exc}") from exc
-        except BaseException:
-            if not settled:
-                self.breaker.abandon(probe)
-            raise
-        settled = True
-        self.breaker.success()
-        return result
 
     def _slot(self) -> asyncio.Semaphore:
         """At most `max_connections` operations in flight per event loop: a cluster client's pools do not wait
-        for a free connection, they fail (and a failure to connect must not open the circuit breaker)."""
+        for a free connection, they fail (and a failure to connect must not open the engine's circuit)."""
         loop = asyncio.get_running_loop()
         slots = self._slots.get(loop)
         if slots is None:
