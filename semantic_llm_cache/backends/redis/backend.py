@@ -7,10 +7,13 @@ chosen once, when the server first answers: `ServerIndex` (server_index.py) or `
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import logging
 import time
 import warnings
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -178,6 +181,9 @@ class RedisBackend(StorageBackend):
             "search": ServerIndex(self._keyspace, self.hnsw, replica),
         }
         self._strategy: IndexStrategy | None = None  # chosen once, when the server first answers
+        self._hit_writes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, set[asyncio.Task[None]]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._server: str | None = None  # "redis" or "valkey"
         self._server_version: str | None = None
 
@@ -237,6 +243,7 @@ class RedisBackend(StorageBackend):
 
     async def get(self, key: str) -> CacheEntry | None:
         partition, digest = self._layout.split(key)
+        await self._hits_written(key)
 
         async def operation(client: Client, _: IndexStrategy) -> list[Any]:
             pipe = client.pipeline(transaction=False)
@@ -327,6 +334,8 @@ class RedisBackend(StorageBackend):
         strategy.forget()
 
     async def iterate(self, namespace: str | None = None) -> list[tuple[str, CacheEntry]]:
+        await self._hits_written()
+
         async def operation(client: Client, _: IndexStrategy) -> list[tuple[str, CacheEntry]]:
             found: list[tuple[str, CacheEntry]] = []
             async for partition, digest, entry in self._keyspace.scan_entries(client):
@@ -348,16 +357,32 @@ class RedisBackend(StorageBackend):
         return await self._run(operation)
 
     async def record_hit(self, key: str) -> None:
+        """Count a hit: the counter is written in the background, off the lookup's path (a served hit costs no
+        round trip); this backend's own `get`, `iterate` and `close` wait for the writes made before them."""
         partition, digest = self._layout.split(key)
         keys = (self._layout.entry(partition, digest), self._layout.hits(partition, digest))
+        now = repr(time.time())
 
         async def operation(client: Client, _: IndexStrategy) -> None:
             try:
-                await run_script(client, "record_hit", keys, (repr(time.time()),))
+                await run_script(client, "record_hit", keys, (now,))
             except ResponseError:  # foreign data under the key
                 self._counters.count("corrupt_skipped")
 
-        await self._run(operation)
+        loop = asyncio.get_running_loop()
+        writes = self._hit_writes.setdefault(loop, {})
+        task = loop.create_task(self._run(operation))
+        writes.setdefault(key, set()).add(task)
+        task.add_done_callback(functools.partial(_hit_written, writes, key))
+
+    async def _hits_written(self, key: str | None = None) -> None:
+        """Wait for this event loop's hit writes (of `key`, or all) started so far."""
+        writes = self._hit_writes.get(asyncio.get_running_loop())
+        if not writes:
+            return
+        tasks = list(writes.get(key, ())) if key is not None else [task for ts in writes.values() for task in ts]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def get_stats(self) -> dict[str, Any]:
         async def operation(client: Client, _: IndexStrategy) -> int:
@@ -383,6 +408,7 @@ class RedisBackend(StorageBackend):
 
     async def close(self) -> None:
         """Close the connections this backend opened (a client passed in is left to its owner)."""
+        await self._hits_written()
         await self.connection.close()
         self._strategies["client"].forget()
 
@@ -394,6 +420,17 @@ class RedisBackend(StorageBackend):
 
         await self._run(drop_indexes)
         await self.clear()
+
+
+def _hit_written(writes: dict[str, set[asyncio.Task[None]]], key: str, task: asyncio.Task[None]) -> None:
+    """Forget a finished hit write; its failure (a lost counter, already counted as an error) is only logged."""
+    tasks = writes.get(key)
+    if tasks is not None:
+        tasks.discard(task)
+        if not tasks:
+            del writes[key]
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.debug("recording a hit failed: %s", error)
 
 
 __all__ = ["IndexMode", "IndexStrategy", "RedisBackend"]

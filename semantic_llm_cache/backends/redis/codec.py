@@ -8,11 +8,9 @@ import logging
 import re
 from typing import Any
 
-import numpy as np
-
 from semantic_llm_cache.backends.redis.connection import Counters
 from semantic_llm_cache.backends.redis.layout import partition_tag, scope_tags
-from semantic_llm_cache.config import CacheEntry, Vector
+from semantic_llm_cache.config import CacheEntry
 from semantic_llm_cache.serialization import entry_from_dict, entry_to_dict, vector_from_bytes, vector_to_bytes
 
 logger = logging.getLogger("semantic_llm_cache.redis")
@@ -119,14 +117,3 @@ def payload_namespace(payload: Any, counters: Counters) -> str | None:
         counters.count("corrupt_skipped")
         return None
     return namespace
-
-
-def similarity_of_blob(blob: Any, query: Vector) -> float | None:
-    """Cosine similarity of a stored float32 blob with `query`; None when the blob is not a usable vector."""
-    if not isinstance(blob, bytes) or len(blob) != 4 * query.size:
-        return None
-    vector = np.frombuffer(blob, dtype="<f4")
-    norm = float(np.linalg.norm(vector))
-    if not norm > 0.0 or not np.isfinite(norm):
-        return None
-    return float(np.dot(vector, query)) / norm
