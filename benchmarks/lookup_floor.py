@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from semantic_llm_cache import SemanticCache  # noqa: E402
-from semantic_llm_cache.index.flat import single_threaded_blas  # noqa: E402
 
 DIMENSION = 384
 
@@ -122,8 +121,7 @@ async def bench_memory(arguments: argparse.Namespace) -> None:
     misses = [0]
 
     async def bare(step: int) -> None:
-        with single_threaded_blas():
-            int(np.argmax(matrix @ vectors[asked[step]]))
+        int(np.argmax(matrix @ vectors[asked[step]]))  # single-threaded: OPENBLAS_NUM_THREADS=1 above
 
     async def nearest(step: int) -> None:
         await cache.backend.find_nearest(vectors[asked[step]], 0.9, cache.config.candidates)
