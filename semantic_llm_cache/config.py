@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -68,9 +69,12 @@ def as_unit_vector(values: Any, *, dimension: int | None = None) -> Vector:
         raise InvalidInputError(f"embedding must be a non-empty 1-D vector, got shape {vector.shape}")
     if dimension is not None and vector.size != dimension:
         raise InvalidInputError(f"embedding has dimension {vector.size}, expected {dimension}")
-    if not np.all(np.isfinite(vector)):
-        raise InvalidInputError("embedding contains NaN or infinite values")
-    norm = float(np.linalg.norm(vector))
+    squared = float(np.dot(vector, vector))  # one call: NaN or infinite when a component is (or when it overflows)
+    if not math.isfinite(squared):
+        if not np.all(np.isfinite(vector)):
+            raise InvalidInputError("embedding contains NaN or infinite values")
+        squared = float(np.dot(vector.astype(np.float64), vector.astype(np.float64)))  # large, finite components
+    norm = math.sqrt(squared)
     if norm == 0.0:
         raise InvalidInputError("embedding is the zero vector; it has no direction to compare")
     if abs(norm - 1.0) <= _UNIT_TOLERANCE:  # already unit: dividing again would change the last bits
