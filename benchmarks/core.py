@@ -68,7 +68,7 @@ async def exact_hits(iterations: int) -> list[object]:
 async def semantic_search(size: int, queries: int) -> list[list[object]]:
     rng = np.random.default_rng(size)
     stored = random_unit(rng, size)
-    backend = MemoryBackend(hnsw_threshold=None)  # exact search: benchmarks/hnsw.py measures the graph
+    backend = MemoryBackend(hnsw_min_entries=None)  # exact search: benchmarks/hnsw.py measures the graph
     prompts = {f"stored {i}": vector for i, vector in enumerate(stored)}
     # queries close to stored vectors, so every search finds a match above the threshold
     targets = rng.integers(0, size, queries)

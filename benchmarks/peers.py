@@ -335,8 +335,11 @@ async def run(arguments: argparse.Namespace, keys: list[str], urls: dict[str, st
 
 def _progress(result: Result, seconds: float) -> None:
     p50 = np.percentile(result.latency, 50) * 1000
-    print(f"  hit rate {result.hit_rate:.3f}, precision {result.precision:.3f}, p50 {p50:.3f} ms, "
-          f"{result.throughput:.0f}/s x64, errors {result.errors} ({seconds:.0f}s)", file=sys.stderr)  # fmt: skip
+    p99 = np.percentile(result.latency, 99) * 1000
+    store = result.store_seconds / max(1, result.stored) * 1000
+    print(f"  hit rate {result.hit_rate:.3f}, precision {result.precision:.3f}, p50 {p50:.3f} ms, p99 {p99:.3f} ms, "
+          f"store {store:.3f} ms each (sequential), {result.throughput:.0f}/s x64, errors {result.errors} "
+          f"({seconds:.0f}s)", file=sys.stderr)  # fmt: skip
 
 
 def _ms(samples: Sequence[float]) -> str:

@@ -12,9 +12,20 @@ import math
 import sys
 import threading
 import time
+import types
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import Context, ContextVar, copy_context
@@ -59,6 +70,41 @@ else:  # pragma: no cover - Python 3.10: the package asyncio.timeout came from (
 
 logger = logging.getLogger("semantic_llm_cache")
 T = TypeVar("T")
+
+
+async def _within(call: Awaitable[T], seconds: float) -> T:
+    """Await `call` within `seconds`. A coroutine is first run up to its first wait: one that answers without
+    waiting (an in-process backend, a table embedder) needs no timer at all; one that waits gets what is left."""
+    if not inspect.iscoroutine(call):
+        async with _deadline(seconds):
+            return await call
+    started = time.monotonic()
+    try:
+        waiting_on = call.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    async with _deadline(max(0.0, seconds - (time.monotonic() - started))):
+        return cast(T, await _resumed(call, waiting_on))
+
+
+@types.coroutine
+def _resumed(coroutine: Coroutine[Any, Any, Any], waiting_on: Any) -> Generator[Any, Any, Any]:
+    """Go on with a coroutine already run up to a wait: hand the task what it waits on, and back what comes."""
+    while True:
+        try:
+            sent = yield waiting_on
+        except BaseException as exc:  # a cancellation (the deadline's) or a close, thrown into the task
+            try:
+                waiting_on = coroutine.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                waiting_on = coroutine.send(sent)
+            except StopIteration as done:
+                return done.value
+
+
 _FAILED: Any = object()
 _UNREADABLE: Any = object()
 _TOO_LONG: Any = object()  # in the recent-vectors memory: this text is over the embedder's window
@@ -1098,8 +1144,7 @@ class SemanticCache:
             return self._failed(exc, component, default, log=False)
         started = time.monotonic()
         try:
-            async with _deadline(seconds):
-                result = await call
+            result = await _within(call, seconds)
         except InvalidInputError as exc:  # the component answered: it is up, the entry or vector was refused
             breaker.success()
             if self.config.on_error == "raise":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,6 +50,13 @@ def validate_ttl(value: float | None, name: str = "ttl") -> float | None:
     return float(value)
 
 
+def validate_max_entries(value: int | None, name: str = "max_entries") -> int | None:
+    """Return `value` if it is None (unbounded) or a positive integer, else raise ConfigurationError."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ConfigurationError(f"{name} must be a positive integer or None, got {shown(value)}")
+    return value
+
+
 _UNIT_TOLERANCE = 1e-5  # float32 rounding of a normalised 384-d vector stays within ~1e-7 of norm 1
 
 
@@ -62,9 +70,12 @@ def as_unit_vector(values: Any, *, dimension: int | None = None) -> Vector:
         raise InvalidInputError(f"embedding must be a non-empty 1-D vector, got shape {vector.shape}")
     if dimension is not None and vector.size != dimension:
         raise InvalidInputError(f"embedding has dimension {vector.size}, expected {dimension}")
-    if not np.all(np.isfinite(vector)):
-        raise InvalidInputError("embedding contains NaN or infinite values")
-    norm = float(np.linalg.norm(vector))
+    squared = float(np.dot(vector, vector))  # one call: NaN or infinite when a component is (or when it overflows)
+    if not math.isfinite(squared):
+        if not np.all(np.isfinite(vector)):
+            raise InvalidInputError("embedding contains NaN or infinite values")
+        squared = float(np.dot(vector.astype(np.float64), vector.astype(np.float64)))  # large, finite components
+    norm = math.sqrt(squared)
     if norm == 0.0:
         raise InvalidInputError("embedding is the zero vector; it has no direction to compare")
     if abs(norm - 1.0) <= _UNIT_TOLERANCE:  # already unit: dividing again would change the last bits
@@ -194,10 +205,7 @@ class CacheConfig:
     def __post_init__(self) -> None:
         validate_threshold(self.threshold)
         validate_ttl(self.ttl)
-        if self.max_entries is not None and (
-            isinstance(self.max_entries, bool) or not isinstance(self.max_entries, int) or self.max_entries <= 0
-        ):
-            raise ConfigurationError(f"max_entries must be a positive integer or None, got {shown(self.max_entries)}")
+        validate_max_entries(self.max_entries)
         if not isinstance(self.namespace, str) or not self.namespace.strip():
             raise ConfigurationError(f"namespace must be a non-empty string, got {shown(self.namespace)}")
         if self.on_error not in ("log", "raise"):

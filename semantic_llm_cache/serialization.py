@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from semantic_llm_cache.config import CacheEntry
+from semantic_llm_cache.config import CacheEntry, Vector, as_unit_vector
 from semantic_llm_cache.errors import InvalidInputError
 from semantic_llm_cache.values import check_json_value
 
@@ -21,13 +21,23 @@ def vector_to_bytes(vector: np.ndarray) -> bytes:
 
 
 def vector_from_bytes(data: bytes, dimension: int | None = None) -> np.ndarray:
-    """Inverse of vector_to_bytes; raises ValueError for a length that is not `dimension` floats."""
-    if len(data) % 4 or not data:
-        raise ValueError(f"vector blob of {len(data)} bytes is not float32 data")
+    """Inverse of vector_to_bytes; raises InvalidInputError for a length that is not `dimension` floats."""
+    if not isinstance(data, bytes) or len(data) % 4 or not data:
+        raise InvalidInputError(
+            f"vector blob of {len(data) if isinstance(data, bytes) else '?'} bytes is not float32 data"
+        )
     vector = np.frombuffer(data, dtype="<f4").astype(np.float32)
     if dimension is not None and vector.size != dimension:
-        raise ValueError(f"vector has {vector.size} dimensions, expected {dimension}")
+        raise InvalidInputError(f"vector has {vector.size} dimensions, expected {dimension}")
     return vector
+
+
+def unit_vector_from_bytes(data: bytes, dimension: int | None = None) -> Vector:
+    """A stored vector, checked (float32, `dimension` long, finite, non-zero) and L2-normalised.
+
+    The one check of vectors read back from storage: every failure is an InvalidInputError.
+    """
+    return as_unit_vector(vector_from_bytes(data, dimension))
 
 
 def entry_to_dict(entry: CacheEntry, *, include_vector: bool = True) -> dict[str, Any]:
@@ -106,6 +116,7 @@ __all__ = [
     "entry_from_dict",
     "entry_to_dict",
     "loads_entry",
+    "unit_vector_from_bytes",
     "vector_from_bytes",
     "vector_to_bytes",
 ]

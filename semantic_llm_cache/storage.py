@@ -1,4 +1,9 @@
-"""The async storage contract every backend implements (the seed's seven methods, plus close and top-k)."""
+"""The async storage contract every backend implements (the seed's seven methods, plus close and top-k).
+
+Like aiocache's `BaseCache`, the public search methods hold the policy once and call one small primitive that
+each backend implements: `find_similar` is the first of `find_nearest`, and `find_nearest` checks the threshold,
+normalises the vector, answers `k <= 0`, then sorts and trims what the backend's `_find_nearest` found.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from semantic_llm_cache.config import CacheEntry
+from semantic_llm_cache.config import CacheEntry, Vector, as_unit_vector, validate_threshold
 
 Match = tuple[str, CacheEntry, float]
 """(key, entry, similarity) as returned by similarity search."""
+
+
+def best_first(matches: list[Match], k: int) -> list[Match]:
+    """The `k` most similar of `matches`, most similar first."""
+    matches.sort(key=lambda match: match[2], reverse=True)
+    return matches[:k]
 
 
 class StorageBackend(ABC):
@@ -46,7 +57,6 @@ class StorageBackend(ABC):
     async def iterate(self, namespace: str | None = None) -> list[tuple[str, CacheEntry]]:
         """Return (key, entry) for every live entry, optionally only those of `namespace`."""
 
-    @abstractmethod
     async def find_similar(
         self,
         embedding: Sequence[float] | np.ndarray,
@@ -60,6 +70,8 @@ class StorageBackend(ABC):
         `namespace` restricts the search to one tenant; `partition` to one partition (the engine always
         passes it). Ties are broken arbitrarily.
         """
+        matches = await self.find_nearest(embedding, threshold, 1, namespace, partition=partition)
+        return matches[0] if matches else None
 
     @abstractmethod
     async def get_stats(self) -> dict[str, Any]:
@@ -74,12 +86,19 @@ class StorageBackend(ABC):
         *,
         partition: str | None = None,
     ) -> list[Match]:
-        """Return up to `k` live entries with similarity >= threshold, most similar first.
+        """Return up to `k` live entries with similarity >= threshold, most similar first."""
+        threshold = validate_threshold(threshold)
+        query = as_unit_vector(embedding)
+        if k <= 0:
+            return []
+        return best_first(await self._find_nearest(query, threshold, k, namespace, partition), k)
 
-        Backends should override this; the default serves only the single best match.
-        """
-        best = await self.find_similar(embedding, threshold, namespace, partition=partition)
-        return [] if best is None else [best]
+    @abstractmethod
+    async def _find_nearest(
+        self, query: Vector, threshold: float, k: int, namespace: str | None, partition: str | None
+    ) -> list[Match]:
+        """The backend's search: live entries with similarity >= threshold, at least the `k` best of them (in any
+        order; more are trimmed). `query` is a unit vector, `threshold` checked, `k` >= 1."""
 
     async def record_hit(self, key: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """Count one served hit for `key` (hits, last_hit_at; LRU recency where the backend has it)."""
@@ -97,30 +116,3 @@ class StorageBackend(ABC):
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-class NearestFirstBackend(StorageBackend):
-    """Base for backends whose native search is top-k: `find_similar` is the first of `find_nearest`."""
-
-    async def find_similar(
-        self,
-        embedding: Sequence[float] | np.ndarray,
-        threshold: float,
-        namespace: str | None = None,
-        *,
-        partition: str | None = None,
-    ) -> Match | None:
-        matches = await self.find_nearest(embedding, threshold, 1, namespace, partition=partition)
-        return matches[0] if matches else None
-
-    @abstractmethod
-    async def find_nearest(
-        self,
-        embedding: Sequence[float] | np.ndarray,
-        threshold: float,
-        k: int,
-        namespace: str | None = None,
-        *,
-        partition: str | None = None,
-    ) -> list[Match]:
-        """Up to `k` live entries with similarity >= threshold, most similar first (see StorageBackend)."""

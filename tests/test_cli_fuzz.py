@@ -430,12 +430,12 @@ def builds_its_redis_clients(backend: Any) -> None:
     cluster=yes, a cluster client (no database other than 0). A URL backend_from_url accepts passes all three."""
 
     async def build() -> None:
-        client = backend._make_client(cluster=False)
+        client = backend.connection.make_client(cluster=False)
         try:
             client.connection_pool.make_connection()
         finally:
             await client.aclose()
-        if backend._cluster:
-            await backend._make_client(cluster=True).aclose()
+        if backend.connection.cluster:
+            await backend.connection.make_client(cluster=True).aclose()
 
     asyncio.run(build())

@@ -246,7 +246,7 @@ def blocked_builder() -> Iterator[threading.Event]:
 
 def test_stays_flat_up_to_the_threshold_and_moves_past_it() -> None:
     vectors = random_vectors(51, 16, seed=20)
-    index = AutoIndex(16, hnsw_threshold=50, background=False)
+    index = AutoIndex(16, hnsw_min_entries=50, background=False)
     keys = filled(index, vectors[:50])
     assert index.kind == "flat"
     index.add("k50", vectors[50])
@@ -258,7 +258,7 @@ def test_stays_flat_up_to_the_threshold_and_moves_past_it() -> None:
 
 def test_move_in_the_background_keeps_every_write_made_during_it(blocked_builder: threading.Event) -> None:
     vectors = clustered_vectors(3000, 32, clusters=30, seed=21)
-    index = AutoIndex(32, hnsw_threshold=500)
+    index = AutoIndex(32, hnsw_min_entries=500)
     expected = FlatIndex(32)
     for row in range(501):
         index.add(f"k{row}", vectors[row])
@@ -292,7 +292,7 @@ def test_move_in_the_background_keeps_every_write_made_during_it(blocked_builder
 
 def test_search_agrees_with_flat_after_the_move() -> None:
     vectors = clustered_vectors(2000, 32, clusters=40, seed=22)
-    index = AutoIndex(32, hnsw_threshold=100)
+    index = AutoIndex(32, hnsw_min_entries=100)
     keys = filled(index, vectors)
     assert index.wait(timeout=60) is True
     queries = noisy_copies(vectors[:200], 0.3, seed=23)
@@ -312,11 +312,11 @@ def test_a_failed_build_leaves_the_index_exact_and_is_retried_when_it_doubles(
         return str(caplog.text).count("building an HNSW index failed")
 
     with caplog.at_level(logging.WARNING, logger="semantic_llm_cache.index.auto"):
-        in_background = AutoIndex(8, hnsw_threshold=10)
+        in_background = AutoIndex(8, hnsw_min_entries=10)
         filled(in_background, vectors[:11])
         assert in_background.wait(timeout=60) is False
         assert in_background.kind == "flat" and failures() == 1
-        index = AutoIndex(8, hnsw_threshold=10, background=False)
+        index = AutoIndex(8, hnsw_min_entries=10, background=False)
         keys = filled(index, vectors[:11])  # the 11th add tries, fails, and does not raise
         assert index.kind == "flat" and failures() == 2
         assert all(finds_itself(index, vector, key) for key, vector in zip(keys, vectors, strict=False))
@@ -330,7 +330,7 @@ def test_without_hnswlib_the_index_stays_flat(monkeypatch: pytest.MonkeyPatch, c
     monkeypatch.setattr(auto_module, "hnswlib_available", lambda: False)
     monkeypatch.setattr(auto_module, "_warned_no_hnswlib", False)
     vectors = random_vectors(30, 8, seed=25)
-    index = AutoIndex(8, hnsw_threshold=10)
+    index = AutoIndex(8, hnsw_min_entries=10)
     with caplog.at_level(logging.WARNING, logger="semantic_llm_cache.index.auto"):
         keys = filled(index, vectors)
     assert index.kind == "flat" and "hnswlib is not installed" in caplog.text
@@ -338,7 +338,7 @@ def test_without_hnswlib_the_index_stays_flat(monkeypatch: pytest.MonkeyPatch, c
 
 
 def test_a_dropped_index_abandons_its_build(blocked_builder: threading.Event) -> None:
-    index = AutoIndex(8, hnsw_threshold=10)
+    index = AutoIndex(8, hnsw_min_entries=10)
     filled(index, random_vectors(11, 8, seed=26))
     assert index._migration is not None
     step: Future[None] = index._migration.step
@@ -349,7 +349,7 @@ def test_a_dropped_index_abandons_its_build(blocked_builder: threading.Event) ->
 
 
 def test_clear_goes_back_to_flat() -> None:
-    index = AutoIndex(8, hnsw_threshold=5, background=False)
+    index = AutoIndex(8, hnsw_min_entries=5, background=False)
     filled(index, random_vectors(10, 8, seed=27))
     assert index.kind == "hnsw"
     index.clear()
@@ -359,12 +359,31 @@ def test_clear_goes_back_to_flat() -> None:
 def test_partition_index_factory() -> None:
     assert partition_index_factory(None)(8).__class__ is FlatIndex
     built = partition_index_factory(7)(8)
-    assert isinstance(built, AutoIndex) and built.hnsw_threshold == 7 and built.dimension == 8
+    assert isinstance(built, AutoIndex) and built.hnsw_min_entries == 7 and built.dimension == 8
     for bad in (-1, 1.5, True, "100"):
         with pytest.raises(ConfigurationError):
             partition_index_factory(bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
-        MemoryBackend(hnsw_threshold=-5)
+        MemoryBackend(hnsw_min_entries=-5)
+
+
+def test_the_old_name_hnsw_threshold_still_works_with_a_deprecation_warning(tmp_path: Path) -> None:
+    with pytest.warns(DeprecationWarning, match="hnsw_min_entries"):
+        assert isinstance(AutoIndex(8, hnsw_threshold=7), AutoIndex)
+    with pytest.warns(DeprecationWarning, match="hnsw_min_entries"):
+        built = partition_index_factory(hnsw_threshold=7)(8)
+    assert isinstance(built, AutoIndex) and built.hnsw_min_entries == 7
+    with pytest.warns(DeprecationWarning, match="hnsw_min_entries"):
+        assert built.hnsw_threshold == 7
+    with pytest.warns(DeprecationWarning, match="hnsw_min_entries"):
+        MemoryBackend(hnsw_threshold=None)
+    with pytest.warns(DeprecationWarning, match="hnsw_min_entries"):
+        SQLiteBackend(tmp_path / "old.db", hnsw_threshold=None)
+    with pytest.warns(DeprecationWarning, match="DEFAULT_HNSW_MIN_ENTRIES"):
+        from semantic_llm_cache.index import DEFAULT_HNSW_THRESHOLD
+    assert DEFAULT_HNSW_THRESHOLD == 20_000
+    with pytest.raises(TypeError, match="hnsw_treshold"):
+        MemoryBackend(hnsw_treshold=5)
 
 
 # -- the backends ------------------------------------------------------------------------------------------
@@ -377,10 +396,10 @@ def entry(row: int, vector: np.ndarray) -> CacheEntry:
     return CacheEntry(prompt=f"prompt {row}", response={"row": row}, partition_id=PARTITION, embedding=vector)
 
 
-def make_backend(kind: str, tmp_path: Path, hnsw_threshold: int | None) -> StorageBackend:
+def make_backend(kind: str, tmp_path: Path, hnsw_min_entries: int | None) -> StorageBackend:
     if kind == "memory":
-        return MemoryBackend(hnsw_threshold=hnsw_threshold)
-    return SQLiteBackend(tmp_path / f"cache-{hnsw_threshold}.db", hnsw_threshold=hnsw_threshold)
+        return MemoryBackend(hnsw_min_entries=hnsw_min_entries)
+    return SQLiteBackend(tmp_path / f"cache-{hnsw_min_entries}.db", hnsw_min_entries=hnsw_min_entries)
 
 
 async def live_keys(backend: StorageBackend, query: np.ndarray) -> list[tuple[str, float]]:
@@ -391,15 +410,16 @@ async def live_keys(backend: StorageBackend, query: np.ndarray) -> list[tuple[st
 async def partition_index(backend: StorageBackend) -> Any:
     """The partition's index, moved to HNSW if it is moving (waited for in the thread that owns it)."""
     if isinstance(backend, MemoryBackend):
-        index = backend._indexes[PARTITION]
+        index = backend._indexes.get(PARTITION)
+        assert index is not None
         with backend._lock:
-            if isinstance(index, AutoIndex):
-                index.wait(timeout=60)
-        return index
+            if isinstance(index.index, AutoIndex):
+                index.index.wait(timeout=60)
+        return index.index
     assert isinstance(backend, SQLiteBackend)
 
     def wait() -> Any:
-        index = backend._indexes[PARTITION]
+        index = backend._indexes.get(PARTITION)
         assert index is not None
         if isinstance(index.index, AutoIndex):
             index.index.wait(timeout=60)
@@ -410,10 +430,12 @@ async def partition_index(backend: StorageBackend) -> Any:
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
-async def test_backend_with_a_tiny_hnsw_threshold_finds_what_the_flat_backend_finds(kind: str, tmp_path: Path) -> None:
+async def test_backend_with_a_small_hnsw_min_entries_finds_what_the_flat_backend_finds(
+    kind: str, tmp_path: Path
+) -> None:
     vectors = clustered_vectors(500, DIMENSION, clusters=25, seed=30)
-    hnsw_backend = make_backend(kind, tmp_path, hnsw_threshold=50)
-    flat_backend = make_backend(kind, tmp_path, hnsw_threshold=None)
+    hnsw_backend = make_backend(kind, tmp_path, hnsw_min_entries=50)
+    flat_backend = make_backend(kind, tmp_path, hnsw_min_entries=None)
     try:
         for backend in (hnsw_backend, flat_backend):
             for row, vector in enumerate(vectors):

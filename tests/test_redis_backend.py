@@ -22,6 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from semantic_llm_cache import CacheBackendError, CacheEntry, ConfigurationError, Scope, SemanticCache
 from semantic_llm_cache.backends.redis import RedisBackend, namespace_tag
+from semantic_llm_cache.backends.redis.replica import ClientReplica
 from semantic_llm_cache.serialization import vector_from_bytes
 from tests.fakes import BagOfWordsEmbedder, unit
 from tests.plugins.redis_servers import (
@@ -258,7 +259,7 @@ async def test_client_whose_position_was_trimmed_resyncs_with_scan(request: Any,
             for number in range(400):  # far past the log's length: the reader's position is trimmed away
                 await writer.set(f"{P1}:n{number}", entry(f"n{number}", list(vectors[number])))
             await writer.delete(f"{P1}:first")
-            connection = await writer._ready()  # routes by slot on a cluster
+            connection = await writer.connection.client()  # routes by slot on a cluster
             assert 0 < await connection.xlen(f"{writer.prefix}log:{{{P1}}}") < 400
             for number in (0, 199, 399):
                 match = await reader.find_similar(unit(list(vectors[number])), 0.999, partition=P1)
@@ -313,8 +314,8 @@ async def test_corrupt_and_foreign_data_is_skipped_and_counted(mode_backend: Red
     await backend.set(f"{P1}:good", entry("good", basis(0, mix=0.5)))
     await backend.set(f"{P1}:first", entry("first", basis(0)))  # the local index knows it; it is spoiled below
     assert (await backend.find_similar(unit(basis(0)), 0.5, partition=P1)) is not None
-    assert backend._url is not None
-    client = aioredis.Redis.from_url(backend._url)
+    assert backend.connection.url is not None
+    client = aioredis.Redis.from_url(backend.connection.url)
     prefix = backend.prefix
     exact = np.asarray(unit(basis(0)), dtype="<f4").tobytes()
     try:
@@ -456,9 +457,11 @@ async def test_entries_of_two_prefixes_never_meet(redis_search_server: RedisServ
         assert (await second.get_stats())["size"] == 0
 
 
-async def test_search_policy_follows_partition_size_and_stays_exact(redis_search_server: RedisServer) -> None:
-    """A large partition is searched through the graph in batches, a small one by brute force; both find the
-    true nearest neighbour."""
+async def test_search_finds_the_true_neighbour_in_a_large_and_a_small_partition(
+    redis_search_server: RedisServer,
+) -> None:
+    """The range query pre-filtered by the partition's tag finds the true nearest neighbour, in a large partition
+    and in a small one sharing the index."""
     async with fresh_backend(redis_search_server.url, index="search") as backend:
         rng = np.random.default_rng(5)
         large = rng.standard_normal((1500, DIMENSION))
@@ -470,9 +473,6 @@ async def test_search_policy_follows_partition_size_and_stays_exact(redis_search
                    for number, vector in enumerate(small)]  # fmt: skip
         for start in range(0, len(writes), 100):
             await asyncio.gather(*writes[start : start + 100])
-        client = await backend._ready()
-        assert await backend._hybrid_policy(client, DIMENSION, f"(@s:{{{P1}}})") == " HYBRID_POLICY BATCHES"
-        assert await backend._hybrid_policy(client, DIMENSION, f"(@s:{{{P2}}})") == " HYBRID_POLICY ADHOC_BF"
         for partition, vectors, name in ((P1, large, "n"), (P2, small, "s")):
             for position in (0, len(vectors) - 1):
                 query = unit(list(vectors[position] + rng.standard_normal(DIMENSION) * 0.05))
@@ -514,14 +514,16 @@ async def test_client_mode_moves_a_large_local_partition_to_hnsw_and_finds_the_s
     rng = np.random.default_rng(5)
     centres = rng.standard_normal((20, 32))
     vectors = [unit(list(centres[row % 20] + 0.3 * rng.standard_normal(32))) for row in range(300)]
-    reference = MemoryBackend(hnsw_threshold=None)
-    async with fresh_backend(redis_plain_server.url, index="client", local_hnsw_threshold=50) as backend:
+    reference = MemoryBackend(hnsw_min_entries=None)
+    async with fresh_backend(redis_plain_server.url, index="client", hnsw_min_entries=50) as backend:
         for row, vector in enumerate(vectors):
             entry = CacheEntry(prompt=f"p{row}", response=row, partition_id=partition, embedding=vector)
             await backend.set(f"{partition}:{row:032x}", entry)
             await reference.set(f"{partition}:{row:032x}", entry)
         await backend.find_similar(vectors[0], 0.99, partition=partition)  # builds the local index
-        (state,) = backend._local.values()
+        replica = backend._strategy
+        assert isinstance(replica, ClientReplica)
+        (state,) = replica.partitions.values()
         assert isinstance(state.index, AutoIndex)
         state.index.wait(timeout=60)
         assert state.index.kind == "hnsw" and len(state.index) == 300
@@ -552,11 +554,11 @@ def colliding_namespaces() -> tuple[str, str]:
 
 async def raw_client(backend: RedisBackend) -> Any:
     """A client of the backend's server (a cluster client on a cluster) for writing what older code wrote."""
-    assert backend._url is not None
+    assert backend.connection.url is not None
     await backend.get_stats()  # connects: the backend knows whether it is a cluster
-    if backend._cluster:
-        return RedisCluster.from_url(backend._url)
-    return aioredis.Redis.from_url(backend._url)
+    if backend.connection.cluster:
+        return RedisCluster.from_url(backend.connection.url)
+    return aioredis.Redis.from_url(backend.connection.url)
 
 
 async def nearest_keys(backend: RedisBackend, namespace: str | None = None, partition: str | None = None) -> set[str]:
@@ -732,3 +734,13 @@ async def test_older_entries_of_odd_partitions_stay_found(mode_backend: RedisBac
         assert {key for key, _ in await backend.iterate()} == {f"{partition}:t2" for partition in partitions}
     finally:
         await client.aclose()
+
+
+def test_the_old_name_local_hnsw_threshold_still_works_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="hnsw_min_entries"):
+        RedisBackend("redis://localhost:6379/0", index="client", local_hnsw_threshold=None)
+
+
+def test_the_backend_breaker_options_are_deprecated_the_engine_breaker_guards_every_call() -> None:
+    with pytest.warns(DeprecationWarning, match="engine's circuit breaker"):
+        RedisBackend("redis://localhost:6379/0", breaker_failures=3, breaker_cooldown=2.0)

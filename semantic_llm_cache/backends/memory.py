@@ -2,45 +2,39 @@
 
 from __future__ import annotations
 
-import heapq
 import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from semantic_llm_cache.config import CacheEntry, as_unit_vector, validate_threshold
-from semantic_llm_cache.errors import ConfigurationError, InvalidInputError
-from semantic_llm_cache.index import VectorIndex
-from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, partition_index_factory
-from semantic_llm_cache.storage import Match, NearestFirstBackend
+from semantic_llm_cache.config import CacheEntry, Vector, validate_max_entries
+from semantic_llm_cache.index.auto import DEFAULT_HNSW_MIN_ENTRIES, renamed_min_entries
+from semantic_llm_cache.index.partitions import ExpiryHeap, Found, PartitionIndex, PartitionIndexes
+from semantic_llm_cache.storage import Match, StorageBackend
 
 _ENTRY_OVERHEAD_BYTES = 400  # dataclass, dict slots and index bookkeeping, measured roughly with tracemalloc
 
 
-class MemoryBackend(NearestFirstBackend):
+class MemoryBackend(StorageBackend):
     """The embedded default: fast, bounded by `max_entries` (LRU, O(1) per operation), lost on exit.
 
     Thread-safe: every method runs under one lock and never awaits while holding it, so the backend can be
     shared by several event loops (e.g. a sync wrapper's loop thread and the application's loop).
 
-    hnsw_threshold: a partition holding more vectors than this moves from the exact flat index to an HNSW
+    hnsw_min_entries: a partition holding more vectors than this moves from the exact flat index to an HNSW
         graph, built in the background (needs the `hnsw` extra); None keeps every partition exact.
     """
 
-    def __init__(self, max_entries: int | None = None, *, hnsw_threshold: int | None = DEFAULT_HNSW_THRESHOLD) -> None:
-        if max_entries is not None and (isinstance(max_entries, bool) or max_entries <= 0):
-            raise ConfigurationError(f"max_entries must be a positive integer or None, got {max_entries!r}")
-        self.max_entries = max_entries
+    def __init__(
+        self, max_entries: int | None = None, *, hnsw_min_entries: int | None = DEFAULT_HNSW_MIN_ENTRIES, **renamed: Any
+    ) -> None:
+        hnsw_min_entries = renamed_min_entries(hnsw_min_entries, renamed)
+        self.max_entries = validate_max_entries(max_entries)
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._entry_bytes: dict[str, int] = {}
-        self._index_factory = partition_index_factory(hnsw_threshold)
-        self._indexes: dict[str, VectorIndex] = {}
-        self._partition_namespace: dict[str, str] = {}
-        self._expiry_heap: list[tuple[float, str]] = []
+        self._indexes: PartitionIndexes[str, PartitionIndex] = PartitionIndexes(PartitionIndex, hnsw_min_entries)
+        self._expiry = ExpiryHeap()
         self._lock = threading.Lock()
         self._bytes = 0
         self.evictions = 0
@@ -53,21 +47,14 @@ class MemoryBackend(NearestFirstBackend):
         if entry is None:
             return None
         self._bytes -= self._entry_bytes.pop(key, 0)
-        index = self._indexes.get(entry.partition_id)
-        if index is not None:
-            index.remove(key)
-            if len(index) == 0:
-                del self._indexes[entry.partition_id]
-                self._partition_namespace.pop(entry.partition_id, None)
+        self._expiry.cancel(key)
+        if entry.embedding is not None:
+            self._indexes.discard(entry.partition_id, key)
         return entry
 
     def _purge_expired(self, now: float) -> None:
-        heap = self._expiry_heap
-        while heap and heap[0][0] <= now:
-            expires_at, key = heapq.heappop(heap)
-            entry = self._entries.get(key)
-            if entry is not None and entry.expires_at == expires_at:
-                self._remove(key)
+        for key in self._expiry.pop_due(now):
+            if self._remove(key) is not None:
                 self.expirations += 1
 
     def _live(self, key: str, now: float) -> CacheEntry | None:
@@ -94,12 +81,8 @@ class MemoryBackend(NearestFirstBackend):
         if entry.embedding is not None:
             size += entry.embedding.nbytes
         with self._lock:
-            index = self._indexes.get(entry.partition_id)
-            if index is not None and entry.embedding is not None and index.dimension != entry.embedding.size:
-                raise InvalidInputError(
-                    f"partition {entry.partition_id} holds {index.dimension}-dimension vectors, got "
-                    f"{entry.embedding.size}: an embedder change must change the partition (see Scope)"
-                )
+            if entry.embedding is not None:
+                self._indexes.check_dimension(entry.partition_id, entry.embedding.size)
             now = time.time()
             self._purge_expired(now)
             self._remove(key)
@@ -109,13 +92,8 @@ class MemoryBackend(NearestFirstBackend):
             self._entry_bytes[key] = size
             self._bytes += size
             if entry.embedding is not None:
-                index = self._indexes.get(entry.partition_id)
-                if index is None:
-                    index = self._indexes[entry.partition_id] = self._index_factory(int(entry.embedding.size))
-                    self._partition_namespace[entry.partition_id] = entry.namespace
-                index.add(key, entry.embedding)
-            if entry.expires_at is not None:
-                heapq.heappush(self._expiry_heap, (entry.expires_at, key))
+                self._indexes.put(entry.partition_id, entry.namespace, key, entry.embedding)
+            self._expiry.schedule(key, entry.expires_at)
             if self.max_entries is not None:
                 while len(self._entries) > self.max_entries:
                     oldest_key = next(iter(self._entries))
@@ -132,8 +110,7 @@ class MemoryBackend(NearestFirstBackend):
                 self._entries.clear()
                 self._entry_bytes.clear()
                 self._indexes.clear()
-                self._partition_namespace.clear()
-                self._expiry_heap.clear()
+                self._expiry.clear()
                 self._bytes = 0
                 return
             for key in [k for k, e in self._entries.items() if e.namespace == namespace]:
@@ -149,38 +126,22 @@ class MemoryBackend(NearestFirstBackend):
                 if not entry.is_expired(now) and (namespace is None or entry.namespace == namespace)
             ]
 
-    async def find_nearest(
-        self,
-        embedding: Sequence[float] | np.ndarray,
-        threshold: float,
-        k: int,
-        namespace: str | None = None,
-        *,
-        partition: str | None = None,
+    async def _find_nearest(
+        self, query: Vector, threshold: float, k: int, namespace: str | None, partition: str | None
     ) -> list[Match]:
-        threshold = validate_threshold(threshold)
-        query = as_unit_vector(embedding)
         with self._lock:
             now = time.time()
-            if partition is not None:
-                partitions = [partition] if partition in self._indexes else []
-            else:
-                partitions = [p for p, ns in self._partition_namespace.items() if namespace is None or ns == namespace]
             matches: list[Match] = []
-            for partition_id in partitions:
-                index = self._indexes[partition_id]
-                if index.dimension != query.size:
+            for partition_id in [partition] if partition is not None else list(self._indexes):
+                index = self._indexes.get(partition_id)
+                if index is None or (namespace is not None and index.namespace != namespace):
                     continue
-                if namespace is not None and self._partition_namespace.get(partition_id) != namespace:
-                    continue
-                while True:
-                    found = index.search(query, k, threshold)
-                    live = [(key, score) for key, score in found if self._live(key, now) is not None]
-                    if len(live) == len(found) or partition_id not in self._indexes:
-                        break  # no expired entry among them, or the partition emptied: nothing more to find
-                matches.extend((key, self._entries[key], score) for key, score in live)
-            matches.sort(key=lambda match: match[2], reverse=True)
-            return matches[:k]
+                matches.extend(self._indexes.search(partition_id, query, k, threshold, self._check, now=now))
+            return matches
+
+    def _check(self, _index: PartitionIndex, found: Found) -> list[CacheEntry | None]:
+        now = time.time()
+        return [self._live(key, now) for key, _ in found]
 
     async def record_hit(self, key: str) -> None:
         with self._lock:
@@ -198,7 +159,7 @@ class MemoryBackend(NearestFirstBackend):
                 "size": len(self._entries),
                 "partitions": len(self._indexes),
                 "max_entries": self.max_entries,
-                "approx_bytes": self._bytes + sum(index.nbytes for index in self._indexes.values()),
+                "approx_bytes": self._bytes + self._indexes.nbytes,
                 "evictions": self.evictions,
                 "expirations": self.expirations,
             }

@@ -21,15 +21,21 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-import numpy as np
-
-from semantic_llm_cache.config import CacheEntry, Vector, as_unit_vector, validate_threshold
+from semantic_llm_cache.config import CacheEntry, Vector, validate_max_entries
 from semantic_llm_cache.errors import CacheBackendError, ConfigurationError, InvalidInputError
-from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, partition_index_factory
-from semantic_llm_cache.serialization import entry_from_dict, entry_to_dict, vector_from_bytes, vector_to_bytes
-from semantic_llm_cache.storage import Match, NearestFirstBackend
+from semantic_llm_cache.index.auto import DEFAULT_HNSW_MIN_ENTRIES, renamed_min_entries
+from semantic_llm_cache.index.partitions import Found, PartitionIndex, PartitionIndexes
+from semantic_llm_cache.index.protocol import IndexFactory
+from semantic_llm_cache.serialization import (
+    entry_from_dict,
+    entry_to_dict,
+    unit_vector_from_bytes,
+    vector_from_bytes,
+    vector_to_bytes,
+)
+from semantic_llm_cache.storage import Match, StorageBackend
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,35 +72,7 @@ _COLUMNS = "key, partition_id, namespace, dimension, embedding, expires_at, hits
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 
 
-class VectorIndex(Protocol):
-    """What the backend needs from an index (FlatIndex, HNSWIndex or AutoIndex, which moves from one to the other)."""
-
-    dimension: int
-
-    def __len__(self) -> int: ...
-
-    def add(self, key: str, vector: Vector) -> None: ...
-
-    def remove(self, key: str) -> bool: ...
-
-    def search(self, query: Vector, k: int = 1, threshold: float = -1.0) -> list[tuple[str, float]]: ...
-
-    @property
-    def nbytes(self) -> int: ...
-
-
-IndexFactory = Callable[[int], VectorIndex]
-
-
-class _PartitionIndex:
-    """One partition's vectors in memory (expiry is checked in SQL when the matches are fetched)."""
-
-    def __init__(self, index: VectorIndex, namespace: str) -> None:
-        self.index = index
-        self.namespace = namespace
-
-
-class SQLiteBackend(NearestFirstBackend):
+class SQLiteBackend(StorageBackend):
     """Entries in a SQLite file that survives restarts; similarity search in memory, per partition.
 
     path: the database file (created with its schema unless `create=False`), or ":memory:".
@@ -103,8 +81,8 @@ class SQLiteBackend(NearestFirstBackend):
         of the process; "FULL" also across power loss, at the cost of an fsync per write.
     timeout: seconds to wait for another process's write lock before failing.
     purge_interval: expired rows are deleted at most this often (they are never returned in between).
-    index_factory: builds a partition's vector index from its dimension (default: from `hnsw_threshold`).
-    hnsw_threshold: a partition holding more vectors than this moves from the exact flat index to an HNSW
+    index_factory: builds a partition's vector index from its dimension (default: from `hnsw_min_entries`).
+    hnsw_min_entries: a partition holding more vectors than this moves from the exact flat index to an HNSW
         graph, built in the background (needs the `hnsw` extra); None keeps every partition exact.
     """
 
@@ -118,30 +96,30 @@ class SQLiteBackend(NearestFirstBackend):
         timeout: float = 5.0,
         purge_interval: float = 1.0,
         index_factory: IndexFactory | None = None,
-        hnsw_threshold: int | None = DEFAULT_HNSW_THRESHOLD,
+        hnsw_min_entries: int | None = DEFAULT_HNSW_MIN_ENTRIES,
+        **renamed: Any,
     ) -> None:
-        if max_entries is not None and (
-            isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries <= 0
-        ):
-            raise ConfigurationError(f"max_entries must be a positive integer or None, got {max_entries!r}")
+        hnsw_min_entries = renamed_min_entries(hnsw_min_entries, renamed)
         if not isinstance(synchronous, str) or synchronous.upper() not in SYNCHRONOUS_MODES:
             raise ConfigurationError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise ConfigurationError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
         self.path = str(path) if str(path) == MEMORY_PATH else str(Path(path).expanduser().absolute())
-        self.max_entries = max_entries
+        self.max_entries = validate_max_entries(max_entries)
         self.create = create
         self.synchronous = synchronous.upper()
         self.timeout = float(timeout)
         self.purge_interval = float(purge_interval)
-        self._index_factory = index_factory if index_factory is not None else partition_index_factory(hnsw_threshold)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantic-cache-sqlite")
         self._closed = False
         # Everything below is touched only by the worker thread.
         self._connection: sqlite3.Connection | None = None
         self._shut_down = False
         self._journal_mode = ""
-        self._indexes: dict[str, _PartitionIndex | None] = {}
+        # The partitions whose vectors are loaded (an empty one: loaded, and holds none).
+        self._indexes: PartitionIndexes[str, PartitionIndex] = PartitionIndexes(
+            PartitionIndex, hnsw_min_entries, index_factory=index_factory, keep_empty=True
+        )
         self._generation = -1
         self._size: int | None = None
         self._last_purge = 0.0
@@ -269,11 +247,7 @@ class SQLiteBackend(NearestFirstBackend):
     def _forget(self, rows: Sequence[tuple[str, str]]) -> None:
         """Remove deleted (key, partition) rows from the loaded indexes."""
         for key, partition in rows:
-            index = self._indexes.get(partition)
-            if index is not None:
-                index.index.remove(key)
-                if len(index.index) == 0:
-                    self._indexes[partition] = None
+            self._indexes.discard(partition, key)
 
     def _delete_rows(self, rows: Sequence[tuple[str, str]]) -> None:
         if rows:
@@ -309,37 +283,34 @@ class SQLiteBackend(NearestFirstBackend):
                 logger.warning("skipping corrupt row %r in SQLite cache %s: %s", key, self.path, exc)
             return None
 
-    def _load(self, partition: str, now: float) -> _PartitionIndex | None:
-        """The partition's index, loaded from the file on first use (None: no vectors there)."""
-        if partition in self._indexes:
-            return self._indexes[partition]
-        loaded: _PartitionIndex | None = None
+    def _load(self, partition: str, now: float) -> PartitionIndex:
+        """The partition's index, loaded from the file on first use (a partition without vectors: empty)."""
+        loaded = self._indexes.get(partition)
+        if loaded is not None:
+            return loaded
         rows = self._db.execute(
             f"SELECT key, namespace, dimension, embedding FROM entries "
             f"WHERE partition_id = ? AND embedding IS NOT NULL AND {_LIVE} ORDER BY rowid",
             (partition, now),
         ).fetchall()
-        for key, namespace, dimension, blob in rows:
+        loaded = self._indexes.new(rows[0][1] if rows else "")
+        for key, _namespace, dimension, blob in rows:
             try:
-                vector = as_unit_vector(vector_from_bytes(bytes(blob), dimension))
-            except (ValueError, TypeError) as exc:
+                vector = unit_vector_from_bytes(bytes(blob), dimension)
+            except (InvalidInputError, TypeError) as exc:
                 if key not in self._corrupt_keys:
                     self._corrupt_keys.add(key)
                     logger.warning("skipping corrupt vector %r in SQLite cache %s: %s", key, self.path, exc)
                 continue
-            if loaded is None:
-                loaded = _PartitionIndex(self._index_factory(int(vector.size)), namespace)
-            if vector.size == loaded.index.dimension:
-                loaded.index.add(key, vector)
-        self._indexes[partition] = loaded
+            if loaded.dimension in (None, vector.size):
+                loaded.put(key, vector)
+        self._indexes.install(partition, loaded)
         return loaded
 
     def _partition_dimension(self, partition: str, key: str) -> int | None:
         loaded = self._indexes.get(partition)
-        if loaded is not None:
-            return loaded.index.dimension
-        if partition in self._indexes:  # loaded, and holds no vectors
-            return None
+        if loaded is not None:  # loaded: its vectors are all in memory
+            return loaded.dimension
         row = self._db.execute(  # only a row whose column agrees with its own vector: one bad value decides nothing
             "SELECT dimension FROM entries WHERE partition_id = ? AND key != ? AND typeof(dimension) = 'integer' "
             "AND dimension > 0 AND typeof(embedding) = 'blob' AND length(embedding) = 4 * dimension LIMIT 1",
@@ -390,11 +361,7 @@ class SQLiteBackend(NearestFirstBackend):
         self._corrupt_keys.discard(key)
         self._forget(removed)
         if not expired and entry.embedding is not None and entry.partition_id in self._indexes:
-            loaded = self._indexes[entry.partition_id]
-            if loaded is None:
-                loaded = _PartitionIndex(self._index_factory(int(entry.embedding.size)), entry.namespace)
-                self._indexes[entry.partition_id] = loaded
-            loaded.index.add(key, entry.embedding)
+            self._indexes.put(entry.partition_id, entry.namespace, key, entry.embedding)
 
     def _evict(self, keep: str) -> list[tuple[str, str]]:
         """Delete the least recently used rows beyond max_entries (never `keep`, the row just written)."""
@@ -448,8 +415,8 @@ class SQLiteBackend(NearestFirstBackend):
                 result.append((str(row[0]), entry))
         return result
 
-    def _find_nearest(self, query: Vector, threshold: float, k: int, namespace: str | None,
-                      partition: str | None) -> list[Match]:  # fmt: skip
+    def _search(self, query: Vector, threshold: float, k: int, namespace: str | None,
+                partition: str | None) -> list[Match]:  # fmt: skip
         self._db.execute("BEGIN")  # one snapshot for loading, searching and fetching
         try:
             self._sync()
@@ -465,36 +432,23 @@ class SQLiteBackend(NearestFirstBackend):
             matches: list[Match] = []
             for partition_id in partitions:
                 loaded = self._load(partition_id, now)
-                if loaded is None or loaded.index.dimension != query.size:
-                    continue
                 if namespace is not None and loaded.namespace != namespace:
                     continue
-                matches.extend(self._search_partition(loaded, query, threshold, k, now))
+                matches.extend(self._indexes.search(partition_id, query, k, threshold, self._check, now=now))
             self._db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
-        matches.sort(key=lambda match: match[2], reverse=True)
-        return matches[:k]
+        return matches
 
-    def _search_partition(
-        self, loaded: _PartitionIndex, query: Vector, threshold: float, k: int, now: float
-    ) -> list[Match]:
-        while True:
-            found = loaded.index.search(query, k, threshold)
-            if not found:
-                return []
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM entries WHERE key IN ({', '.join('?' * len(found))}) AND {_LIVE}",
-                (*(key for key, _ in found), now),
-            ).fetchall()
-            entries = {str(row[0]): self._decode(row) for row in rows}
-            matches = [(key, entry, score) for key, score in found if (entry := entries.get(key)) is not None]
-            if len(matches) == len(found):
-                return matches
-            for key, _ in found:  # expired or corrupt: out of this process's index, then search again
-                if entries.get(key) is None:
-                    loaded.index.remove(key)
+    def _check(self, _index: PartitionIndex, found: Found) -> list[CacheEntry | None]:
+        """The candidates' live entries, read in the search's snapshot (None: expired, deleted or corrupt)."""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE key IN ({', '.join('?' * len(found))}) AND {_LIVE}",
+            (*(key for key, _ in found), time.time()),
+        ).fetchall()
+        entries = {str(row[0]): self._decode(row) for row in rows}
+        return [entries.get(key) for key, _ in found]
 
     def _record_hit(self, key: str) -> None:
         now = time.time()
@@ -514,7 +468,6 @@ class SQLiteBackend(NearestFirstBackend):
         ).fetchone()
         page_count = int(self._db.execute("PRAGMA page_count").fetchone()[0])
         page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
-        loaded = [index for index in self._indexes.values() if index is not None]
         return {
             "backend": "sqlite",
             "size": int(size),
@@ -522,8 +475,8 @@ class SQLiteBackend(NearestFirstBackend):
             "schema_version": SCHEMA_VERSION,
             "journal_mode": self._journal_mode,
             "partitions": int(partitions),
-            "loaded_partitions": len(loaded),
-            "index_bytes": sum(index.index.nbytes for index in loaded),
+            "loaded_partitions": sum(1 for index in self._indexes.values() if len(index)),
+            "index_bytes": self._indexes.nbytes,
             "file_bytes": page_count * page_size,
             "max_entries": self.max_entries,
             "evictions": self.evictions,
@@ -555,20 +508,10 @@ class SQLiteBackend(NearestFirstBackend):
     async def iterate(self, namespace: str | None = None) -> list[tuple[str, CacheEntry]]:
         return await self._run(self._iterate, namespace)
 
-    async def find_nearest(
-        self,
-        embedding: Sequence[float] | np.ndarray,
-        threshold: float,
-        k: int,
-        namespace: str | None = None,
-        *,
-        partition: str | None = None,
+    async def _find_nearest(
+        self, query: Vector, threshold: float, k: int, namespace: str | None, partition: str | None
     ) -> list[Match]:
-        threshold = validate_threshold(threshold)
-        query = as_unit_vector(embedding)
-        if k <= 0:
-            return []
-        return await self._run(self._find_nearest, query, threshold, k, namespace, partition)
+        return await self._run(self._search, query, threshold, k, namespace, partition)
 
     async def record_hit(self, key: str) -> None:
         await self._run(self._record_hit, key)

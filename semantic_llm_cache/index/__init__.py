@@ -1,32 +1,31 @@
-"""Vector indexes used by backends that do not search on a server."""
+"""Vector indexes used by backends that do not search on a server, and the per-partition map over them."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any
 
-from semantic_llm_cache.config import Vector
-from semantic_llm_cache.index.auto import DEFAULT_HNSW_THRESHOLD, AutoIndex, partition_index_factory
+from semantic_llm_cache.index import auto
+from semantic_llm_cache.index.auto import DEFAULT_HNSW_MIN_ENTRIES, AutoIndex, partition_index_factory
 from semantic_llm_cache.index.flat import FlatIndex
 from semantic_llm_cache.index.hnsw import HNSWIndex
+from semantic_llm_cache.index.partitions import PartitionIndex, PartitionIndexes
+from semantic_llm_cache.index.protocol import IndexFactory, VectorIndex
 
 
-class VectorIndex(Protocol):
-    """What a backend needs of an index over one partition's unit vectors (inner product = cosine)."""
-
-    dimension: int
-
-    def __len__(self) -> int: ...
-
-    def __contains__(self, key: object) -> bool: ...
-
-    @property
-    def nbytes(self) -> int: ...
-
-    def add(self, key: str, vector: Vector) -> None: ...
-
-    def remove(self, key: str) -> bool: ...
-
-    def search(self, query: Vector, k: int = 1, threshold: float = -1.0) -> list[tuple[str, float]]: ...
+def __getattr__(name: str) -> Any:
+    if name == "DEFAULT_HNSW_THRESHOLD":  # the old name, for one release
+        return getattr(auto, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DEFAULT_HNSW_THRESHOLD", "AutoIndex", "FlatIndex", "HNSWIndex", "VectorIndex", "partition_index_factory"]
+__all__ = [
+    "DEFAULT_HNSW_MIN_ENTRIES",
+    "AutoIndex",
+    "FlatIndex",
+    "HNSWIndex",
+    "IndexFactory",
+    "PartitionIndex",
+    "PartitionIndexes",
+    "VectorIndex",
+    "partition_index_factory",
+]

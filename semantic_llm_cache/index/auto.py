@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -34,9 +35,9 @@ from semantic_llm_cache.index.hnsw import (
 
 logger = logging.getLogger(__name__)
 
-#: Partition size above which a partition moves from the exact flat index to HNSW. Below it a flat search
-#: (one matrix-vector product) is fast and exact; above it its cost grows linearly while HNSW's barely grows.
-DEFAULT_HNSW_THRESHOLD = 20_000
+#: Partition size (an entry count) above which a partition moves from the exact flat index to HNSW. Below it a flat
+#: search (one matrix-vector product) is fast and exact; above it its cost grows linearly while HNSW's barely grows.
+DEFAULT_HNSW_MIN_ENTRIES = 20_000
 
 _INLINE_CATCH_UP = 32  # writes made during a build that the owner replays inline (~1 ms each); more: background
 _BUILD_CHUNK = 4096  # rows per hnswlib call in the background: bounds how long an abandoned build runs on
@@ -55,12 +56,33 @@ class _FlatIndex(FlatIndex):
         return self._matrix[[self._rows[key] for key in keys]]  # fancy indexing: a copy
 
 
-def _check_threshold(hnsw_threshold: object) -> int:
-    if isinstance(hnsw_threshold, bool) or not isinstance(hnsw_threshold, int) or hnsw_threshold < 0:
+def _check_min_entries(hnsw_min_entries: object) -> int:
+    if isinstance(hnsw_min_entries, bool) or not isinstance(hnsw_min_entries, int) or hnsw_min_entries < 0:
         raise ConfigurationError(
-            f"hnsw_threshold must be a non-negative integer (or None for an always-exact index), got {hnsw_threshold!r}"
+            "hnsw_min_entries must be a non-negative integer (or None for an always-exact index), "
+            f"got {hnsw_min_entries!r}"
         )
-    return hnsw_threshold
+    return hnsw_min_entries
+
+
+def renamed_min_entries(
+    hnsw_min_entries: int | None, renamed: dict[str, Any], old_name: str = "hnsw_threshold"
+) -> int | None:
+    """`hnsw_min_entries`, or the value given under its old name (an entry count once named like a similarity),
+    with a DeprecationWarning; the old name is accepted for one release. Any other keyword left is a TypeError."""
+    if old_name in renamed:
+        warnings.warn(f"{old_name} is now hnsw_min_entries", DeprecationWarning, stacklevel=3)
+        hnsw_min_entries = renamed.pop(old_name)
+    if renamed:
+        raise TypeError(f"unexpected keyword argument {next(iter(renamed))!r}")
+    return hnsw_min_entries
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DEFAULT_HNSW_THRESHOLD":
+        warnings.warn("DEFAULT_HNSW_THRESHOLD is now DEFAULT_HNSW_MIN_ENTRIES", DeprecationWarning, stacklevel=2)
+        return DEFAULT_HNSW_MIN_ENTRIES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _BuildWorker:
@@ -129,7 +151,7 @@ def _apply(
 
 
 class AutoIndex:
-    """VectorIndex of one partition: exact FlatIndex up to `hnsw_threshold` entries, HNSWIndex past it.
+    """VectorIndex of one partition: exact FlatIndex up to `hnsw_min_entries` entries, HNSWIndex past it.
 
     The move is one-way (a shrinking partition stays on HNSW) and, with `background=True`, never blocks a call:
     see the module docstring. Without hnswlib installed the index stays flat (exact, slower) and logs it once.
@@ -139,15 +161,16 @@ class AutoIndex:
     def __init__(
         self,
         dimension: int,
-        hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
+        hnsw_min_entries: int = DEFAULT_HNSW_MIN_ENTRIES,
         *,
         background: bool = True,
         build_threads: int = 1,
         m: int = DEFAULT_M,
         ef_construction: int = DEFAULT_EF_CONSTRUCTION,
         ef_search: int = DEFAULT_EF_SEARCH,
+        **renamed: Any,
     ) -> None:
-        self.hnsw_threshold = _check_threshold(hnsw_threshold)
+        self.hnsw_min_entries = _check_min_entries(renamed_min_entries(hnsw_min_entries, renamed))
         self.dimension = dimension
         self.background = background
         self._flat: _FlatIndex | None = _FlatIndex(dimension)
@@ -159,8 +182,14 @@ class AutoIndex:
             "ef_search": ef_search,
             "num_threads": build_threads,
         }
-        self._migrate_above = self.hnsw_threshold  # raised after a failed build, so it is not retried at once
+        self._migrate_above = self.hnsw_min_entries  # raised after a failed build, so it is not retried at once
         self.migration_seconds: float | None = None
+
+    @property
+    def hnsw_threshold(self) -> int:
+        """Deprecated name of `hnsw_min_entries`."""
+        warnings.warn("hnsw_threshold is now hnsw_min_entries", DeprecationWarning, stacklevel=2)
+        return self.hnsw_min_entries
 
     # -- what the backends see ----------------------------------------------------------------------------
 
@@ -230,7 +259,7 @@ class AutoIndex:
         self._migration = None
         self._hnsw = None
         self._flat = _FlatIndex(self.dimension)
-        self._migrate_above = self.hnsw_threshold
+        self._migrate_above = self.hnsw_min_entries
 
     def wait(self, timeout: float | None = None) -> bool:
         """Finish a move in progress, waiting for the build thread; True once the index is on HNSW.
@@ -259,7 +288,7 @@ class AutoIndex:
                 logger.warning(
                     "a partition holds more than %d vectors but hnswlib is not installed: searching it exactly "
                     "(pip install 'async-semantic-llm-cache[hnsw]' for HNSW)",
-                    self.hnsw_threshold,
+                    self.hnsw_min_entries,
                 )
             self._migrate_above = 2**62
             return
@@ -315,14 +344,16 @@ class AutoIndex:
 
 
 def partition_index_factory(
-    hnsw_threshold: int | None = DEFAULT_HNSW_THRESHOLD,
+    hnsw_min_entries: int | None = DEFAULT_HNSW_MIN_ENTRIES, **renamed: Any
 ) -> Callable[[int], FlatIndex | AutoIndex]:
-    """What a backend builds per partition, from the dimension: always flat (None), or flat then HNSW."""
-    if hnsw_threshold is None:
+    """What a backend builds per partition, from the dimension: always flat (None), or flat then HNSW past
+    `hnsw_min_entries` vectors."""
+    hnsw_min_entries = renamed_min_entries(hnsw_min_entries, renamed)
+    if hnsw_min_entries is None:
         return FlatIndex
-    threshold = _check_threshold(hnsw_threshold)
+    min_entries = _check_min_entries(hnsw_min_entries)
 
     def build(dimension: int) -> FlatIndex | AutoIndex:
-        return AutoIndex(dimension, threshold)
+        return AutoIndex(dimension, min_entries)
 
     return build

@@ -12,6 +12,7 @@ from semantic_llm_cache.config import Vector
 from semantic_llm_cache.errors import InvalidInputError
 
 _controller: Any = None
+_single_threaded: bool | None = None
 _controller_lock = threading.Lock()
 
 
@@ -31,10 +32,23 @@ def single_threaded_blas() -> AbstractContextManager[Any]:
                     _controller = ThreadpoolController()
                 except ImportError:  # pragma: no cover - threadpoolctl is a dependency
                     _controller = False
-    if _controller is False:
+    if _controller is False or _already_single_threaded(_controller):
         return nullcontext()
     limited: AbstractContextManager[Any] = _controller.limit(limits=1, user_api="blas")
     return limited
+
+
+def _already_single_threaded(controller: Any) -> bool:
+    """True when every BLAS library in the process already runs one thread (e.g. OPENBLAS_NUM_THREADS=1): then
+    there is nothing to limit (checked once; limiting costs a few microseconds a search)."""
+    global _single_threaded
+    if _single_threaded is None:
+        try:
+            blas = controller.select(user_api="blas")
+            _single_threaded = all(int(library.num_threads) == 1 for library in blas.lib_controllers)
+        except Exception:  # an unexpected threadpoolctl: keep limiting
+            _single_threaded = False
+    return _single_threaded
 
 
 class FlatIndex:
@@ -112,10 +126,10 @@ class FlatIndex:
             scores = self._matrix[:count] @ query
         if k == 1:
             best = int(np.argmax(scores))
-            top = [best]
-        elif k >= count:
-            top = list(np.argsort(-scores, kind="stable"))
+            top = [best] if scores[best] >= threshold else []
         else:
-            candidates = np.argpartition(-scores, k - 1)[:k]
-            top = list(candidates[np.argsort(-scores[candidates], kind="stable")])
-        return [(self._keys[row], float(scores[row])) for row in top if scores[row] >= threshold]
+            rows = np.flatnonzero(scores >= threshold)  # a cache's threshold leaves few: order only those
+            if len(rows) > k:
+                rows = rows[np.argpartition(-scores[rows], k - 1)[:k]]
+            top = list(rows[np.argsort(-scores[rows], kind="stable")])
+        return [(self._keys[row], float(scores[row])) for row in top]
