@@ -1251,11 +1251,13 @@ class SemanticCache:
         vector = await self._embed(text)
         if vector is None:
             return None, None
-        # a metadata filter runs on the candidates: look at more of them (it never widens the partition)
-        candidates = self.config.candidates * (WHERE_CANDIDATE_FACTOR if options.where else 1)
-        matches = await self._guarded(
-            self.backend.find_nearest(vector, threshold, candidates, partition=partition), "backend", default=[]
-        )
+        candidates = self.config.candidates
+        if options.where and self._cipher is None:  # the backend filters (in its index where it can)
+            search = self.backend.find_nearest(vector, threshold, candidates, partition=partition, where=options.where)
+        else:  # sealed metadata: only this cache can read it, so it looks at more candidates and filters itself
+            candidates *= WHERE_CANDIDATE_FACTOR if options.where else 1
+            search = self.backend.find_nearest(vector, threshold, candidates, partition=partition)
+        matches = await self._guarded(search, "backend", default=[])
         survivors: list[tuple[str, CacheEntry, float]] = []
         for match_key, sealed_match, raw_similarity in matches:
             match = self._readable(match_key, sealed_match)

@@ -8,16 +8,24 @@ normalises the vector, answers `k <= 0`, then sorts and trims what the backend's
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
+from semantic_llm_cache.call_options import WHERE_CANDIDATE_FACTOR, CallOptions, check_where
 from semantic_llm_cache.config import CacheEntry, Vector, as_unit_vector, validate_threshold
+from semantic_llm_cache.encryption import is_sealed
 
 Match = tuple[str, CacheEntry, float]
 """(key, entry, similarity) as returned by similarity search."""
+
+
+def filter_where(matches: list[Match], where: Mapping[str, Any]) -> list[Match]:
+    """The matches whose entry's metadata holds every `where` value (encrypted entries pass: the cache checks)."""
+    wanted = CallOptions(where=where)
+    return [match for match in matches if is_sealed(match[1]) or wanted.matches(match[1].metadata)]
 
 
 def best_first(matches: list[Match], k: int) -> list[Match]:
@@ -85,13 +93,42 @@ class StorageBackend(ABC):
         namespace: str | None = None,
         *,
         partition: str | None = None,
+        where: Mapping[str, Any] | None = None,
     ) -> list[Match]:
-        """Return up to `k` live entries with similarity >= threshold, most similar first."""
+        """Return up to `k` live entries with similarity >= threshold, most similar first.
+
+        `where` (metadata field -> value, exact match) keeps only entries whose metadata holds those values; a
+        backend that can filter in its index does (`_find_nearest_where`), the others are searched for
+        `WHERE_CANDIDATE_FACTOR` times `k` candidates that are then filtered here. An encrypted entry (whose
+        metadata only the cache can read) is passed on for the cache to check.
+        """
         threshold = validate_threshold(threshold)
         query = as_unit_vector(embedding)
         if k <= 0:
             return []
-        return best_first(await self._find_nearest(query, threshold, k, namespace, partition), k)
+        if not where:
+            return best_first(await self._find_nearest(query, threshold, k, namespace, partition), k)
+        check_where(where)
+        if self.filters_where:
+            found = await self._find_nearest_where(query, threshold, k, namespace, partition, where)
+        else:
+            found = await self._find_nearest(query, threshold, k * WHERE_CANDIDATE_FACTOR, namespace, partition)
+        return best_first(filter_where(found, where), k)
+
+    #: True for a backend whose index filters on metadata itself (it then implements `_find_nearest_where`)
+    filters_where = False
+
+    async def _find_nearest_where(
+        self,
+        query: Vector,
+        threshold: float,
+        k: int,
+        namespace: str | None,
+        partition: str | None,
+        where: Mapping[str, Any],
+    ) -> list[Match]:
+        """The backend's search restricted to entries whose metadata holds `where` (only if `filters_where`)."""
+        raise NotImplementedError
 
     @abstractmethod
     async def _find_nearest(

@@ -86,6 +86,31 @@ async def test_a_filter_looks_past_closer_entries_that_do_not_match() -> None:
     assert hit is not None and hit.response == "wanted"
 
 
+async def test_a_filter_finds_the_match_behind_closer_entries_on_every_backend(backend: StorageBackend) -> None:
+    cache = make_cache(backend, candidates=1)
+    await cache.store(STORED, "wanted", metadata={"kind": "wanted", "n": 1.0})
+    for index in range(6):  # closer to the query than STORED, but of another kind
+        await cache.store(f"{CLOSER} {'x' * (index + 1)}", "other", metadata={"kind": "other"})
+    for where in ({"kind": "wanted"}, {"kind": "wanted", "n": 1}):  # 1 and 1.0 are one value
+        hit = await cache.lookup(CLOSER, where=where)
+        assert hit is not None and hit.response == "wanted", where
+    assert await cache.lookup(CLOSER, where={"kind": "missing"}) is None
+
+
+async def test_redis_search_mode_filters_in_the_index(request: pytest.FixtureRequest) -> None:
+    """Past what more candidates would find: only a filter in the index finds the one match among many."""
+    from tests.plugins.backends import BACKEND_FACTORIES
+
+    async with BACKEND_FACTORIES["redis-search"](request) as backend:
+        cache = make_cache(backend, candidates=1)
+        await cache.store(STORED, "wanted", metadata={"kind": "wanted"})
+        for index in range(40):
+            await cache.store(f"{CLOSER} {'x' * (index + 1)}", "other", metadata={"kind": "other"})
+        hit = await cache.lookup(CLOSER, where={"kind": "wanted"})
+        assert hit is not None and hit.response == "wanted"
+        assert cache.backend.filters_where
+
+
 async def test_ttl_per_call() -> None:
     cache = make_cache()
     resolution = await cache.resolve(STORED, Counting(), ttl=3600)

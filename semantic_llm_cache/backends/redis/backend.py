@@ -14,7 +14,7 @@ import logging
 import time
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, Protocol, TypeVar
 
 from semantic_llm_cache.backends.redis.codec import encode, live_entry, payload_namespace
@@ -55,7 +55,14 @@ class IndexStrategy(Protocol):
     async def prepare_write(self, client: Client, entry: CacheEntry) -> None: ...
 
     async def find(
-        self, client: Client, query: Vector, threshold: float, k: int, namespace: str | None, partition: str | None
+        self,
+        client: Client,
+        query: Vector,
+        threshold: float,
+        k: int,
+        namespace: str | None,
+        partition: str | None,
+        where: Mapping[str, Any] | None = None,
     ) -> list[Match]: ...
 
     def forget(self) -> None: ...
@@ -353,6 +360,25 @@ class RedisBackend(StorageBackend):
 
         async def operation(client: Client, strategy: IndexStrategy) -> list[Match]:
             return await strategy.find(client, query, threshold, k, namespace, partition)
+
+        return await self._run(operation)
+
+    filters_where = True  # search mode: a TAG pre-filter per field; client mode: more candidates, filtered after
+
+    async def _find_nearest_where(
+        self,
+        query: Vector,
+        threshold: float,
+        k: int,
+        namespace: str | None,
+        partition: str | None,
+        where: Mapping[str, Any],
+    ) -> list[Match]:
+        if partition is not None and any(char in partition for char in "{},"):
+            return []
+
+        async def operation(client: Client, strategy: IndexStrategy) -> list[Match]:
+            return await strategy.find(client, query, threshold, k, namespace, partition, where)
 
         return await self._run(operation)
 

@@ -11,6 +11,7 @@ from typing import Any
 from semantic_llm_cache.backends.redis.connection import Counters
 from semantic_llm_cache.backends.redis.layout import partition_tag, scope_tags
 from semantic_llm_cache.config import CacheEntry
+from semantic_llm_cache.encryption import is_sealed
 from semantic_llm_cache.serialization import entry_from_dict, entry_to_dict, vector_from_bytes, vector_to_bytes
 
 logger = logging.getLogger("semantic_llm_cache.redis")
@@ -40,7 +41,7 @@ def encode(entry: CacheEntry) -> dict[str, Any]:
         if name in payload and payload[name] == default and type(payload[name]) is type(default):
             del payload[name]
     fields: dict[str, Any] = {
-        "s": scope_tags(entry.partition_id, entry.namespace),
+        "s": scope_tags(entry.partition_id, entry.namespace, None if is_sealed(entry) else entry.metadata),
         "j": json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")),
     }
     if entry.embedding is not None:

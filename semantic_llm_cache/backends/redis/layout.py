@@ -17,8 +17,10 @@ tag so that a partition's keys live on one slot:
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from semantic_llm_cache.errors import ConfigurationError, InvalidInputError
@@ -111,9 +113,48 @@ def legacy_partition_tags(partition: str) -> list[str]:
     return [partition]
 
 
-def scope_tags(partition: str, namespace: str) -> str:
-    """The ``s`` field: the partition's and the namespace's tags, one TAG field (one hash field less per entry)."""
-    return f"{partition_tag(partition)},{namespace_tag(namespace)}"
+def scope_tags(partition: str, namespace: str, metadata: Mapping[str, Any] | None = None) -> str:
+    """The ``s`` field: the partition's tag first, then one tag per scalar metadata field (see `metadata_tag`),
+    the namespace's tag last (`decode` reads the first, `clear` the last): one TAG field for all of them."""
+    fields = [partition_tag(partition), *metadata_tags(metadata or {}), namespace_tag(namespace)]
+    return ",".join(fields)
+
+
+def metadata_tag(name: str, value: Any) -> str:
+    """The TAG value of one metadata field's value (128 bits of sha256 of the field and its JSON), so a `where`
+    filter is a TAG pre-filter. Only selects candidates: the payload's metadata decides."""
+    text = json.dumps([name, value], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "m:" + hashlib.sha256(text.encode()).hexdigest()[:_TAG_DIGEST_HEX]
+
+
+def metadata_tags(metadata: Mapping[str, Any]) -> list[str]:
+    """Tags of the metadata fields a `where` filter can name: string, finite number, boolean or None values."""
+    tags = []
+    for name, value in metadata.items():
+        if (
+            value is None
+            or isinstance(value, (str, bool))
+            or (isinstance(value, (int, float)) and math.isfinite(value))
+        ):
+            tags.append(metadata_tag(name, _canonical_number(value)))
+    return tags
+
+
+def _canonical_number(value: Any) -> Any:
+    """1 and 1.0 are the same value to a filter (as to Python's ==): one tag for both."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def where_filter(where: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """The FT.SEARCH clauses requiring each `where` field's tag, and their PARAMS."""
+    clauses: list[str] = []
+    params: list[str] = []
+    for position, (name, value) in enumerate(sorted(where.items())):
+        clauses.append(f"@s:{{$w{position}}}")
+        params.extend((f"w{position}", metadata_tag(name, _canonical_number(value))))
+    return " ".join(clauses), params
 
 
 def scope_filter(partition: str | None, namespace: str | None) -> tuple[str, list[str]]:

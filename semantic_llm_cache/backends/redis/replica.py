@@ -14,7 +14,7 @@ import asyncio
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from semantic_llm_cache.backends.redis.codec import live_entry, vector_field
 from semantic_llm_cache.backends.redis.connection import BATCH, Client, ResponseError, execute
 from semantic_llm_cache.backends.redis.keyspace import Keyspace
+from semantic_llm_cache.call_options import WHERE_CANDIDATE_FACTOR
 from semantic_llm_cache.config import CacheEntry, Vector
 from semantic_llm_cache.errors import InvalidInputError
 from semantic_llm_cache.index.partitions import SEARCH_AGAIN, Checked, Found, PartitionIndex, PartitionIndexes
@@ -62,8 +63,18 @@ class ClientReplica:
         """Nothing to prepare: the write's changelog record is what other processes read."""
 
     async def find(
-        self, client: Client, query: Vector, threshold: float, k: int, namespace: str | None, partition: str | None
+        self,
+        client: Client,
+        query: Vector,
+        threshold: float,
+        k: int,
+        namespace: str | None,
+        partition: str | None,
+        where: Mapping[str, Any] | None = None,
     ) -> list[Match]:
+        """Live matches of the scope; with `where`, `WHERE_CANDIDATE_FACTOR` times more for the caller to filter."""
+        if where:
+            k *= WHERE_CANDIDATE_FACTOR
         if partition is None:
             return await self.keyspace.search_by_scan(client, query, threshold, namespace)
         return await self._search_partition(client, query, threshold, k, namespace, partition)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -17,8 +18,9 @@ import numpy as np
 from semantic_llm_cache.backends.redis.codec import live_entry, vector_field
 from semantic_llm_cache.backends.redis.connection import Client, ResponseError
 from semantic_llm_cache.backends.redis.keyspace import Keyspace
-from semantic_llm_cache.backends.redis.layout import scope_filter
+from semantic_llm_cache.backends.redis.layout import scope_filter, where_filter
 from semantic_llm_cache.backends.redis.replica import ClientReplica
+from semantic_llm_cache.call_options import WHERE_CANDIDATE_FACTOR
 from semantic_llm_cache.config import CacheEntry, Vector
 from semantic_llm_cache.serialization import vector_to_bytes
 from semantic_llm_cache.storage import Match
@@ -50,11 +52,19 @@ class ServerIndex:
             await self.ensure_index(client, int(entry.embedding.size))
 
     async def find(
-        self, client: Client, query: Vector, threshold: float, k: int, namespace: str | None, partition: str | None
+        self,
+        client: Client,
+        query: Vector,
+        threshold: float,
+        k: int,
+        namespace: str | None,
+        partition: str | None,
+        where: Mapping[str, Any] | None = None,
     ) -> list[Match]:
         if partition is not None and "\x00" in partition:
-            return await self.replica.find(client, query, threshold, k, namespace, partition)
-        return await self.search(client, query, threshold, k, namespace, partition)
+            fetch = k * WHERE_CANDIDATE_FACTOR if where else k
+            return await self.replica.find(client, query, threshold, fetch, namespace, partition)
+        return await self.search(client, query, threshold, k, namespace, partition, where)
 
     def forget(self) -> None:
         self.replica.forget()
@@ -109,7 +119,14 @@ class ServerIndex:
     # -- the search ---------------------------------------------------------------------------------------
 
     async def search(
-        self, client: Client, query: Vector, threshold: float, k: int, namespace: str | None, partition: str | None
+        self,
+        client: Client,
+        query: Vector,
+        threshold: float,
+        k: int,
+        namespace: str | None,
+        partition: str | None,
+        where: Mapping[str, Any] | None = None,
     ) -> list[Match]:
         """The entries of the scope at or above `threshold`, nearest first: one FT.SEARCH with a range query
         (VECTOR_RANGE to the threshold's cosine distance, pre-filtered by the partition's TAG) returning the fields
@@ -117,6 +134,10 @@ class ServerIndex:
         less than a bare KNN query (the graph walk stops at the radius; like KNN on HNSW it is approximate)."""
         dimension = int(query.size)
         prefilter, params = scope_filter(partition, namespace)
+        if where:  # each field's tag, in the same TAG field: the index selects only entries that can match
+            clauses, where_params = where_filter(where)
+            prefilter = clauses if prefilter == "*" else f"{prefilter} {clauses}"
+            params = [*params, *where_params]
         field = vector_field(dimension)
         scope = "" if prefilter == "*" else f"{prefilter} "
         radius = repr(min(2.0, 1.0 - threshold + _RADIUS_SLACK))
