@@ -234,8 +234,8 @@ async def quality(embedders: dict[str, Any], pairs: tuple[list[str], list[str], 
 
 PATHS = {
     REFERENCE: lambda: LocalEmbedder(torch_threads=1),
-    "default (ONNX, 1 thread)": lambda: OnnxEmbedder(),
-    "default, 2 threads": lambda: OnnxEmbedder(threads=2),
+    "default (ONNX, 2 threads)": lambda: OnnxEmbedder(),
+    "default, 1 thread": lambda: OnnxEmbedder(threads=1),
     "default, dynamic int8": lambda: OnnxEmbedder(precision="int8"),
     "ONNX fp32 export of the torch weights": lambda: OnnxEmbedder(bundled_model_path()),
 }
