@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from semantic_llm_cache.call_options import WHERE_CANDIDATE_FACTOR, CallOptions, check_where
+from semantic_llm_cache.call_options import WHERE_CANDIDATE_FACTOR, CallOptions
 from semantic_llm_cache.config import CacheEntry, Vector, as_unit_vector, validate_threshold
 from semantic_llm_cache.encryption import is_sealed
 
@@ -22,9 +22,8 @@ Match = tuple[str, CacheEntry, float]
 """(key, entry, similarity) as returned by similarity search."""
 
 
-def filter_where(matches: list[Match], where: Mapping[str, Any]) -> list[Match]:
+def filter_where(matches: list[Match], wanted: CallOptions) -> list[Match]:
     """The matches whose entry's metadata holds every `where` value (encrypted entries pass: the cache checks)."""
-    wanted = CallOptions(where=where)
     return [match for match in matches if is_sealed(match[1]) or wanted.matches(match[1].metadata)]
 
 
@@ -108,12 +107,12 @@ class StorageBackend(ABC):
             return []
         if not where:
             return best_first(await self._find_nearest(query, threshold, k, namespace, partition), k)
-        check_where(where)
+        wanted = CallOptions(where=where)  # checks it
         if self.filters_where:
             found = await self._find_nearest_where(query, threshold, k, namespace, partition, where)
         else:
             found = await self._find_nearest(query, threshold, k * WHERE_CANDIDATE_FACTOR, namespace, partition)
-        return best_first(filter_where(found, where), k)
+        return best_first(filter_where(found, wanted), k)
 
     #: True for a backend whose index filters on metadata itself (it then implements `_find_nearest_where`)
     filters_where = False

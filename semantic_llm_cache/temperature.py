@@ -42,7 +42,7 @@ class NeverAbove:
     stores_skipped = False
 
     def __post_init__(self) -> None:
-        if not _finite(self.limit) or self.limit < 0:
+        if as_temperature(self.limit) is None or self.limit < 0:
             raise ConfigurationError(f"NeverAbove.limit must be a temperature >= 0, got {self.limit!r}")
 
     def skips(self, temperature: float) -> bool:
@@ -60,7 +60,7 @@ class SkipByTemperature:
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not _finite(self.max_temperature) or self.max_temperature <= 0:
+        if as_temperature(self.max_temperature) is None or self.max_temperature <= 0:
             raise ConfigurationError(f"max_temperature must be > 0, got {self.max_temperature!r}")
 
     def skips(self, temperature: float) -> bool:
@@ -69,16 +69,16 @@ class SkipByTemperature:
         return self.rng.random() < min(1.0, temperature / self.max_temperature)
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def temperature_of(params: Mapping[str, Any]) -> float | None:
-    """The sampling temperature a call's parameters state (`temperature`), or None."""
-    value = params.get("temperature")
+def as_temperature(value: Any) -> float | None:
+    """`value` as a temperature (a finite number, not a bool), or None when it is none."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
 
 
-__all__ = ["NeverAbove", "ServeAlways", "SkipByTemperature", "TemperaturePolicy", "temperature_of"]
+def temperature_of(params: Mapping[str, Any]) -> float | None:
+    """The sampling temperature a call's parameters state (`temperature`), or None."""
+    return as_temperature(params.get("temperature"))
+
+
+__all__ = ["NeverAbove", "ServeAlways", "SkipByTemperature", "TemperaturePolicy", "as_temperature", "temperature_of"]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from semantic_llm_cache import SemanticCache as CoreSemanticCache
 from semantic_llm_cache.call_options import resolve_options
+from semantic_llm_cache.temperature import as_temperature
 
 OPTIONS_KEY = "cache_options"
 """The call keyword (chat model) or `config["configurable"]` key (runnable) holding per-call options."""
@@ -23,17 +23,11 @@ def call_options(engine: CoreSemanticCache, raw: Any, temperature: float | None)
     return resolve_options(raw, engine.temperature_options(temperature))
 
 
-def number(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
 def temperature_of_call(model: Any, kwargs: Mapping[str, Any]) -> float | None:
     """The temperature a chat model call samples at: the call's `temperature`, else the model's."""
     if "temperature" in kwargs:
-        return number(kwargs["temperature"])
-    return number(getattr(model, "temperature", None))
+        return as_temperature(kwargs["temperature"])
+    return as_temperature(getattr(model, "temperature", None))
 
 
 def temperature_in_llm_string(llm_string: str) -> float | None:
@@ -42,11 +36,11 @@ def temperature_in_llm_string(llm_string: str) -> float | None:
     found = _PARAM_TEMPERATURE.search(params)
     if found is not None:
         try:
-            return number(float(found.group(1)))
+            return as_temperature(float(found.group(1)))
         except ValueError:
             return None
     try:
         kwargs = json.loads(serialized).get("kwargs", {})
     except (ValueError, AttributeError):
         return None
-    return number(kwargs.get("temperature")) if isinstance(kwargs, dict) else None
+    return as_temperature(kwargs.get("temperature")) if isinstance(kwargs, dict) else None

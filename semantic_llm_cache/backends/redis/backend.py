@@ -355,13 +355,7 @@ class RedisBackend(StorageBackend):
     async def _find_nearest(
         self, query: Vector, threshold: float, k: int, namespace: str | None, partition: str | None
     ) -> list[Match]:
-        if partition is not None and any(char in partition for char in "{},"):
-            return []  # not a partition this backend can hold
-
-        async def operation(client: Client, strategy: IndexStrategy) -> list[Match]:
-            return await strategy.find(client, query, threshold, k, namespace, partition)
-
-        return await self._run(operation)
+        return await self._find(query, threshold, k, namespace, partition, None)
 
     filters_where = True  # search mode: a TAG pre-filter per field; client mode: more candidates, filtered after
 
@@ -374,8 +368,19 @@ class RedisBackend(StorageBackend):
         partition: str | None,
         where: Mapping[str, Any],
     ) -> list[Match]:
+        return await self._find(query, threshold, k, namespace, partition, where)
+
+    async def _find(
+        self,
+        query: Vector,
+        threshold: float,
+        k: int,
+        namespace: str | None,
+        partition: str | None,
+        where: Mapping[str, Any] | None,
+    ) -> list[Match]:
         if partition is not None and any(char in partition for char in "{},"):
-            return []
+            return []  # not a partition this backend can hold
 
         async def operation(client: Client, strategy: IndexStrategy) -> list[Match]:
             return await strategy.find(client, query, threshold, k, namespace, partition, where)

@@ -41,6 +41,7 @@ from llama_index.llms.semantic_cache.events import bypass_info, cache_event
 
 from semantic_llm_cache import Computed, ConfigurationError, InvalidInputError, SemanticCache
 from semantic_llm_cache.call_options import resolve_options
+from semantic_llm_cache.temperature import as_temperature
 
 if TYPE_CHECKING:
     from llama_index.core.chat_engine.types import AgentChatResponse
@@ -337,8 +338,7 @@ class SemanticCacheLLM(LLM):
         """Take the call's `cache_options` out of `kwargs` (the LLM never sees them) as `resolve` options."""
         raw = kwargs.pop(OPTIONS_KEY, None)
         temperature = kwargs["temperature"] if "temperature" in kwargs else getattr(self.llm, "temperature", None)
-        number = temperature if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) else None
-        return resolve_options(raw, self.cache.temperature_options(None if number is None else float(number)))
+        return resolve_options(raw, self.cache.temperature_options(as_temperature(temperature)))
 
     async def astore_completion(self, prompt: str, text: str) -> str | None:
         """Store `text` as this LLM's answer to `complete(prompt)` (on a chat model also `chat([user: prompt])`),
