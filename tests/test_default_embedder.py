@@ -56,7 +56,7 @@ def test_is_named_apart_from_the_torch_model_and_lazy(tmp_path: Path) -> None:
     model = OnnxEmbedder(cache_dir=str(tmp_path))
     assert model.name == DEFAULT_MODEL_NAME == "sentence-transformers/all-MiniLM-L6-v2+int8-weights"
     assert not model.loaded and model.dimension == 384
-    assert OnnxEmbedder(precision="int8").name == DEFAULT_MODEL_NAME + onnx_module.INT8_NAME_SUFFIX
+    assert OnnxEmbedder(precision="int8").name == onnx_module.DEFAULT_INT8_MODEL_NAME
 
 
 def test_agrees_with_the_torch_model_on_the_sample(embedder: OnnxEmbedder) -> None:

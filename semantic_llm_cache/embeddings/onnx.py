@@ -53,6 +53,9 @@ ONNX_OPSET = 17
 # an exported fp32 graph must reproduce torch's token embeddings this closely before it is kept
 EXPORT_TOLERANCE = 1e-4
 INT8_NAME_SUFFIX = "+onnx-int8"
+#: the default model quantized from its fused graph (quantized Attention nodes: other vectors than the unfused
+#: graph's int8 build had, so another name)
+DEFAULT_INT8_MODEL_NAME = DEFAULT_MODEL_NAME + INT8_NAME_SUFFIX + "-fused"
 
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -183,8 +186,8 @@ def ensure_onnx_model(
 
 def ensure_bundled_int8(cache_dir: str | None = None) -> Path:
     """The default model quantized to dynamic int8, built once from the installed files into `cache_dir`."""
-    weights = manifest()["weights"]["sha256"][:16]
-    directory = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / f"default-{weights}"
+    files = manifest()["weights"]["sha256"][:8] + manifest()["graph_sha256"][:8]
+    directory = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / f"default-{files}"
     target = directory / "model-int8.onnx"
     if target.is_file():
         return target
@@ -293,7 +296,12 @@ def _quantize_int8(fp32_file: Path, output: str) -> None:
     try:
         # per-channel weights: measured on QQP, half the similarity error of per-tensor at the same speed
         quantization.quantize_dynamic(
-            str(fp32_file), output, weight_type=quantization.QuantType.QInt8, per_channel=True
+            str(fp32_file),
+            output,
+            weight_type=quantization.QuantType.QInt8,
+            per_channel=True,
+            # shape inference cannot type the outputs of onnxruntime's fused ops (the bundled graph has them)
+            extra_options={"DefaultTensorType": 1},  # onnx.TensorProto.FLOAT
         )
     finally:
         logging.getLogger().removeFilter(quiet)
@@ -448,7 +456,7 @@ class OnnxEmbedder(LocalEmbedder):
         if name is None and model_path is None:
             self._name = DEFAULT_MODEL_NAME
         if name is None and precision == "int8":
-            self._name += INT8_NAME_SUFFIX
+            self._name = DEFAULT_INT8_MODEL_NAME if model_path is None else self._name + INT8_NAME_SUFFIX
         self.precision: Precision = precision
         self.cache_dir = cache_dir
         self.threads = threads
