@@ -170,7 +170,8 @@ def weight_value(tensors: dict[str, np.ndarray], source: dict[str, Any]) -> np.n
         return np.concatenate([weight_value(tensors, part) for part in source["concat"]], axis=-1)
     if "float" in source:
         return tensors[source["float"]]
-    return tensors[source["int8"]].astype(np.float32) * tensors[source["scale"]]
+    dequantized: np.ndarray = tensors[source["int8"]].astype(np.float32) * tensors[source["scale"]]
+    return dequantized
 
 
 def bundled_initializers() -> dict[str, np.ndarray]:
