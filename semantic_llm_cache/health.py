@@ -60,6 +60,8 @@ class CircuitBreaker:
 
     def before_call(self) -> bool:
         """Raise CircuitOpen while open; True if this call is the half-open probe."""
+        if self._opened_at is None:  # closed, the common case: no lock (a circuit opening meanwhile lets one by)
+            return False
         with self._lock:
             if self._opened_at is None:
                 return False
@@ -75,6 +77,8 @@ class CircuitBreaker:
             return True
 
     def success(self) -> None:
+        if self._opened_at is None and not self._consecutive and not self._probing:
+            return  # closed and nothing to reset, the common case: no lock
         with self._lock:
             was_open = self._opened_at is not None
             refused, self._skipped_while_open = self._skipped_while_open, 0

@@ -125,6 +125,20 @@ def test_normalized_matrix() -> None:
         normalized_matrix([[3, 4]], 2)
 
 
+@pytest.mark.parametrize("count", [1, 2])
+def test_normalized_matrix_checks_every_row_the_same_way(count: int) -> None:
+    """One row (a lookup's fast path) and several: bad rows refused, huge finite ones normalised, not zeroed."""
+    filler = [[1.0, 0.0]] * (count - 1)
+    for bad, message in (([np.nan, 1.0], "NaN"), ([np.inf, 1.0], "NaN"), ([0.0, 0.0], "zero vector")):
+        with pytest.raises(EmbeddingError, match=message):
+            normalized_matrix([bad, *filler], count, 2)
+    huge = normalized_matrix([[3e38, 3e38], *filler], count, 2)
+    np.testing.assert_allclose(huge[0], [2**-0.5, 2**-0.5], rtol=1e-6)
+    single = normalized_matrix(np.array([[3, 4], *filler][:count], dtype=np.float32), count, 2)
+    np.testing.assert_allclose(single[0], [0.6, 0.8], rtol=1e-6)
+    assert single.dtype == np.float32 and single.flags["C_CONTIGUOUS"]
+
+
 # -- as_embedder -------------------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,9 +48,14 @@ def normalized_matrix(vectors: Any, count: int, dimension: int | None = None) ->
         raise EmbeddingError(f"embedder returned shape {matrix.shape} for {count} texts; expected ({count}, d)")
     if dimension is not None and matrix.shape[1] != dimension:
         raise EmbeddingError(f"embedder returned dimension {matrix.shape[1]}, expected {dimension}")
+    if count == 1:  # a lookup's one vector: one dot product checks it (NaN or infinite when a component is)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge components: checked below in float64
+            squared = float(np.dot(matrix[0], matrix[0]))
+        if math.isfinite(squared) and squared > 0.0:
+            return np.ascontiguousarray(matrix / np.float32(math.sqrt(squared)), dtype=np.float32)
     if not np.all(np.isfinite(matrix)):
         raise EmbeddingError("embedder returned NaN or infinite values")
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms = np.linalg.norm(matrix.astype(np.float64), axis=1, keepdims=True)  # float64: no overflow to inf
     if np.any(norms == 0):
         raise EmbeddingError("embedder returned a zero vector, which has no direction to compare")
     return np.ascontiguousarray(matrix / norms, dtype=np.float32)
