@@ -1,0 +1,484 @@
+"""The error budget: a cache that measures its own error rate on its traffic and keeps it under a limit.
+
+`SemanticCache(max_error_rate=0.05, answers_match=...)` (off by default). The idea is vCache's (Verified
+Semantic Prompt Caching, ICLR 2026: learn online, from the traffic, how similar a prompt must be for a cached
+answer to still be right, by now and then calling the model anyway and comparing); the code is our own.
+
+How a semantic candidate (one that passed the threshold, the entry's own floor, the answer guard and the
+verifiers) is decided, per partition ("pool"):
+
+- *unsafe* (below the pool's served threshold, or no threshold learned yet): with a `compute` (resolve,
+  get_or_compute) it is a miss: the model is called, as it would be for any miss, and its fresh answer is
+  compared with the cached one: a *check*, which costs no model call beyond the miss, only the comparator.
+  Without one (`lookup`) it is simply not served.
+- *safe*: served, except a small share (`exploration_rate`) that is computed anyway and compared: an
+  *exploration*, the only extra model calls the budget costs once it has learned; they keep the estimate of the
+  served error honest as the traffic changes.
+
+The estimator (`PoolEvidence`): outcomes are kept per similarity bin (`BIN_WIDTH` wide): candidates seen
+(traffic), comparisons made, judged ones (the comparator said True or False; None is no evidence) and wrong
+ones. The error of serving every candidate at similarity >= t is the traffic-weighted mean of the bins' error
+rates over [t, 1] (a post-stratified estimate: within a bin, outcomes are taken as exchangeable, so it does not
+matter whether a bin was judged fully, while it was below the served threshold, or at the exploration rate,
+once above it). Its confidence bound is the Wilson score bound of that rate with the effective sample size
+of a stratified sample, n_eff = (sum a_b)^2 / sum(a_b^2 / m_b) (a_b: the bin's judged traffic weight, m_b: its
+judged outcomes; equal within-bin variance assumed, as in Kish's design effect), one-sided at `confidence`.
+The served threshold is the lowest bin edge t >= the user's threshold whose upper bound over [t, 1] is within
+the budget with at least `min_evidence` effective judged outcomes: it bounds the error of the hits served
+(cumulative over sim >= t), not of every bin. Choosing the lowest of many nested candidates is a mild
+multiple-comparison optimism (the bounds are strongly correlated); the benchmark measures what it gives.
+
+The pools live in this process (each process learns its own, also over a shared Redis); what is stored with
+each entry is its own bounded evidence (`CacheEntry.evidence`: counts and the last outcomes; a wrong one raises
+the entry's `min_similarity` above that similarity, as negative feedback does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import math
+import random
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from semantic_llm_cache.errors import ConfigurationError
+from semantic_llm_cache.values import shown
+
+BIN_WIDTH = 0.01  # similarity bins of the pool's evidence (and the resolution of the served threshold)
+_BINS = round(1.0 / BIN_WIDTH)
+RECENT_OUTCOMES = 8  # outcomes kept on each entry (similarity, agreed), besides its two counters
+DEFAULT_EXPLORATION_RATE = 0.05
+DEFAULT_CONFIDENCE = 0.90
+DEFAULT_MIN_EVIDENCE = 30
+DEFAULT_COMPARATOR_TIMEOUT = 30.0
+DEFAULT_MAX_PENDING = 256
+_MAX_POOLS = 4096
+
+Decision = Literal["serve", "explore", "check", "unsafe"]
+AnswersMatch = Callable[[str, Any, Any], Any]
+
+
+def wilson_bounds(rate: float, n: float, z: float) -> tuple[float, float]:
+    """The Wilson score interval of a proportion `rate` observed over `n` (possibly effective, non-integer)
+    trials, at `z` standard deviations each side: (lower, upper). n <= 0 gives (0, 1)."""
+    if n <= 0:
+        return 0.0, 1.0
+    rate = min(max(rate, 0.0), 1.0)
+    z2 = z * z
+    centre = rate + z2 / (2 * n)
+    spread = z * math.sqrt(rate * (1 - rate) / n + z2 / (4 * n * n))
+    denominator = 1 + z2 / n
+    return max(0.0, (centre - spread) / denominator), min(1.0, (centre + spread) / denominator)
+
+
+def similarity_bin(similarity: float) -> int:
+    return min(max(int(similarity / BIN_WIDTH), 0), _BINS - 1)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """An error rate over some range of similarities: the estimate, its Wilson bounds, the effective number
+    of judged outcomes it rests on."""
+
+    rate: float
+    lower: float
+    upper: float
+    effective_n: float
+
+
+class PoolEvidence:
+    """One partition's evidence, per similarity bin (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.traffic = np.zeros(_BINS, dtype=np.int64)  # semantic candidates decided
+        self.served = np.zeros(_BINS, dtype=np.int64)  # ... of which served
+        self.compared = np.zeros(_BINS, dtype=np.int64)  # comparisons that came back (True, False or None)
+        self.judged = np.zeros(_BINS, dtype=np.int64)  # ... True or False
+        self.wrong = np.zeros(_BINS, dtype=np.int64)  # ... False
+        self.threshold: float | None = None  # the served threshold learned so far (None: nothing is safe yet)
+        self.met: bool | None = None  # True: a threshold keeps the budget; False: none can; None: not known yet
+        self.floor: tuple[float, float] | None = None  # (lowest measured error, at threshold) with enough evidence
+        self.warned = False
+
+    def record_candidate(self, similarity: float, served: bool) -> None:
+        with self._lock:
+            index = similarity_bin(similarity)
+            self.traffic[index] += 1
+            if served:
+                self.served[index] += 1
+
+    def record_outcome(self, similarity: float, agreed: bool | None) -> None:
+        with self._lock:
+            index = similarity_bin(similarity)
+            self.compared[index] += 1
+            if agreed is not None:
+                self.judged[index] += 1
+                self.wrong[index] += not agreed
+
+    def strata(self, base: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float64], ...]:
+        """Per bin: the judged weight a_b (`base` counts times the bin's judged share; the count of a bin never
+        compared goes to the next compared bin below it, the more conservative neighbour), the judged count m_b
+        and the wrong rate r_b."""
+        with self._lock:
+            compared, judged, wrong = self.compared.copy(), self.judged.copy(), self.wrong.copy()
+        weights = np.zeros(_BINS)
+        carry = 0.0
+        lowest = None
+        for index in range(_BINS - 1, -1, -1):
+            carry += float(base[index])
+            if compared[index]:
+                weights[index] = carry * judged[index] / compared[index]
+                carry, lowest = 0.0, index
+        if carry and lowest is not None:
+            weights[lowest] += carry * judged[lowest] / compared[lowest]
+        rates = np.divide(wrong, judged, out=np.zeros(_BINS), where=judged > 0)
+        return weights, judged.astype(np.float64), rates
+
+    def cumulative(self, z: float) -> list[Estimate | None]:
+        """For each bin edge t: the estimated error of serving every candidate at similarity >= t (None where
+        nothing was judged)."""
+        with self._lock:
+            traffic = self.traffic.copy()
+        weights, judged, rates = self.strata(traffic)
+        variance_terms = np.divide(weights**2, judged, out=np.zeros(_BINS), where=judged > 0)
+        total = np.cumsum(weights[::-1])[::-1]
+        wrong = np.cumsum((weights * rates)[::-1])[::-1]
+        spread = np.cumsum(variance_terms[::-1])[::-1]
+        estimates: list[Estimate | None] = []
+        for index in range(_BINS):
+            if total[index] <= 0 or spread[index] <= 0:
+                estimates.append(None)
+                continue
+            rate = float(wrong[index] / total[index])
+            effective = float(total[index] ** 2 / spread[index])
+            lower, upper = wilson_bounds(rate, effective, z)
+            estimates.append(Estimate(rate, lower, upper, effective))
+        return estimates
+
+    def served_totals(self) -> tuple[float, float, float]:
+        """(sum a_b, sum a_b r_b, sum a_b^2 / m_b) over the hits served: the pieces of the served-error estimate,
+        summed over pools (independent strata) before the rate and its bound are taken."""
+        with self._lock:
+            served = self.served.copy()
+        weights, judged, rates = self.strata(served)
+        variance = np.divide(weights**2, judged, out=np.zeros(_BINS), where=judged > 0)
+        return float(weights.sum()), float((weights * rates).sum()), float(variance.sum())
+
+    def relearn(self, budget: float, z: float, floor: float, min_evidence: float) -> None:
+        """Choose the served threshold from the evidence (see the module's docstring) and say whether the budget
+        can be kept."""
+        estimates = self.cumulative(z)
+        start = similarity_bin(floor)
+        chosen: float | None = None
+        best: tuple[float, float] | None = None
+        lowest_lower = math.inf
+        for index in range(start, _BINS):
+            estimate = estimates[index]
+            if estimate is None or estimate.effective_n < min_evidence:
+                continue
+            edge = max(round(index * BIN_WIDTH, 6), floor)
+            if chosen is None and estimate.upper <= budget:
+                chosen = edge
+            if best is None or estimate.rate < best[0]:
+                best = (estimate.rate, edge)
+            lowest_lower = min(lowest_lower, estimate.lower)
+        self.threshold = chosen
+        self.floor = best
+        if chosen is not None:
+            self.met = True
+        elif best is not None and lowest_lower > budget:
+            self.met = False  # at every threshold with enough evidence, the error is above the budget
+        else:
+            self.met = None
+
+
+def _entry_number(value: Any, default: float) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return float(value) if ok else default
+
+
+def read_evidence(recorded: Any) -> dict[str, Any]:
+    """An entry's evidence, read defensively (whatever an older version or a user left there):
+    {"agreed": n, "disagreed": n, "recent": [[similarity, 1 | 0], ...] (the last RECENT_OUTCOMES)}."""
+    record = recorded if isinstance(recorded, dict) else {}
+    recent = []
+    for item in record.get("recent", []) if isinstance(record.get("recent"), list) else []:
+        if isinstance(item, list) and len(item) == 2 and item[1] in (0, 1) and not isinstance(item[1], bool):
+            similarity = _entry_number(item[0], -1.0)
+            if 0.0 <= similarity <= 1.0:
+                recent.append([similarity, int(item[1])])
+    return {
+        "agreed": int(_entry_number(record.get("agreed"), 0)),
+        "disagreed": int(_entry_number(record.get("disagreed"), 0)),
+        "recent": recent[-RECENT_OUTCOMES:],
+    }
+
+
+def with_outcome(recorded: Any, similarity: float, agreed: bool) -> dict[str, Any]:
+    """The entry's evidence with one more outcome (bounded: two counters and the last RECENT_OUTCOMES)."""
+    evidence = read_evidence(recorded)
+    evidence["agreed" if agreed else "disagreed"] += 1
+    evidence["recent"] = [*evidence["recent"], [round(float(similarity), 6), int(agreed)]][-RECENT_OUTCOMES:]
+    return evidence
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def _answer_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+
+def normalized_answer(value: Any) -> str:
+    """An answer as text for comparison: JSON for non-strings (sorted keys), case-folded, whitespace collapsed,
+    surrounding spaces and final punctuation dropped."""
+    return _SPACE.sub(" ", _answer_text(value).casefold()).strip().rstrip(".!?;:, ").strip()
+
+
+def same_text(query: str, cached: Any, fresh: Any) -> bool:
+    """The default comparator: the two answers are the same text once normalised (`normalized_answer`).
+
+    Right for answers that are deterministic (temperature 0, classification, extraction, short facts); a model
+    that words the same answer differently each time makes every comparison a disagreement, so the cache then
+    learns that nothing is safe (it fails towards calling the model). Use `AnswerSimilarity` or an LLM judge
+    for free text."""
+    return normalized_answer(cached) == normalized_answer(fresh)
+
+
+same_text.fast = True  # type: ignore[attr-defined]  # run on the loop, not in a worker thread
+
+
+class AnswerSimilarity:
+    """Comparator by answer embeddings: the answers agree when the cosine similarity of their embeddings is at
+    least `cut` (default 0.90), disagree below `cut - unsure` and give no evidence in between.
+
+    The default cut is a stated guess, not a measurement: answers to one question in different words score
+    around 0.85-0.95 with the bundled model, answers to different questions mostly below 0.7. Measure it on
+    pairs of your model's answers. `embedder`: any Embedder (default: the bundled model); answers longer than
+    its window are compared on their beginning."""
+
+    fast = False
+
+    def __init__(self, cut: float = 0.90, *, unsure: float = 0.0, embedder: Any = None) -> None:
+        if isinstance(cut, bool) or not isinstance(cut, (int, float)) or not 0.0 < cut <= 1.0:
+            raise ConfigurationError(f"AnswerSimilarity cut must be in (0, 1], got {shown(cut)}")
+        if isinstance(unsure, bool) or not isinstance(unsure, (int, float)) or not 0.0 <= unsure < cut:
+            raise ConfigurationError(f"AnswerSimilarity unsure must be in [0, cut), got {shown(unsure)}")
+        self.cut = float(cut)
+        self.unsure = float(unsure)
+        self._embedder = embedder
+
+    async def __call__(self, query: str, cached: Any, fresh: Any) -> bool | None:
+        from semantic_llm_cache.embeddings.adapters import as_embedder
+        from semantic_llm_cache.embeddings.base import normalized_matrix
+
+        if self._embedder is None:
+            from semantic_llm_cache.cache import default_embedder
+
+            self._embedder = default_embedder()
+        embedder = as_embedder(self._embedder)
+        texts = [_answer_text(cached), _answer_text(fresh)]
+        if texts[0] == texts[1]:
+            return True
+        vectors = normalized_matrix(await embedder.embed(texts), 2, embedder.dimension)
+        similarity = float(vectors[0] @ vectors[1])
+        if similarity >= self.cut:
+            return True
+        if similarity < self.cut - self.unsure:
+            return False
+        return None
+
+
+def _check_rate(value: Any, name: str, *, low: float, high: float, closed_low: bool = False) -> float:
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and (low <= value if closed_low else low < value)
+        and value < high
+    )
+    if not ok:
+        bound = "[" if closed_low else "("
+        raise ConfigurationError(f"{name} must be a number in {bound}{low}, {high}), got {shown(value)}")
+    return float(value)
+
+
+class ErrorBudget:
+    """The options of the error budget and the pools it learns (one per partition, in this process).
+
+    max_error_rate: the share of judged semantic hits that may be wrong (0 < rate < 1).
+    answers_match: `(query, cached_response, fresh_response) -> bool | None`, sync or async (None: cannot tell,
+        no evidence); default `same_text`. A sync one runs in a worker thread unless it has `fast = True`.
+    exploration_rate: the share of safe candidates computed anyway and compared (the paid explorations).
+    confidence: the one-sided confidence of the bound the served threshold must keep (Wilson; see the module).
+    min_evidence: effective judged outcomes a threshold needs before it can be trusted at all.
+    comparator_timeout: seconds one comparison may take (then it is no evidence, counted).
+    max_pending: comparisons waiting at once; more are skipped (counted), so a slow judge cannot pile up work.
+    seed: of the exploration draws (None: random).
+    """
+
+    def __init__(
+        self,
+        max_error_rate: float,
+        answers_match: AnswersMatch | None = None,
+        *,
+        exploration_rate: float = DEFAULT_EXPLORATION_RATE,
+        confidence: float = DEFAULT_CONFIDENCE,
+        min_evidence: float = DEFAULT_MIN_EVIDENCE,
+        comparator_timeout: float = DEFAULT_COMPARATOR_TIMEOUT,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        seed: int | None = None,
+    ) -> None:
+        self.max_error_rate = _check_rate(max_error_rate, "max_error_rate", low=0.0, high=1.0)
+        if answers_match is not None and not callable(answers_match):
+            raise ConfigurationError("answers_match must be a callable (query, cached, fresh) -> bool | None")
+        self.answers_match: AnswersMatch = answers_match or same_text
+        self.exploration_rate = _check_rate(exploration_rate, "exploration_rate", low=0.0, high=1.0, closed_low=True)
+        self.confidence = _check_rate(confidence, "confidence", low=0.5, high=1.0)
+        if isinstance(min_evidence, bool) or not isinstance(min_evidence, (int, float)) or not min_evidence >= 1:
+            raise ConfigurationError(f"min_evidence must be a number >= 1, got {shown(min_evidence)}")
+        self.min_evidence = float(min_evidence)
+        if (
+            isinstance(comparator_timeout, bool)
+            or not isinstance(comparator_timeout, (int, float))
+            or not 0 < comparator_timeout <= 3600
+        ):
+            raise ConfigurationError(
+                f"comparator_timeout must be seconds in (0, 3600], got {shown(comparator_timeout)}"
+            )
+        self.comparator_timeout = float(comparator_timeout)
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ConfigurationError(f"max_pending must be an integer >= 1, got {shown(max_pending)}")
+        self.max_pending = max_pending
+        self.z = NormalDist().inv_cdf(self.confidence)
+        self._random = random.Random(seed)
+        self._pools: OrderedDict[str, PoolEvidence] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def pool(self, partition: str) -> PoolEvidence:
+        with self._lock:
+            pool = self._pools.get(partition)
+            if pool is None:
+                pool = self._pools[partition] = PoolEvidence()
+                if len(self._pools) > _MAX_POOLS:
+                    self._pools.popitem(last=False)
+            else:
+                self._pools.move_to_end(partition)
+            return pool
+
+    def pools(self) -> dict[str, PoolEvidence]:
+        with self._lock:
+            return dict(self._pools)
+
+    def decide(self, partition: str, similarity: float, floor: float, computes: bool) -> Decision:
+        """What to do with a semantic candidate at `similarity` that passed every other check: serve it,
+        explore it (safe, computed anyway), check it (unsafe, computed as a miss) or, without a compute, not
+        serve it (unsafe)."""
+        pool = self.pool(partition)
+        threshold = pool.threshold
+        safe = threshold is not None and similarity >= max(threshold, floor)
+        if safe and computes and self.exploration_rate and self._draw() < self.exploration_rate:
+            decision: Decision = "explore"
+        elif safe:
+            decision = "serve"
+        else:
+            decision = "check" if computes else "unsafe"
+        pool.record_candidate(similarity, served=decision == "serve")
+        return decision
+
+    def _draw(self) -> float:
+        with self._lock:
+            return self._random.random()
+
+    def record(self, partition: str, similarity: float, agreed: bool | None, floor: float) -> PoolEvidence:
+        """Add one outcome to the partition's pool and learn again from it."""
+        pool = self.pool(partition)
+        pool.record_outcome(similarity, agreed)
+        pool.relearn(self.max_error_rate, self.z, floor, self.min_evidence)
+        return pool
+
+    async def judge(self, query: str, cached: Any, fresh: Any) -> bool | None:
+        """The comparator's verdict within `comparator_timeout` (raises what it raises, TimeoutError, or
+        TypeError for an answer that is not True, False or None)."""
+        check = self.answers_match
+        if inspect.iscoroutinefunction(check) or inspect.iscoroutinefunction(type(check).__call__):
+            outcome = await asyncio.wait_for(check(query, cached, fresh), self.comparator_timeout)
+        elif getattr(check, "fast", False):
+            outcome = check(query, cached, fresh)
+        else:
+            outcome = await asyncio.wait_for(asyncio.to_thread(check, query, cached, fresh), self.comparator_timeout)
+        if inspect.isawaitable(outcome):
+            outcome = await asyncio.wait_for(outcome, self.comparator_timeout)
+        if outcome is not None and not isinstance(outcome, (bool, np.bool_)):
+            raise TypeError(f"answers_match returned {type(outcome).__name__}; expected True, False or None")
+        return None if outcome is None else bool(outcome)
+
+    def report(self) -> dict[str, Any]:
+        """What the budget measured, for get_stats(): the served error estimate over every pool, its bound,
+        whether the budget is met, and each pool's threshold and evidence."""
+        pools = self.pools()
+        total = wrong = spread = 0.0
+        partitions: dict[str, Any] = {}
+        states = []
+        for partition, pool in pools.items():
+            weight, errors, variance = pool.served_totals()
+            total, wrong, spread = total + weight, wrong + errors, spread + variance
+            states.append(pool.met)
+            partitions[partition] = {
+                "served_threshold": pool.threshold,
+                "error_budget_met": pool.met,
+                "judged": int(pool.judged.sum()),
+                "wrong": int(pool.wrong.sum()),
+                "measured_floor": None if pool.floor is None else {"error": pool.floor[0], "threshold": pool.floor[1]},
+            }
+        if total > 0 and spread > 0:
+            rate = wrong / total
+            upper: float | None = wilson_bounds(rate, total * total / spread, self.z)[1]
+            estimated: float | None = rate
+        else:
+            estimated = upper = None
+        if any(state is False for state in states):
+            met: bool | None = False
+        elif states and all(state is True for state in states):
+            met = True
+        else:
+            met = None
+        return {
+            "estimated_error_rate": estimated,
+            "estimated_error_upper": upper,
+            "error_budget_met": met,
+            "error_budget": {
+                "max_error_rate": self.max_error_rate,
+                "confidence": self.confidence,
+                "bound": "one-sided Wilson score bound, post-stratified by similarity bin, Kish effective n",
+                "exploration_rate": self.exploration_rate,
+                "partitions": partitions,
+            },
+        }
+
+
+__all__ = [
+    "BIN_WIDTH",
+    "AnswerSimilarity",
+    "ErrorBudget",
+    "Estimate",
+    "PoolEvidence",
+    "normalized_answer",
+    "read_evidence",
+    "same_text",
+    "wilson_bounds",
+    "with_outcome",
+]
