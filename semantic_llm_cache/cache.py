@@ -41,7 +41,7 @@ from semantic_llm_cache.embeddings.adapters import as_embedder
 from semantic_llm_cache.embeddings.base import Embedder, normalized_matrix
 from semantic_llm_cache.embeddings.local import LocalEmbedder
 from semantic_llm_cache.encryption import DecryptionError, EntryCipher, KeyMaterial, is_sealed
-from semantic_llm_cache.error_budget import AnswersMatch, ErrorBudget, PoolEvidence, with_outcome
+from semantic_llm_cache.error_budget import AnswersMatch, ErrorBudget, PoolEvidence, verified_at, with_outcome
 from semantic_llm_cache.errors import (
     CacheBackendError,
     ConfigurationError,
@@ -1535,7 +1535,10 @@ class SemanticCache:
         if self.error_budget is not None:
             check = _CHECK.get()
             computes = check is not None and check.computes
-            decision = self.error_budget.decide(prepared.partition, similarity, self.config.threshold, computes)
+            verified = verified_at(entry.evidence) <= similarity
+            decision = self.error_budget.decide(
+                prepared.partition, similarity, self.config.threshold, computes, verified
+            )
             if decision != "serve":
                 if decision == "unsafe":
                     self.stats.count("budget_unsafe_refusals")

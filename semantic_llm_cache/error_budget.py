@@ -56,12 +56,15 @@ from semantic_llm_cache.values import shown
 
 BIN_WIDTH = 0.01  # similarity bins of the pool's evidence (and the resolution of the served threshold)
 _BINS = round(1.0 / BIN_WIDTH)
+STRATUM_BINS = 5  # bins per stratum of the estimate (0.05 of similarity; the threshold moves by single bins)
 RECENT_OUTCOMES = 8  # outcomes kept on each entry (similarity, agreed), besides its two counters
 DEFAULT_EXPLORATION_RATE = 0.05
+DEFAULT_UNVERIFIED_EXPLORATION_RATE = 0.5
 DEFAULT_CONFIDENCE = 0.90
 DEFAULT_MIN_EVIDENCE = 30
 DEFAULT_COMPARATOR_TIMEOUT = 30.0
 DEFAULT_MAX_PENDING = 256
+LOOK_GROWTH = 1.5  # the served threshold may loosen each time the judged outcomes have grown by half
 _MAX_POOLS = 4096
 
 Decision = Literal["serve", "explore", "check", "unsafe"]
@@ -99,7 +102,7 @@ class Estimate:
 class PoolEvidence:
     """One partition's evidence, per similarity bin (thread-safe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, min_evidence: float = DEFAULT_MIN_EVIDENCE) -> None:
         self._lock = threading.Lock()
         self.traffic = np.zeros(_BINS, dtype=np.int64)  # semantic candidates decided
         self.served = np.zeros(_BINS, dtype=np.int64)  # ... of which served
@@ -110,6 +113,8 @@ class PoolEvidence:
         self.met: bool | None = None  # True: a threshold keeps the budget; False: none can; None: not known yet
         self.floor: tuple[float, float] | None = None  # (lowest measured error, at threshold) with enough evidence
         self.warned = False
+        self.pressure = 1.0  # the served range's error bound / the budget (at most 1): how close to the limit
+        self.next_look = float(min_evidence)  # judged outcomes at which the threshold may next loosen
 
     def record_candidate(self, similarity: float, served: bool) -> None:
         with self._lock:
@@ -126,61 +131,46 @@ class PoolEvidence:
                 self.judged[index] += 1
                 self.wrong[index] += not agreed
 
-    def strata(self, base: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float64], ...]:
-        """Per bin: the judged weight a_b (`base` counts times the bin's judged share; the count of a bin never
-        compared goes to the next compared bin below it, the more conservative neighbour), the judged count m_b
-        and the wrong rate r_b."""
+    def _counts(self) -> tuple[npt.NDArray[np.int64], ...]:
         with self._lock:
-            compared, judged, wrong = self.compared.copy(), self.judged.copy(), self.wrong.copy()
-        weights = np.zeros(_BINS)
-        carry = 0.0
-        lowest = None
-        for index in range(_BINS - 1, -1, -1):
-            carry += float(base[index])
-            if compared[index]:
-                weights[index] = carry * judged[index] / compared[index]
-                carry, lowest = 0.0, index
-        if carry and lowest is not None:
-            weights[lowest] += carry * judged[lowest] / compared[lowest]
-        rates = np.divide(wrong, judged, out=np.zeros(_BINS), where=judged > 0)
-        return weights, judged.astype(np.float64), rates
+            return self.traffic.copy(), self.served.copy(), self.compared.copy(), self.judged.copy(), self.wrong.copy()
 
-    def cumulative(self, z: float) -> list[Estimate | None]:
-        """For each bin edge t: the estimated error of serving every candidate at similarity >= t (None where
-        nothing was judged)."""
-        with self._lock:
-            traffic = self.traffic.copy()
-        weights, judged, rates = self.strata(traffic)
-        variance_terms = np.divide(weights**2, judged, out=np.zeros(_BINS), where=judged > 0)
-        total = np.cumsum(weights[::-1])[::-1]
-        wrong = np.cumsum((weights * rates)[::-1])[::-1]
-        spread = np.cumsum(variance_terms[::-1])[::-1]
-        estimates: list[Estimate | None] = []
-        for index in range(_BINS):
-            if total[index] <= 0 or spread[index] <= 0:
+    def cumulative(self, z: float, start: int = 0) -> list[Estimate | None]:
+        """For each bin edge t from bin `start` up: the estimated error of serving every candidate at similarity
+        >= t (None where nothing was judged); the list is indexed by bin (None below `start`)."""
+        traffic, _, *outcomes = self._counts()
+        estimates: list[Estimate | None] = [None] * start
+        for index in range(start, _BINS):
+            starts = _stratum_starts(index)
+            total, errors, spread = _pieces(*(np.add.reduceat(counts[index:], starts)
+                                              for counts in (traffic, *outcomes)))  # fmt: skip
+            if total <= 0 or spread <= 0:
                 estimates.append(None)
                 continue
-            rate = float(wrong[index] / total[index])
-            effective = float(total[index] ** 2 / spread[index])
+            rate = errors / total
+            effective = total * total / spread
             lower, upper = wilson_bounds(rate, effective, z)
             estimates.append(Estimate(rate, lower, upper, effective))
         return estimates
 
     def served_totals(self) -> tuple[float, float, float]:
-        """(sum a_b, sum a_b r_b, sum a_b^2 / m_b) over the hits served: the pieces of the served-error estimate,
+        """(sum a_s, sum a_s r_s, sum a_s^2 / m_s) over the hits served: the pieces of the served-error estimate,
         summed over pools (independent strata) before the rate and its bound are taken."""
-        with self._lock:
-            served = self.served.copy()
-        weights, judged, rates = self.strata(served)
-        variance = np.divide(weights**2, judged, out=np.zeros(_BINS), where=judged > 0)
-        return float(weights.sum()), float((weights * rates).sum()), float(variance.sum())
+        _, served, *outcomes = self._counts()
+        starts = _stratum_starts(0)
+        return _pieces(*(np.add.reduceat(counts, starts) for counts in (served, *outcomes)))
 
     def relearn(self, budget: float, z: float, floor: float, min_evidence: float) -> None:
         """Choose the served threshold from the evidence (see the module's docstring) and say whether the budget
-        can be kept."""
-        estimates = self.cumulative(z)
+        can be kept.
+
+        A fixed-sample bound checked after every outcome would be spent again at each look: sooner or later
+        noise lets it dip under the budget. So the threshold is *loosened* (moved down, or first set) only at
+        looks spaced geometrically in the number of judged outcomes (`min_evidence`, then each time it has grown
+        by LOOK_GROWTH), and *tightened* at once whenever the served range's bound is over the budget."""
         start = similarity_bin(floor)
-        chosen: float | None = None
+        estimates = self.cumulative(z, start)
+        qualifying: list[float] = []
         best: tuple[float, float] | None = None
         lowest_lower = math.inf
         for index in range(start, _BINS):
@@ -188,19 +178,62 @@ class PoolEvidence:
             if estimate is None or estimate.effective_n < min_evidence:
                 continue
             edge = max(round(index * BIN_WIDTH, 6), floor)
-            if chosen is None and estimate.upper <= budget:
-                chosen = edge
+            if estimate.upper <= budget:
+                qualifying.append(edge)
             if best is None or estimate.rate < best[0]:
                 best = (estimate.rate, edge)
             lowest_lower = min(lowest_lower, estimate.lower)
-        self.threshold = chosen
+        judged = float(self.judged.sum())
+        current = self.threshold
+        if qualifying and judged >= self.next_look and (current is None or qualifying[0] < current):
+            self.threshold = qualifying[0]  # a look: loosen
+            while self.next_look <= judged:
+                self.next_look *= LOOK_GROWTH
+        elif current is not None:  # between looks: keep, or tighten to the lowest qualifying threshold above
+            self.threshold = next((edge for edge in qualifying if edge >= current), None)
         self.floor = best
-        if chosen is not None:
+        served_range = None if self.threshold is None else estimates[similarity_bin(self.threshold)]
+        self.pressure = 1.0 if served_range is None else min(1.0, served_range.upper / budget)
+        if self.threshold is not None:
             self.met = True
         elif best is not None and lowest_lower > budget:
             self.met = False  # at every threshold with enough evidence, the error is above the budget
         else:
             self.met = None
+
+
+def _stratum_starts(index: int) -> npt.NDArray[np.intp]:
+    """Where the strata of the range [bin `index`, 1] start, relative to `index`: at `index`, then at each
+    multiple of STRATUM_BINS above it."""
+    first = -(-index // STRATUM_BINS) * STRATUM_BINS
+    if first == index:
+        first += STRATUM_BINS
+    return np.array([0, *range(first - index, _BINS - index, STRATUM_BINS)], dtype=np.intp)
+
+
+def _pieces(
+    base: npt.NDArray[np.int64],
+    compared: npt.NDArray[np.int64],
+    judged: npt.NDArray[np.int64],
+    wrong: npt.NDArray[np.int64],
+) -> tuple[float, float, float]:
+    """The post-stratified estimate's pieces from per-stratum counts: (A, E, V) with a_s = base_s times the
+    stratum's judged share, A = sum a_s, E = sum a_s r_s (r_s = wrong_s / judged_s), V = sum a_s^2 / judged_s;
+    the rate is E / A and the effective sample size A^2 / V. The base count of a stratum never compared goes to
+    the next compared stratum below it (the more conservative neighbour), or above it at the bottom."""
+    weights = np.zeros(len(base))
+    carry = 0.0
+    lowest = None
+    for index in range(len(base) - 1, -1, -1):
+        carry += float(base[index])
+        if compared[index]:
+            weights[index] = carry * judged[index] / compared[index]
+            carry, lowest = 0.0, index
+    if carry and lowest is not None:
+        weights[lowest] += carry * judged[lowest] / compared[lowest]
+    rates = np.divide(wrong, judged, out=np.zeros(len(base)), where=judged > 0)
+    variance = np.divide(weights**2, judged, out=np.zeros(len(base)), where=judged > 0)
+    return float(weights.sum()), float((weights * rates).sum()), float(variance.sum())
 
 
 def _entry_number(value: Any, default: float) -> float:
@@ -210,7 +243,8 @@ def _entry_number(value: Any, default: float) -> float:
 
 def read_evidence(recorded: Any) -> dict[str, Any]:
     """An entry's evidence, read defensively (whatever an older version or a user left there):
-    {"agreed": n, "disagreed": n, "recent": [[similarity, 1 | 0], ...] (the last RECENT_OUTCOMES)}."""
+    {"agreed": n, "disagreed": n, "lowest_agreed": similarity (2.0: none), "recent": [[similarity, 1 | 0], ...]
+    (the last RECENT_OUTCOMES)}."""
     record = recorded if isinstance(recorded, dict) else {}
     recent = []
     for item in record.get("recent", []) if isinstance(record.get("recent"), list) else []:
@@ -221,14 +255,22 @@ def read_evidence(recorded: Any) -> dict[str, Any]:
     return {
         "agreed": int(_entry_number(record.get("agreed"), 0)),
         "disagreed": int(_entry_number(record.get("disagreed"), 0)),
+        "lowest_agreed": min(_entry_number(record.get("lowest_agreed"), 2.0), 2.0),
         "recent": recent[-RECENT_OUTCOMES:],
     }
+
+
+def verified_at(recorded: Any) -> float:
+    """The lowest similarity at which the entry's answer was found right (2.0: never)."""
+    return float(read_evidence(recorded)["lowest_agreed"])
 
 
 def with_outcome(recorded: Any, similarity: float, agreed: bool) -> dict[str, Any]:
     """The entry's evidence with one more outcome (bounded: two counters and the last RECENT_OUTCOMES)."""
     evidence = read_evidence(recorded)
     evidence["agreed" if agreed else "disagreed"] += 1
+    if agreed:
+        evidence["lowest_agreed"] = min(evidence["lowest_agreed"], round(float(similarity), 6))
     evidence["recent"] = [*evidence["recent"], [round(float(similarity), 6), int(agreed)]][-RECENT_OUTCOMES:]
     return evidence
 
@@ -323,6 +365,7 @@ class ErrorBudget:
     answers_match: `(query, cached_response, fresh_response) -> bool | None`, sync or async (None: cannot tell,
         no evidence); default `same_text`. A sync one runs in a worker thread unless it has `fast = True`.
     exploration_rate: the share of safe candidates computed anyway and compared (the paid explorations).
+    unverified_exploration_rate: the same for an entry that has not yet agreed at that similarity or closer.
     confidence: the one-sided confidence of the bound the served threshold must keep (Wilson; see the module).
     min_evidence: effective judged outcomes a threshold needs before it can be trusted at all.
     comparator_timeout: seconds one comparison may take (then it is no evidence, counted).
@@ -336,6 +379,7 @@ class ErrorBudget:
         answers_match: AnswersMatch | None = None,
         *,
         exploration_rate: float = DEFAULT_EXPLORATION_RATE,
+        unverified_exploration_rate: float = DEFAULT_UNVERIFIED_EXPLORATION_RATE,
         confidence: float = DEFAULT_CONFIDENCE,
         min_evidence: float = DEFAULT_MIN_EVIDENCE,
         comparator_timeout: float = DEFAULT_COMPARATOR_TIMEOUT,
@@ -347,6 +391,9 @@ class ErrorBudget:
             raise ConfigurationError("answers_match must be a callable (query, cached, fresh) -> bool | None")
         self.answers_match: AnswersMatch = answers_match or same_text
         self.exploration_rate = _check_rate(exploration_rate, "exploration_rate", low=0.0, high=1.0, closed_low=True)
+        self.unverified_exploration_rate = _check_rate(
+            unverified_exploration_rate, "unverified_exploration_rate", low=0.0, high=1.0, closed_low=True
+        )
         self.confidence = _check_rate(confidence, "confidence", low=0.5, high=1.0)
         if isinstance(min_evidence, bool) or not isinstance(min_evidence, (int, float)) or not min_evidence >= 1:
             raise ConfigurationError(f"min_evidence must be a number >= 1, got {shown(min_evidence)}")
@@ -372,7 +419,7 @@ class ErrorBudget:
         with self._lock:
             pool = self._pools.get(partition)
             if pool is None:
-                pool = self._pools[partition] = PoolEvidence()
+                pool = self._pools[partition] = PoolEvidence(self.min_evidence)
                 if len(self._pools) > _MAX_POOLS:
                     self._pools.popitem(last=False)
             else:
@@ -383,14 +430,25 @@ class ErrorBudget:
         with self._lock:
             return dict(self._pools)
 
-    def decide(self, partition: str, similarity: float, floor: float, computes: bool) -> Decision:
+    def decide(
+        self, partition: str, similarity: float, floor: float, computes: bool, verified: bool = True
+    ) -> Decision:
         """What to do with a semantic candidate at `similarity` that passed every other check: serve it,
         explore it (safe, computed anyway), check it (unsafe, computed as a miss) or, without a compute, not
-        serve it (unsafe)."""
+        serve it (unsafe).
+
+        `verified`: the entry itself has agreed at this similarity or a lower one. A safe candidate of an entry
+        not verified so close is explored at `unverified_exploration_rate`: wrong answers come in clusters (one
+        entry answering every wording of another question, and since served queries are not stored, nothing
+        else takes its place), and the entry's first uses are where a cluster is caught."""
         pool = self.pool(partition)
         threshold = pool.threshold
         safe = threshold is not None and similarity >= max(threshold, floor)
-        if safe and computes and self.exploration_rate and self._draw() < self.exploration_rate:
+        rate = self.exploration_rate
+        if not verified:  # the closer the bound is to the budget, the more unverified entries are explored
+            extra = max(0.0, self.unverified_exploration_rate - rate)
+            rate += extra * pool.pressure * pool.pressure
+        if safe and computes and rate and self._draw() < rate:
             decision: Decision = "explore"
         elif safe:
             decision = "serve"
@@ -479,6 +537,7 @@ __all__ = [
     "normalized_answer",
     "read_evidence",
     "same_text",
+    "verified_at",
     "wilson_bounds",
     "with_outcome",
 ]
