@@ -136,6 +136,7 @@ class _Declined:
     similarity: float
     response: Any
     explored: bool  # safe, computed anyway (a paid exploration); False: not yet safe (a check, a miss anyway)
+    drawn: float = 1.0  # the probability with which an exploration was drawn
 
 
 @dataclass
@@ -1223,7 +1224,8 @@ class SemanticCache:
                                    "is no evidence", type(exc).__name__, exc)  # fmt: skip
             return
         self.stats.count("budget_undecided" if agreed is None else "budget_agreed" if agreed else "budget_disagreed")
-        self._announce(budget.record(declined.partition, declined.similarity, agreed, self.config.threshold))
+        drawn = declined.drawn if declined.explored else None
+        self._announce(budget.record(declined.partition, declined.similarity, agreed, self.config.threshold, drawn))
         if agreed is None:
             return
 
@@ -1536,7 +1538,7 @@ class SemanticCache:
             check = _CHECK.get()
             computes = check is not None and check.computes
             verified = verified_at(entry.evidence) <= similarity
-            decision = self.error_budget.decide(
+            decision, drawn = self.error_budget.decide(
                 prepared.partition, similarity, self.config.threshold, computes, verified
             )
             if decision != "serve":
@@ -1544,7 +1546,7 @@ class SemanticCache:
                     self.stats.count("budget_unsafe_refusals")
                 if check is not None:
                     explored = decision == "explore"
-                    check.declined = _Declined(key, prepared.partition, similarity, entry.response, explored)
+                    check.declined = _Declined(key, prepared.partition, similarity, entry.response, explored, drawn)
                 return None
         return await self._served(key, entry, similarity, "semantic")
 

@@ -58,12 +58,14 @@ BIN_WIDTH = 0.01  # similarity bins of the pool's evidence (and the resolution o
 _BINS = round(1.0 / BIN_WIDTH)
 STRATUM_BINS = 5  # bins per stratum of the estimate (0.05 of similarity; the threshold moves by single bins)
 RECENT_OUTCOMES = 8  # outcomes kept on each entry (similarity, agreed), besides its two counters
-DEFAULT_EXPLORATION_RATE = 0.05
+DEFAULT_EXPLORATION_RATE = 0.10
 DEFAULT_UNVERIFIED_EXPLORATION_RATE = 0.5
 DEFAULT_CONFIDENCE = 0.90
 DEFAULT_MIN_EVIDENCE = 30
 DEFAULT_COMPARATOR_TIMEOUT = 30.0
 DEFAULT_MAX_PENDING = 256
+UNMET_EVIDENCE = 5  # judged outcomes (in min_evidence) before the budget may be called unmet: the top of the
+# similarity range gets little traffic, and a verdict from the lower ranges alone would be premature
 LOOK_GROWTH = 1.5  # the served threshold may loosen each time the judged outcomes have grown by half
 _MAX_POOLS = 4096
 
@@ -114,6 +116,11 @@ class PoolEvidence:
         self.floor: tuple[float, float] | None = None  # (lowest measured error, at threshold) with enough evidence
         self.warned = False
         self.pressure = 1.0  # the served range's error bound / the budget (at most 1): how close to the limit
+        # The served hits' own sample: judged explorations, each weighted by 1 / the probability it was drawn
+        # (Horvitz-Thompson), summed as (weights, squared weights, weights of the wrong ones); `recent` since the
+        # served threshold last changed.
+        self.explored = np.zeros(3)
+        self.explored_recent = np.zeros(3)
         self.next_look = float(min_evidence)  # judged outcomes at which the threshold may next loosen
 
     def record_candidate(self, similarity: float, served: bool) -> None:
@@ -123,13 +130,28 @@ class PoolEvidence:
             if served:
                 self.served[index] += 1
 
-    def record_outcome(self, similarity: float, agreed: bool | None) -> None:
+    def record_outcome(self, similarity: float, agreed: bool | None, explored_weight: float | None = None) -> None:
+        """One comparison's outcome; `explored_weight` (1 / draw probability) for an exploration of a safe one."""
         with self._lock:
             index = similarity_bin(similarity)
             self.compared[index] += 1
             if agreed is not None:
                 self.judged[index] += 1
                 self.wrong[index] += not agreed
+                if explored_weight is not None:
+                    sample = np.array([explored_weight, explored_weight**2, explored_weight * (not agreed)])
+                    self.explored += sample
+                    self.explored_recent += sample
+
+    def served_estimate(self, z: float, recent: bool = False) -> Estimate | None:
+        """The error of the hits served, from their own sample (the explorations; see `explored`)."""
+        with self._lock:
+            weights, squares, wrong = self.explored_recent if recent else self.explored
+        if weights <= 0:
+            return None
+        rate, effective = float(wrong / weights), float(weights * weights / squares)
+        lower, upper = wilson_bounds(rate, effective, z)
+        return Estimate(rate, lower, upper, effective)
 
     def _counts(self) -> tuple[npt.NDArray[np.int64], ...]:
         with self._lock:
@@ -175,8 +197,8 @@ class PoolEvidence:
         lowest_lower = math.inf
         for index in range(start, _BINS):
             estimate = estimates[index]
-            if estimate is None or estimate.effective_n < min_evidence:
-                continue
+            if estimate is None or estimate.effective_n < min_evidence or not self.judged[index]:
+                continue  # (a threshold starts where there is evidence: none is extrapolated to below it)
             edge = max(round(index * BIN_WIDTH, 6), floor)
             if estimate.upper <= budget:
                 qualifying.append(edge)
@@ -185,19 +207,29 @@ class PoolEvidence:
             lowest_lower = min(lowest_lower, estimate.lower)
         judged = float(self.judged.sum())
         current = self.threshold
-        if qualifying and judged >= self.next_look and (current is None or qualifying[0] < current):
+        served = self.served_estimate(z, recent=True)
+        if (current is not None and served is not None and served.effective_n >= min_evidence / 3
+                and served.lower > budget):  # fmt: skip
+            # the served hits' own sample shows them over the budget, whatever the pooled evidence says: tighten
+            # by a stratum at least, and wait for the next look to loosen again
+            self.threshold = next((edge for edge in qualifying if edge >= current + STRATUM_BINS * BIN_WIDTH), None)
+            self.next_look = max(self.next_look, judged * LOOK_GROWTH)
+        elif qualifying and judged >= self.next_look and (current is None or qualifying[0] < current):
             self.threshold = qualifying[0]  # a look: loosen
             while self.next_look <= judged:
                 self.next_look *= LOOK_GROWTH
         elif current is not None:  # between looks: keep, or tighten to the lowest qualifying threshold above
             self.threshold = next((edge for edge in qualifying if edge >= current), None)
+        if self.threshold != current:
+            with self._lock:
+                self.explored_recent = np.zeros(3)
         self.floor = best
         served_range = None if self.threshold is None else estimates[similarity_bin(self.threshold)]
         self.pressure = 1.0 if served_range is None else min(1.0, served_range.upper / budget)
         if self.threshold is not None:
             self.met = True
-        elif best is not None and lowest_lower > budget:
-            self.met = False  # at every threshold with enough evidence, the error is above the budget
+        elif best is not None and lowest_lower > budget and judged >= UNMET_EVIDENCE * min_evidence:
+            self.met = False  # at every threshold with enough evidence (and there is plenty), it is over the budget
         else:
             self.met = None
 
@@ -350,11 +382,11 @@ def _check_rate(value: Any, name: str, *, low: float, high: float, closed_low: b
         and isinstance(value, (int, float))
         and math.isfinite(value)
         and (low <= value if closed_low else low < value)
-        and value < high
+        and (value <= high if closed_low else value < high)
     )
     if not ok:
-        bound = "[" if closed_low else "("
-        raise ConfigurationError(f"{name} must be a number in {bound}{low}, {high}), got {shown(value)}")
+        bounds = f"[{low}, {high}]" if closed_low else f"({low}, {high})"
+        raise ConfigurationError(f"{name} must be a number in {bounds}, got {shown(value)}")
     return float(value)
 
 
@@ -432,10 +464,10 @@ class ErrorBudget:
 
     def decide(
         self, partition: str, similarity: float, floor: float, computes: bool, verified: bool = True
-    ) -> Decision:
+    ) -> tuple[Decision, float]:
         """What to do with a semantic candidate at `similarity` that passed every other check: serve it,
         explore it (safe, computed anyway), check it (unsafe, computed as a miss) or, without a compute, not
-        serve it (unsafe).
+        serve it (unsafe); and the probability that it was drawn for exploration (1 when not explored).
 
         `verified`: the entry itself has agreed at this similarity or a lower one. A safe candidate of an entry
         not verified so close is explored at `unverified_exploration_rate`: wrong answers come in clusters (one
@@ -445,26 +477,31 @@ class ErrorBudget:
         threshold = pool.threshold
         safe = threshold is not None and similarity >= max(threshold, floor)
         rate = self.exploration_rate
-        if not verified:  # the closer the bound is to the budget, the more unverified entries are explored
+        if not verified:  # once the bound is past half the budget, the closer it gets, the more are explored
             extra = max(0.0, self.unverified_exploration_rate - rate)
-            rate += extra * pool.pressure * pool.pressure
+            rate += extra * max(0.0, 2.0 * pool.pressure - 1.0) ** 2
+        drawn = 1.0
         if safe and computes and rate and self._draw() < rate:
             decision: Decision = "explore"
+            drawn = rate
         elif safe:
             decision = "serve"
         else:
             decision = "check" if computes else "unsafe"
         pool.record_candidate(similarity, served=decision == "serve")
-        return decision
+        return decision, drawn
 
     def _draw(self) -> float:
         with self._lock:
             return self._random.random()
 
-    def record(self, partition: str, similarity: float, agreed: bool | None, floor: float) -> PoolEvidence:
-        """Add one outcome to the partition's pool and learn again from it."""
+    def record(
+        self, partition: str, similarity: float, agreed: bool | None, floor: float, drawn: float | None = None
+    ) -> PoolEvidence:
+        """Add one outcome to the partition's pool and learn again from it (`drawn`: the probability with which
+        an explored candidate was drawn; None for a check or feedback)."""
         pool = self.pool(partition)
-        pool.record_outcome(similarity, agreed)
+        pool.record_outcome(similarity, agreed, None if drawn is None else 1.0 / drawn)
         pool.relearn(self.max_error_rate, self.z, floor, self.min_evidence)
         return pool
 
@@ -489,11 +526,14 @@ class ErrorBudget:
         whether the budget is met, and each pool's threshold and evidence."""
         pools = self.pools()
         total = wrong = spread = 0.0
+        sums = np.zeros(3)
         partitions: dict[str, Any] = {}
         states = []
         for partition, pool in pools.items():
             weight, errors, variance = pool.served_totals()
             total, wrong, spread = total + weight, wrong + errors, spread + variance
+            with pool._lock:
+                sums += pool.explored
             states.append(pool.met)
             partitions[partition] = {
                 "served_threshold": pool.threshold,
@@ -503,11 +543,14 @@ class ErrorBudget:
                 "measured_floor": None if pool.floor is None else {"error": pool.floor[0], "threshold": pool.floor[1]},
             }
         if total > 0 and spread > 0:
-            rate = wrong / total
-            upper: float | None = wilson_bounds(rate, total * total / spread, self.z)[1]
-            estimated: float | None = rate
+            estimated: float | None = wrong / total
+            upper: float | None = wilson_bounds(wrong / total, total * total / spread, self.z)[1]
         else:
             estimated = upper = None
+        weights, squares, explored_wrong = (float(value) for value in sums)
+        explored = None if weights <= 0 else {
+            "error": explored_wrong / weights, "effective_n": weights * weights / squares,
+            "upper": wilson_bounds(explored_wrong / weights, weights * weights / squares, self.z)[1]}  # fmt: skip
         if any(state is False for state in states):
             met: bool | None = False
         elif states and all(state is True for state in states):
@@ -521,7 +564,9 @@ class ErrorBudget:
             "error_budget": {
                 "max_error_rate": self.max_error_rate,
                 "confidence": self.confidence,
-                "bound": "one-sided Wilson score bound, post-stratified by similarity bin, Kish effective n",
+                "bound": "one-sided Wilson score bound at the stated confidence of the served hits' error, "
+                "post-stratified by similarity over every comparison, with a stratified effective n",
+                "explorations_alone": explored,
                 "exploration_rate": self.exploration_rate,
                 "partitions": partitions,
             },
