@@ -8,29 +8,42 @@ How a semantic candidate (one that passed the threshold, the entry's own floor, 
 verifiers) is decided, per partition ("pool"):
 
 - *unsafe* (below the pool's served threshold, or no threshold learned yet): with a `compute` (resolve,
-  get_or_compute) it is a miss: the model is called, as it would be for any miss, and its fresh answer is
-  compared with the cached one: a *check*, which costs no model call beyond the miss, only the comparator.
-  Without one (`lookup`) it is simply not served.
-- *safe*: served, except a small share (`exploration_rate`) that is computed anyway and compared: an
-  *exploration*, the only extra model calls the budget costs once it has learned; they keep the estimate of the
-  served error honest as the traffic changes.
+  get_or_compute) it is a miss: the model is called, as for any miss, and its fresh answer is compared with the
+  cached one: a *check*, which costs no model call beyond the miss, only the comparator. Without one
+  (`lookup`) it is simply not served.
+- *safe*: served, except a share that is computed anyway and compared: an *exploration*, the only extra model
+  calls the budget costs once it has learned. The share is `exploration_rate`; for an entry that has not yet
+  agreed at that similarity or a lower one it rises towards `unverified_exploration_rate` as the bound nears
+  the budget (wrong answers come in clusters: one entry answering every wording of another question, and
+  since a served query is not stored, nothing else takes its place; an entry's first uses catch them).
 
-The estimator (`PoolEvidence`): outcomes are kept per similarity bin (`BIN_WIDTH` wide): candidates seen
-(traffic), comparisons made, judged ones (the comparator said True or False; None is no evidence) and wrong
-ones. The error of serving every candidate at similarity >= t is the traffic-weighted mean of the bins' error
-rates over [t, 1] (a post-stratified estimate: within a bin, outcomes are taken as exchangeable, so it does not
-matter whether a bin was judged fully, while it was below the served threshold, or at the exploration rate,
-once above it). Its confidence bound is the Wilson score bound of that rate with the effective sample size
-of a stratified sample, n_eff = (sum a_b)^2 / sum(a_b^2 / m_b) (a_b: the bin's judged traffic weight, m_b: its
-judged outcomes; equal within-bin variance assumed, as in Kish's design effect), one-sided at `confidence`.
-The served threshold is the lowest bin edge t >= the user's threshold whose upper bound over [t, 1] is within
-the budget with at least `min_evidence` effective judged outcomes: it bounds the error of the hits served
-(cumulative over sim >= t), not of every bin. Choosing the lowest of many nested candidates is a mild
-multiple-comparison optimism (the bounds are strongly correlated); the benchmark measures what it gives.
+Where the bound comes from (`PoolEvidence`): outcomes are counted per similarity bin (`BIN_WIDTH`): candidates
+seen (traffic), comparisons made, judged ones (the comparator said True or False; None is no evidence) and wrong
+ones. The error of serving every candidate at similarity >= t is estimated post-stratified: strata of
+`STRATUM_BINS` bins over [t, 1], each stratum's wrong rate weighted by its traffic (times its judged share), so
+it does not matter whether a stratum was judged fully (checks, below the served threshold) or at the
+exploration rate (above it): within a stratum, outcomes are taken as exchangeable. Its bound is the one-sided
+Wilson score bound at `confidence` with the effective sample size of a stratified sample, n_eff = (sum a_s)^2 /
+sum(a_s^2 / m_s) (a_s: the stratum's judged traffic weight, m_s: its judged outcomes; equal within-stratum
+variance assumed, Kish's design effect). The served threshold is the lowest bin edge t >= the user's
+threshold, at a bin with evidence, whose bound over [t, 1] is within the budget with at least `min_evidence`
+effective outcomes: it bounds the error of the hits served (cumulative over sim >= t), not of every bin.
 
-The pools live in this process (each process learns its own, also over a shared Redis); what is stored with
-each entry is its own bounded evidence (`CacheEntry.evidence`: counts and the last outcomes; a wrong one raises
-the entry's `min_similarity` above that similarity, as negative feedback does).
+What keeps that honest, and what does not:
+- A fixed-sample bound checked after every outcome would be spent again at each look. The threshold is
+  therefore loosened only at looks spaced geometrically in the judged outcomes (`min_evidence`, then x1.5),
+  and tightened at once when the bound over the served range exceeds the budget.
+- The explorations are also kept apart, weighted by 1 / their draw probability (Horvitz-Thompson): the served
+  hits' own sample. When it shows them over the budget (its lower bound above it), the threshold is tightened
+  by a stratum whatever the pooled evidence says.
+- Choosing the lowest of ~20 nested ranges is a mild multiple-comparison optimism; and the pooled estimate is
+  biased low where wrong answers cluster on entries that are fixed once caught (checks find a cluster once,
+  served traffic repeats it). `benchmarks/error_budget.py` measures both effects; the README states the result.
+
+The pools live in this process (each process learns its own, also over a shared Redis: they are not persisted);
+what is stored with each entry is its own bounded evidence (`CacheEntry.evidence`: two counters, the lowest
+similarity at which it agreed, the last RECENT_OUTCOMES outcomes). A wrong outcome raises the entry's
+`min_similarity` above that similarity, as negative feedback does.
 """
 
 from __future__ import annotations

@@ -151,6 +151,22 @@ def test_the_threshold_loosens_only_at_looks_and_tightens_at_once() -> None:
     assert pool.threshold is None
 
 
+def test_the_served_hits_own_sample_tightens_the_threshold() -> None:
+    pool = PoolEvidence(min_evidence=10)
+    for _ in range(40):  # the pooled evidence: clean at 0.90 (checks)
+        pool.record_candidate(0.9, served=False)
+        pool.record_outcome(0.9, True)
+        pool.relearn(0.2, Z90, 0.85, 10)
+    assert pool.threshold == 0.9
+    for index in range(12):  # then explorations drawn at 10% at 0.97: 6 of 12 wrong
+        pool.record_candidate(0.97, served=False)
+        pool.record_outcome(0.97, index % 2 == 0, explored_weight=10.0)
+        pool.relearn(0.2, Z90, 0.85, 10)
+    served = pool.served_estimate(Z90)
+    assert served is not None and served.rate == 0.5 and served.effective_n == 12
+    assert pool.threshold is None or pool.threshold >= 0.95  # tightened by a stratum at least
+
+
 def test_the_budget_is_reported_unmet_when_every_threshold_is_over_it() -> None:
     pool = PoolEvidence(min_evidence=10)
     for index in range(49):
