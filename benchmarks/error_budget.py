@@ -266,8 +266,18 @@ def row_of(run: Run, budget: float | None) -> list[Any]:
             + f"; first hit at {first}, within budget from {kept}"]  # fmt: skip
 
 
-HEADERS = ["configuration", "hit rate", "error (wrong/judged)", "95% upper", "cache's estimate (90% bound)",
-           "model calls", "explorations (paid)", "checks (free)", "served threshold at end", "budget met; learning"]
+HEADERS = [
+    "configuration",
+    "hit rate",
+    "error (wrong/judged)",
+    "95% upper",
+    "cache's estimate (90% bound)",
+    "model calls",
+    "explorations (paid)",
+    "checks (free)",
+    "served threshold at end",
+    "budget met; learning",
+]
 
 
 async def main(arguments: argparse.Namespace) -> None:
@@ -282,7 +292,10 @@ async def main(arguments: argparse.Namespace) -> None:
         print(text, flush=True)
         output.append(text)
 
-    popular = sum(1 for q in world.questions if sum(1 for o in world.questions if world.group[o] == world.group[q]) >= 4)
+    sizes: dict[str, int] = defaultdict(int)
+    for question in world.questions:
+        sizes[world.group[question]] += 1
+    popular = sum(1 for question in world.questions if sizes[world.group[question]] >= 4)
     say(f"{len(world.questions)} questions ({popular} in popular intents, {len(world.questions) - popular} hard "
         f"negatives), {len(set(world.group.values()))} groups, {len(world.apart)} label-0 group pairs\n")  # fmt: skip
     runs_for_plot: dict[str, Run] = {}
@@ -353,7 +366,7 @@ def plot(runs: dict[str, Run], path: Path, part: str) -> None:
         if name.startswith("budget"):
             limit = float(name.split()[1])
             error_axis.axhline(limit, color=line.get_color(), linestyle=":", linewidth=1)
-            first, kept = learned_after(run, limit)
+            _, kept = learned_after(run, limit)
             if kept is not None:
                 error_axis.axvline(kept, color=line.get_color(), linestyle="--", linewidth=0.8)
     rate_axis.set_ylabel("hit rate (last 200 requests)")

@@ -328,6 +328,10 @@ class SemanticCache:
 
     Every argument is optional: an in-memory backend, the bundled all-MiniLM-L6-v2 model, and the calibrated
     threshold. `namespace` is the tenant for calls whose Scope names none. See CacheConfig for the options.
+
+    max_error_rate / answers_match (or error_budget=ErrorBudget(...) for its other options): the error budget,
+    off by default; `threshold` is then the floor of the candidates, and which are served is learned from the
+    traffic (see error_budget.py and the README).
     """
 
     def __init__(

@@ -36,7 +36,7 @@ STORED = "alpha"
 
 
 class TableEmbedder:
-    """"alpha" is e0; "q<i>" is s*e0 + sqrt(1 - s^2)*e_i, so its cosine with "alpha" is s and with another query
+    """ "alpha" is e0; "q<i>" is s*e0 + sqrt(1 - s^2)*e_i, so its cosine with "alpha" is s and with another query
     s^2 (below the thresholds used here: each query's only candidate is the stored prompt)."""
 
     name = "test-table"
@@ -134,7 +134,7 @@ def test_the_estimate_is_post_stratified_by_traffic_with_a_kish_effective_n() ->
 
 def test_the_threshold_loosens_only_at_looks_and_tightens_at_once() -> None:
     pool = PoolEvidence(min_evidence=10)
-    for index in range(9):
+    for _ in range(9):
         pool.record_candidate(0.9, served=False)
         pool.record_outcome(0.9, True)
         pool.relearn(0.2, Z90, 0.85, 10)
