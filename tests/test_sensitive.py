@@ -479,12 +479,14 @@ HOSTILE_INPUTS = {
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_INPUTS))
 def test_megabyte_inputs_take_linear_time(name: str) -> None:
+    # a scan that backtracks quadratically takes hours on a megabyte, a linear one well under a second: the
+    # generous bound only has to tell those apart, also on a loaded CI machine (the speed is in benchmarks)
     text = HOSTILE_INPUTS[name]
     elapsed = float("inf")
     for _ in range(2):  # the best of two: the machine is shared
         started = time.perf_counter()
         find_sensitive(text, emails=True, phones=True)
         elapsed = min(elapsed, time.perf_counter() - started)
-        if elapsed < 0.5:
+        if elapsed < 5.0:
             break
-    assert elapsed < 0.5, f"{name}: {elapsed:.2f} s"
+    assert elapsed < 5.0, f"{name}: {elapsed:.2f} s"

