@@ -434,3 +434,18 @@ async def test_evidence_is_stored_with_the_entry_on_every_backend(backend: Stora
     assert entry.evidence["recent"] == [[0.9, 1], [0.9, 1], [0.9, 0]]
     assert entry.min_similarity > 0.9
     assert verified_at(entry.evidence) == 0.9
+
+
+async def test_a_streamed_answer_is_compared_once_read_to_the_end() -> None:
+    cache, embedder = budget_cache()
+    await cache.store(STORED, "AB")
+
+    async def chunks() -> Any:
+        for chunk in ("A", "B"):
+            yield chunk
+
+    stream = await cache.resolve_stream(embedder.query(0, 0.9), chunks, assemble="".join, replay=lambda value: [value])
+    assert stream.resolution.computed  # not yet known to be safe: the model streams
+    assert [chunk async for chunk in stream] == ["A", "B"]
+    await cache.wait_for_comparisons()
+    assert cache.stats["budget_checks"] == 1 and cache.stats["budget_agreed"] == 1
