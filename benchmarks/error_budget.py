@@ -336,7 +336,7 @@ async def main(arguments: argparse.Namespace) -> None:
                                   f"{max(errors):.3f}", f"{sum(e <= limit for e in errors)}/{len(errors)}",
                                   f"{np.mean(gaps):.3f} / {max(gaps):.3f}" if gaps else "-"])  # fmt: skip
             say(markdown_table(["budget", "mean hit rate", "mean error", "worst error", "seeds within budget",
-                                "|estimate - measured|: mean / worst"], seed_rows))  # fmt: skip
+                                "gap of the estimate: mean / worst"], seed_rows))  # fmt: skip
             say()
     plot(runs_for_plot, ROOT / "benchmarks" / "results" / "error_budget.png", parts[-1])
     (ROOT / "benchmarks" / "results" / "error_budget.md").write_text("\n".join(output) + "\n", encoding="utf-8")
