@@ -281,6 +281,8 @@ HEADERS = [
 
 
 async def main(arguments: argparse.Namespace) -> None:
+    if not Path(arguments.pairs).is_file():
+        raise SystemExit(f"{arguments.pairs} not found: this benchmark needs the labeled Quora pairs (see --pairs)")
     world = build_world(arguments.pairs)
     texts = [normalize_prompt(q) for q in world.questions]
     model = OnnxEmbedder(max_batch_size=256)
