@@ -281,8 +281,6 @@ HEADERS = [
 
 
 async def main(arguments: argparse.Namespace) -> None:
-    if not Path(arguments.pairs).is_file():
-        raise SystemExit(f"{arguments.pairs} not found: this benchmark needs the labeled Quora pairs (see --pairs)")
     world = build_world(arguments.pairs)
     texts = [normalize_prompt(q) for q in world.questions]
     model = OnnxEmbedder(max_batch_size=256)
@@ -390,5 +388,7 @@ if __name__ == "__main__":
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                         help="an ErrorBudget option to try (tuning), e.g. confidence=0.8")  # fmt: skip
     parsed = parser.parse_args()
+    if not Path(parsed.pairs).is_file():
+        raise SystemExit(f"{parsed.pairs} not found: this benchmark needs the labeled Quora pairs (see --pairs)")
     parsed.budget_options = {name: float(value) for name, value in (item.split("=", 1) for item in parsed.option)}
     asyncio.run(main(parsed))
