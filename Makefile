@@ -72,7 +72,7 @@ bench: install-test
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/core.py
 
 # The other benchmarks (minutes each): quality.py, embedding.py, redis_backend.py, hnsw.py, peers.py,
-# lookup_floor.py (redis|memory)
+# lookup_floor.py (redis|memory), error_budget.py (needs ../shared/data/qqp_dev.jsonl)
 # (peers needs `pip install -e '.[bench]'` and `pip install --no-deps langchain-redis==0.2.6`).
 
 clean:

@@ -6,6 +6,7 @@ from semantic_llm_cache.cache import ResolvedStream, ResolvedSyncStream, Semanti
 from semantic_llm_cache.config import DEFAULT_THRESHOLD, CacheConfig, CacheEntry
 from semantic_llm_cache.decorators import cached
 from semantic_llm_cache.embeddings import CallableEmbedder, Embedder, LocalEmbedder, as_embedder
+from semantic_llm_cache.error_budget import AnswerSimilarity, ErrorBudget, same_text
 from semantic_llm_cache.errors import (
     CacheBackendError,
     ConfigurationError,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "AnswerSimilarity",
     "CacheBackendError",
     "CacheConfig",
     "CacheEntry",
@@ -35,6 +37,7 @@ __all__ = [
     "ConfigurationError",
     "Embedder",
     "EmbeddingError",
+    "ErrorBudget",
     "InvalidInputError",
     "LocalEmbedder",
     "MemoryBackend",
@@ -56,4 +59,5 @@ __all__ = [
     "as_embedder",
     "cached",
     "run_sync",
+    "same_text",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -35,3 +36,8 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
         coroutine.close()
         raise RuntimeError("run_sync was called from the cache's own loop thread; await the async API instead")
     return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+
+def submit(coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+    """Start `coroutine` on the shared background loop without waiting for it (from sync code)."""
+    return asyncio.run_coroutine_threadsafe(coroutine, _background_loop())

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
 
-from semantic_llm_cache._sync import run_sync
+from semantic_llm_cache._sync import run_sync, submit
 from semantic_llm_cache.backends.memory import MemoryBackend
 from semantic_llm_cache.call_options import NO_OPTIONS, WHERE_CANDIDATE_FACTOR, CallOptions
 from semantic_llm_cache.config import CacheConfig, CacheEntry, OnError, Vector, validate_ttl
@@ -41,6 +41,7 @@ from semantic_llm_cache.embeddings.adapters import as_embedder
 from semantic_llm_cache.embeddings.base import Embedder, normalized_matrix
 from semantic_llm_cache.embeddings.local import LocalEmbedder
 from semantic_llm_cache.encryption import DecryptionError, EntryCipher, KeyMaterial, is_sealed
+from semantic_llm_cache.error_budget import AnswersMatch, ErrorBudget, PoolEvidence, verified_at, with_outcome
 from semantic_llm_cache.errors import (
     CacheBackendError,
     ConfigurationError,
@@ -127,6 +128,35 @@ _BUDGET: ContextVar[_Budget | None] = ContextVar("semantic_llm_cache_budget", de
 
 
 @dataclass(frozen=True)
+class _Declined:
+    """A semantic candidate the error budget did not serve: compared with the answer computed instead."""
+
+    key: str
+    partition: str
+    similarity: float
+    response: Any
+    explored: bool  # safe, computed anyway (a paid exploration); False: not yet safe (a check, a miss anyway)
+    drawn: float = 1.0  # the probability with which an exploration was drawn
+
+
+@dataclass
+class _Check:
+    """One call's dealings with the error budget: whether it can compute (resolve) or not (lookup), and the
+    candidate its lookup declined, if any."""
+
+    computes: bool
+    declined: _Declined | None = None
+
+
+_CHECK: ContextVar[_Check | None] = ContextVar("semantic_llm_cache_check", default=None)
+_REMEMBERED_DECLINED = 1024  # lookup() candidates kept for the store_computed that may follow (LangChain's cache)
+_REMEMBER_SECONDS = 600.0
+_BUDGET_COUNTERS = ("budget_checks", "budget_explorations", "budget_agreed", "budget_disagreed", "budget_undecided",
+                    "budget_unsafe_refusals", "budget_comparator_errors", "budget_comparator_timeouts",
+                    "budget_comparisons_dropped", "budget_feedback")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class _Step:
     """What one round of resolve decided: lead a flight, wait for one, or the answer it was served."""
 
@@ -149,6 +179,7 @@ class _StreamLead:
     budget: _Budget
     flights: Flights | None = None
     started: list[bool] = field(default_factory=list)
+    check: _Check | None = None
 
     def release(self) -> None:
         """Dropped or closed before it was read: the callers waiting on it take over."""
@@ -297,6 +328,10 @@ class SemanticCache:
 
     Every argument is optional: an in-memory backend, the bundled all-MiniLM-L6-v2 model, and the calibrated
     threshold. `namespace` is the tenant for calls whose Scope names none. See CacheConfig for the options.
+
+    max_error_rate / answers_match (or error_budget=ErrorBudget(...) for its other options): the error budget,
+    off by default; `threshold` is then the floor of the candidates, and which are served is learned from the
+    traffic (see error_budget.py and the README).
     """
 
     def __init__(
@@ -318,6 +353,9 @@ class SemanticCache:
         never_cache: Callable[[str, Any], Any] | Literal[False] | None = _DEFAULT_NEVER_CACHE,
         temperature_policy: TemperaturePolicy | None = None,
         verifiers: Sequence[Verifier | Callable[[str, str, float], Any]] | None = None,
+        max_error_rate: float | None = None,
+        answers_match: AnswersMatch | None = None,
+        error_budget: ErrorBudget | None = None,
     ) -> None:
         overrides: dict[str, Any] = {
             "threshold": threshold,
@@ -359,6 +397,18 @@ class SemanticCache:
             "backend": CircuitBreaker("the cache backend", logger=logger),
             "embedder": CircuitBreaker("the embedder", logger=logger),
         }
+        if error_budget is not None and (max_error_rate is not None or answers_match is not None):
+            raise ConfigurationError("pass either error_budget=ErrorBudget(...) or max_error_rate/answers_match")
+        if error_budget is None and max_error_rate is not None:
+            error_budget = ErrorBudget(max_error_rate, answers_match)
+        elif error_budget is None and answers_match is not None:
+            raise ConfigurationError("answers_match is used by the error budget: set max_error_rate too")
+        if error_budget is not None and not isinstance(error_budget, ErrorBudget):
+            raise ConfigurationError(f"error_budget must be an ErrorBudget, got {type(error_budget).__name__}")
+        self.error_budget: ErrorBudget | None = error_budget
+        self._comparisons: set[Any] = set()
+        self._comparisons_lock = threading.Lock()
+        self._declined_by_key: OrderedDict[str, tuple[float, _Declined]] = OrderedDict()
 
     # -- public API -------------------------------------------------------------------------------------
 
@@ -383,8 +433,11 @@ class SemanticCache:
             return None
         if self._skips_by_temperature(scope):
             return None
+        check = _Check(computes=False) if self.error_budget is not None else None
         with self._budget():
-            hit, _ = await self._lookup(prepared)
+            hit, _ = await self._checked(check, self._lookup(prepared))
+        if check is not None and check.declined is not None:
+            self._remember_declined(prepared.key, check.declined)
         served = None if hit is None else self._decoded_hit(hit, decode)
         if served is None or served.hit is None:
             self.stats.count("misses")
@@ -440,7 +493,11 @@ class SemanticCache:
             self.stats.count("prompt_too_long")
             return None
         with self._budget():
-            _, key = await self._store_outcome(prepared, outcome, compute_seconds or 0.0, scope, None, ttl, metadata)
+            stored = self._store_outcome(prepared, outcome, compute_seconds or 0.0, scope, None, ttl, metadata)
+            value, key = await stored
+        declined = self._recall_declined(prepared.key)
+        if declined is not None:  # a lookup() the error budget declined, then the model's answer: compare them
+            self._compare_later(_Check(True, declined), prepared.text, value)
         return key
 
     async def get_or_compute(
@@ -504,9 +561,10 @@ class SemanticCache:
         if prepared is None or self._bypassed(options):
             return Resolution(await self._compute_uncached(compute), None, computed=True)
         metadata = self._tagged(metadata, options)
+        check = self._new_check()
         with self._budget():
             while True:
-                lead, outcome = await self._settle(prepared, decode)
+                lead, outcome = await self._settle(prepared, decode, check=check)
                 if outcome is not None:
                     return outcome
                 if lead is not None:
@@ -519,6 +577,7 @@ class SemanticCache:
                 raise
             else:
                 future.set_result(result)
+                self._compare_later(check, prepared.text, result)
                 return Resolution(result, None, computed=True, key=key)
             finally:
                 self._flights.finish(prepared.key, future)
@@ -548,8 +607,9 @@ class SemanticCache:
             return Resolution(self._unwrap(compute()), None, computed=True)
         metadata = self._tagged(metadata, options)
         budget = _Budget(self.config.timeout)
+        check = self._new_check()
         while True:
-            lead, outcome = self._settle_sync(prepared, decode, budget)
+            lead, outcome = self._settle_sync(prepared, decode, budget, check=check)
             if outcome is not None:
                 return outcome
             if lead is not None:
@@ -566,6 +626,7 @@ class SemanticCache:
             raise
         else:
             future.set_result(result)
+            self._compare_later(check, prepared.text, result)
             return Resolution(result, None, computed=True, key=key)
         finally:
             self._flights.finish(prepared.key, future)
@@ -600,13 +661,15 @@ class SemanticCache:
         if prepared is None or self._bypassed(options):
             return ResolvedStream(Resolution(None, None, computed=True), _live_chunks(open_stream))
         metadata = self._tagged(metadata, options)
+        check = self._new_check()
         while True:
-            lead, outcome = await self._within(budget, self._settle(prepared, replay_checked(replay), stream=True))
+            settle = self._settle(prepared, replay_checked(replay), stream=True, check=check)
+            lead, outcome = await self._within(budget, settle)
             if outcome is not None:
                 return ResolvedStream(outcome, _replayed_chunks(outcome.response))
             if lead is not None:
                 break
-        stream_lead = _StreamLead(prepared, assemble, *lead, scope, ttl, metadata, budget, self._flights)
+        stream_lead = _StreamLead(prepared, assemble, *lead, scope, ttl, metadata, budget, self._flights, check=check)
         chunks = self._leader_stream(stream_lead, functools.partial(_live_chunks, open_stream, copy_context()))
         resolved = ResolvedStream(Resolution(None, None, computed=True, key=prepared.key), chunks, stream_lead.release)
         weakref.finalize(resolved, stream_lead.release)
@@ -637,13 +700,14 @@ class SemanticCache:
             return ResolvedSyncStream(Resolution(None, None, computed=True), iter(open_stream()))
         metadata = self._tagged(metadata, options)
         budget = _Budget(self.config.timeout)
+        check = self._new_check()
         while True:
-            lead, outcome = self._settle_sync(prepared, replay_checked(replay), budget, stream=True)
+            lead, outcome = self._settle_sync(prepared, replay_checked(replay), budget, stream=True, check=check)
             if outcome is not None:
                 return ResolvedSyncStream(outcome, iter(outcome.response))
             if lead is not None:
                 break
-        stream_lead = _StreamLead(prepared, assemble, *lead, scope, ttl, metadata, budget, self._flights)
+        stream_lead = _StreamLead(prepared, assemble, *lead, scope, ttl, metadata, budget, self._flights, check=check)
         chunks = self._leader_stream_sync(stream_lead, functools.partial(_sync_chunks, open_stream, copy_context()))
         resolved = ResolvedSyncStream(
             Resolution(None, None, computed=True, key=prepared.key), chunks, stream_lead.release
@@ -654,7 +718,12 @@ class SemanticCache:
     # -- single-flight ----------------------------------------------------------------------------------
 
     async def _settle(
-        self, prepared: _Prepared, decode: Callable[[Any], Any] | None, *, stream: bool = False
+        self,
+        prepared: _Prepared,
+        decode: Callable[[Any], Any] | None,
+        *,
+        stream: bool = False,
+        check: _Check | None = None,
     ) -> tuple[tuple[Future[Any], Vector | None] | None, Resolution | None]:
         """One round of resolve before computing: join a flight under way, or look up and serve a hit, or
         claim the key. Returns (lead, None) to compute, (None, outcome) when served, (None, None) to go again.
@@ -662,14 +731,23 @@ class SemanticCache:
         step = self._before_lookup(prepared)
         if step is None:
             ticket = self._flights.ticket(prepared.key)
-            hit, vector = (None, None) if prepared.options.refresh else await self._lookup(prepared)
+            if prepared.options.refresh:
+                hit, vector = None, None
+            else:
+                hit, vector = await self._checked(check, self._lookup(prepared))
             step = self._after_lookup(prepared, ticket, hit, vector, decode, stream)
         if step.wait is not None:
             return None, self._joined(await wait_async(step.wait), decode, prepared.key)
         return step.lead, step.served
 
     def _settle_sync(
-        self, prepared: _Prepared, decode: Callable[[Any], Any] | None, budget: _Budget, *, stream: bool = False
+        self,
+        prepared: _Prepared,
+        decode: Callable[[Any], Any] | None,
+        budget: _Budget,
+        *,
+        stream: bool = False,
+        check: _Check | None = None,
     ) -> tuple[tuple[Future[Any], Vector | None] | None, Resolution | None]:
         """`_settle` for a thread: the same steps, waiting on flights by blocking."""
         step = self._before_lookup(prepared)
@@ -678,7 +756,7 @@ class SemanticCache:
             if prepared.options.refresh:
                 hit, vector = None, None
             else:
-                hit, vector = run_sync(self._within(budget, self._lookup(prepared)))
+                hit, vector = run_sync(self._within(budget, self._checked(check, self._lookup(prepared))))
             step = self._after_lookup(prepared, ticket, hit, vector, decode, stream)
         if step.wait is not None:
             return None, self._joined(step.wait.result(), decode, prepared.key)
@@ -778,6 +856,8 @@ class SemanticCache:
                 yield chunk
             store = self._stream_store(lead, chunks, time.perf_counter() - began)
             result = None if store is None else (await self._within(lead.budget, store))[0]
+            if store is not None:
+                self._compare_later(lead.check, lead.prepared.text, result)
         except BaseException as exc:
             self._fail_flight(lead.future, exc)
             raise
@@ -796,6 +876,8 @@ class SemanticCache:
                 yield chunk
             store = self._stream_store(lead, chunks, time.perf_counter() - began)
             result = None if store is None else run_sync(self._within(lead.budget, store))[0]
+            if store is not None:
+                self._compare_later(lead.check, lead.prepared.text, result)
         except BaseException as exc:
             self._fail_flight(lead.future, exc)
             raise
@@ -958,6 +1040,11 @@ class SemanticCache:
             if not correct and hit.kind == "exact":
                 await self._guarded(self.backend.delete(hit.key), "backend", default=False)
                 return
+            if self.error_budget is not None and hit.kind == "semantic":  # the same evidence as a comparison
+                self.stats.count("budget_feedback")
+                self._announce(self.error_budget.record(entry.partition_id, hit.similarity, correct,
+                                                        self.config.threshold))  # fmt: skip
+                entry.evidence = with_outcome(entry.evidence, hit.similarity, correct)
             feedback = _feedback_record(entry.metadata.get("feedback"))
             if correct:
                 feedback["correct"] += 1
@@ -1016,8 +1103,15 @@ class SemanticCache:
         with self._budget():
             backend_stats = await self._guarded(self.backend.get_stats(), "backend", default={})
         circuits = self.circuit_states()
-        return {**self.stats.snapshot(), "threshold": self.config.threshold, "embedder": self.embedder.name,
-                "circuits": circuits, "backend": backend_stats}  # fmt: skip
+        stats = {**self.stats.snapshot(), "threshold": self.config.threshold, "embedder": self.embedder.name,
+                 "circuits": circuits, "backend": backend_stats}  # fmt: skip
+        if self.error_budget is not None:
+            for name in _BUDGET_COUNTERS:
+                stats.setdefault(name, 0)
+            stats.update(self.error_budget.report())
+            with self._comparisons_lock:
+                stats["error_budget"]["pending_comparisons"] = len(self._comparisons)
+        return stats
 
     def circuit_states(self) -> dict[str, str]:
         """Each component's circuit breaker state ("closed", "open", "half-open"): thread-safe, no I/O."""
@@ -1028,8 +1122,159 @@ class SemanticCache:
         await self.embedder.embed(["warm up"])
 
     async def close(self) -> None:
-        """Close the backend. The embedder is left running (it may be shared)."""
+        """Close the backend (after the error budget's pending comparisons, given `timeout` seconds to finish;
+        the rest are cancelled). The embedder is left running (it may be shared)."""
+        if self._comparisons:
+            try:
+                await asyncio.wait_for(self.wait_for_comparisons(), self.config.timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                with self._comparisons_lock:
+                    pending = list(self._comparisons)
+                for comparison in pending:
+                    comparison.cancel()
         await self.backend.close()
+
+    async def wait_for_comparisons(self) -> None:
+        """Wait until every comparison of the error budget started so far has been recorded (they run after
+        the caller has its answer; tests, benchmarks and shutdown wait for them here)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._comparisons_lock:
+                pending = list(self._comparisons)
+            if not pending:
+                return
+            waits: list[Any] = []
+            for comparison in pending:
+                if isinstance(comparison, Future):
+                    waits.append(asyncio.wrap_future(comparison))
+                elif comparison.get_loop() is loop:
+                    waits.append(comparison)
+            if waits:
+                await asyncio.gather(*waits, return_exceptions=True)
+            else:  # running on another loop: look again shortly
+                await asyncio.sleep(0.005)
+
+    # -- error budget -----------------------------------------------------------------------------------
+
+    def _new_check(self) -> _Check | None:
+        return _Check(computes=True) if self.error_budget is not None else None
+
+    @staticmethod
+    async def _checked(check: _Check | None, call: Awaitable[T]) -> T:
+        """Await a lookup with this call's error-budget record visible to it (on whichever loop it runs)."""
+        token = _CHECK.set(check)
+        try:
+            return await call
+        finally:
+            _CHECK.reset(token)
+
+    def _remember_declined(self, key: str, declined: _Declined) -> None:
+        """A candidate lookup() declined: if the model's answer is then stored for this prompt (store_computed,
+        as LangChain's cache does after a miss), the two are compared."""
+        with self._comparisons_lock:
+            self._declined_by_key[key] = (time.monotonic(), declined)
+            self._declined_by_key.move_to_end(key)
+            while len(self._declined_by_key) > _REMEMBERED_DECLINED:
+                self._declined_by_key.popitem(last=False)
+
+    def _recall_declined(self, key: str) -> _Declined | None:
+        with self._comparisons_lock:
+            remembered = self._declined_by_key.pop(key, None)
+        if remembered is None or time.monotonic() - remembered[0] > _REMEMBER_SECONDS:
+            return None
+        return remembered[1]
+
+    def _compare_later(self, check: _Check | None, query: str, fresh: Any) -> None:
+        """Compare the computed answer with the candidate this call's lookup declined, after the caller has its
+        answer: on this loop, or from sync code on the shared background loop; bounded by `max_pending`."""
+        budget = self.error_budget
+        declined = None if check is None else check.declined
+        if budget is None or check is None or declined is None:
+            return
+        check.declined = None
+        with self._comparisons_lock:
+            if len(self._comparisons) >= budget.max_pending:
+                self.stats.count("budget_comparisons_dropped")
+                return
+        self.stats.count("budget_explorations" if declined.explored else "budget_checks")
+        coroutine = self._compare(declined, query, fresh)
+        try:
+            comparison: Any = asyncio.get_running_loop().create_task(coroutine)
+        except RuntimeError:  # sync code: no loop in this thread
+            comparison = submit(coroutine)
+        with self._comparisons_lock:
+            self._comparisons.add(comparison)
+        comparison.add_done_callback(self._comparison_done)
+
+    def _comparison_done(self, comparison: Any) -> None:
+        with self._comparisons_lock:
+            self._comparisons.discard(comparison)
+
+    async def _compare(self, declined: _Declined, query: str, fresh: Any) -> None:
+        """Judge one declined candidate against the fresh answer; record the outcome in the partition's pool and
+        on the entry. Failures are counted and logged, never raised (nobody waits for this)."""
+        budget = self.error_budget
+        assert budget is not None
+        try:
+            agreed = await budget.judge(query, declined.response, fresh)
+        except (TimeoutError, asyncio.TimeoutError):
+            self.stats.count("budget_comparator_timeouts")
+            self._failures.warning("answers_match_timeout", "semantic cache: answers_match took more than %ss; "
+                                   "that comparison is no evidence", budget.comparator_timeout)  # fmt: skip
+            return
+        except Exception as exc:
+            self.stats.count("budget_comparator_errors")
+            self._failures.warning("answers_match", "semantic cache: answers_match failed (%s: %s); that comparison "
+                                   "is no evidence", type(exc).__name__, exc)  # fmt: skip
+            return
+        self.stats.count("budget_undecided" if agreed is None else "budget_agreed" if agreed else "budget_disagreed")
+        drawn = declined.drawn if declined.explored else None
+        self._announce(budget.record(declined.partition, declined.similarity, agreed, self.config.threshold, drawn))
+        if agreed is None:
+            return
+
+        def change(entry: CacheEntry) -> CacheEntry | None:
+            if entry.response != declined.response:  # replaced meanwhile: the outcome is about another answer
+                return None
+            entry.evidence = with_outcome(entry.evidence, declined.similarity, agreed)
+            if not agreed:
+                entry.min_similarity = max(entry.min_similarity, math.nextafter(min(declined.similarity, 1.0), 2.0))
+            return entry
+
+        try:
+            await self._within(_Budget(self.config.timeout), self._update_entry(declined.key, change))
+        except Exception as exc:  # on_error="raise" raises in a call; here nobody would see it
+            self._failures.warning("evidence_write", "semantic cache: recording a comparison on its entry failed "
+                                   "(%s: %s)", type(exc).__name__, exc)  # fmt: skip
+
+    async def _update_entry(self, key: str, change: Callable[[CacheEntry], CacheEntry | None]) -> None:
+        """Read the entry under `key`, change it (None: leave it) and write it back, sealed again if encrypting."""
+        entry = self._readable(key, await self._guarded(self.backend.get(key), "backend", default=None))
+        if entry is None:
+            return
+        changed = change(entry)
+        if changed is None:
+            return
+        if self._cipher is not None:
+            changed = self._cipher.seal(key, changed)
+        await self._guarded(self.backend.set(key, changed), "backend", default=None)
+
+    def _announce(self, pool: PoolEvidence) -> None:
+        """One warning per partition when its evidence shows the budget cannot be kept at any threshold."""
+        budget = self.error_budget
+        if budget is None or pool.met is not False or pool.warned or pool.floor is None:
+            return
+        pool.warned = True
+        error, threshold = pool.floor
+        logger.warning(
+            "semantic cache: the error budget max_error_rate=%.3g cannot be kept on this traffic: the lowest error "
+            "measured at any threshold with enough evidence is %.3g (similarity >= %.2f); semantic hits are served "
+            "only where the %.0f%% bound is within the budget, none for now",
+            budget.max_error_rate,
+            error,
+            threshold,
+            budget.confidence * 100,
+        )
 
     async def __aenter__(self) -> SemanticCache:
         return self
@@ -1245,6 +1490,9 @@ class SemanticCache:
     async def _search(self, prepared: _Prepared) -> tuple[CacheHit | None, Vector | None]:
         text, partition, key, threshold = prepared.text, prepared.partition, prepared.key, prepared.threshold
         options = prepared.options
+        check = _CHECK.get()
+        if check is not None:
+            check.declined = None
         entry = self._readable(key, await self._guarded(self.backend.get(key), "backend", default=None))
         if entry is not None and entry.prompt == text and options.matches(entry.metadata):
             return await self._served(key, entry, 1.0, "exact"), None
@@ -1279,12 +1527,32 @@ class SemanticCache:
                 self.stats.count(refusal)
                 continue
             if not self.verifiers:
-                return await self._served(match_key, match, similarity, "semantic"), vector
+                return await self._semantic(prepared, match_key, match, similarity), vector
             survivors.append((match_key, match, similarity))
         chosen = await self._verified(text, survivors)
         if chosen is None:
             return None, vector
-        return await self._served(*chosen, "semantic"), vector
+        return await self._semantic(prepared, *chosen), vector
+
+    async def _semantic(self, prepared: _Prepared, key: str, entry: CacheEntry, similarity: float) -> CacheHit | None:
+        """Serve a semantic candidate that passed every check, unless the error budget declines it (not yet known
+        to be safe at this similarity, or drawn for exploration): then the call's compute answers, and the two
+        answers are compared once it has (`_compare_later`)."""
+        if self.error_budget is not None:
+            check = _CHECK.get()
+            computes = check is not None and check.computes
+            verified = verified_at(entry.evidence) <= similarity
+            decision, drawn = self.error_budget.decide(
+                prepared.partition, similarity, self.config.threshold, computes, verified
+            )
+            if decision != "serve":
+                if decision == "unsafe":
+                    self.stats.count("budget_unsafe_refusals")
+                if check is not None:
+                    explored = decision == "explore"
+                    check.declined = _Declined(key, prepared.partition, similarity, entry.response, explored, drawn)
+                return None
+        return await self._served(key, entry, similarity, "semantic")
 
     async def _verified(
         self, query: str, survivors: list[tuple[str, CacheEntry, float]]

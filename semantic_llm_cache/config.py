@@ -90,7 +90,8 @@ class CacheEntry:
     `response` is any JSON value. `embedding` is the L2-normalised vector of the prompt text that was embedded
     (None for an exact-only entry). `embedder` names the model that made it: vectors of different embedders are
     never compared. `min_similarity` is raised by negative feedback so the entry stops serving a neighbourhood
-    (above 1: the entry serves only exact hits).
+    (above 1: the entry serves only exact hits). `evidence`: what the error budget learned about this entry's
+    answer (bounded: two counters and the last few outcomes; see error_budget.read_evidence); empty otherwise.
     """
 
     prompt: str
@@ -107,6 +108,7 @@ class CacheEntry:
     compute_seconds: float | None = None
     tokens: int | None = None
     min_similarity: float = 0.0
+    evidence: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -137,6 +139,9 @@ class CacheEntry:
         if not isinstance(self.metadata, dict):
             raise InvalidInputError("metadata must be a dict")
         check_json_value(self.metadata, "metadata")
+        if not isinstance(self.evidence, dict):
+            raise InvalidInputError("evidence must be a dict")
+        check_json_value(self.evidence, "evidence")
         if (
             isinstance(self.min_similarity, bool)
             or not isinstance(self.min_similarity, (int, float))

@@ -57,6 +57,7 @@ def entry_to_dict(entry: CacheEntry, *, include_vector: bool = True) -> dict[str
         "compute_seconds": entry.compute_seconds,
         "tokens": entry.tokens,
         "min_similarity": entry.min_similarity,
+        "evidence": entry.evidence,
     }
     if include_vector and entry.embedding is not None:
         data["embedding"] = base64.b64encode(vector_to_bytes(entry.embedding)).decode("ascii")
@@ -88,6 +89,7 @@ def entry_from_dict(data: Any, embedding: np.ndarray | None = None) -> CacheEntr
             compute_seconds=None if data.get("compute_seconds") is None else float(data["compute_seconds"]),
             tokens=None if data.get("tokens") is None else int(data["tokens"]),
             min_similarity=float(data.get("min_similarity", 0.0)),
+            evidence=data.get("evidence") or {},
         )
     except InvalidInputError:
         raise

@@ -18,7 +18,8 @@ logger = logging.getLogger("semantic_llm_cache.redis")
 
 # Payload fields left out when they hold what entry_from_dict assumes for a missing field (saves bytes per entry).
 PAYLOAD_DEFAULTS: dict[str, Any] = {"namespace": "default", "embedder": None, "expires_at": None, "metadata": {},
-                                    "compute_seconds": None, "tokens": None, "min_similarity": 0.0}  # fmt: skip
+                                    "compute_seconds": None, "tokens": None, "min_similarity": 0.0,
+                                    "evidence": {}}  # fmt: skip
 
 _VECTOR_FIELD = re.compile(rb"v([0-9]+)")
 
