@@ -12,6 +12,9 @@ Both exporters publish the same families (Prometheus name / OpenTelemetry name, 
 - `<prefix>_events_total{event}`: every other engine counter (`prompt_too_long`, `timeouts`, ...)
 - `<prefix>_circuit_state{component,state}`: 1 for the state each circuit breaker is in
 - `<prefix>_lookup_seconds` / `<prefix>.lookup.duration`: lookup latency histogram (seconds, `LOOKUP_BUCKETS`)
+- with an error budget (`SemanticCache(max_error_rate=...)`): `<prefix>_estimated_error_rate` and
+  `<prefix>_estimated_error_upper` (the served semantic hits' measured error and its upper confidence bound, as
+  in `get_stats()`), `<prefix>_error_budget_met` (1 kept, 0 cannot be kept); absent while there is no evidence
 
 Caches are held weakly: a cache that is garbage-collected leaves the metrics. A custom `never_cache` predicate's
 reasons become label values: return a small fixed set of them.
@@ -72,6 +75,9 @@ def _empty_families() -> list[_Family]:
         _Family("events", "counter", "{event}", "Other engine counters, by event", ("event",)),
         _Family("circuit_state", "gauge", "1", "1 for the state the component's circuit breaker is in",
                 ("component", "state")),
+        _Family("estimated_error_rate", "gauge", "1", "The error budget's estimate of the served hits' error rate"),
+        _Family("estimated_error_upper", "gauge", "1", "The upper confidence bound of that estimate"),
+        _Family("error_budget_met", "gauge", "1", "1 while the error budget is kept, 0 when it cannot be"),
     ]  # fmt: skip
 
 
@@ -123,6 +129,12 @@ def _families(caches: Iterable[tuple[str, SemanticCache]]) -> tuple[list[_Family
                 families["circuit_state"].values[(name, component, candidate)] = float(state == candidate)
         for plain in ("misses", "stores"):
             families[plain].values.setdefault((name,), 0.0)
+        budget = getattr(cache, "error_budget", None)
+        if budget is not None:  # in-memory counts under the pools' locks: no I/O
+            report = budget.report()
+            for family_name in ("estimated_error_rate", "estimated_error_upper", "error_budget_met"):
+                if report.get(family_name) is not None:
+                    families[family_name].values[(name,)] = float(report[family_name])
     return list(families.values()), read
 
 

@@ -288,6 +288,31 @@ async def test_opentelemetry_exports_the_same_counters_and_a_latency_histogram()
     provider.shutdown()
 
 
+async def test_the_error_budget_is_exported_as_gauges() -> None:
+    from tests.test_error_budget import STORED as BUDGET_STORED
+    from tests.test_error_budget import Model, budget_cache, teach
+
+    budgeted, embedder = budget_cache()
+    registry = CollectorRegistry()
+    register_prometheus(budgeted, registry, name="budgeted")
+    register_prometheus(new_cache(), registry)
+    gauges = ("estimated_error_rate", "estimated_error_upper", "error_budget_met")
+    assert not any(name.endswith(gauges) for name, _ in scrape(registry))  # no evidence yet: nothing to show
+
+    await budgeted.store(BUDGET_STORED, "A")
+    await teach(budgeted, embedder, 10)  # ten agreeing checks: 0.9 becomes safe
+    served = await budgeted.resolve(embedder.query(20, 0.9), Model("never"))
+    assert served.hit is not None
+    report = await budgeted.get_stats()
+    samples = scrape(registry)
+    one = frozenset({("cache", "budgeted")})
+    assert samples[("semantic_llm_cache_estimated_error_rate", one)] == report["estimated_error_rate"] == 0.0
+    upper = samples[("semantic_llm_cache_estimated_error_upper", one)]
+    assert upper == pytest.approx(report["estimated_error_upper"]) and 0 < upper < 0.2
+    assert samples[("semantic_llm_cache_error_budget_met", one)] == 1.0
+    assert not any(name.endswith(gauges) and ("cache", "default") in labels for name, labels in samples)
+
+
 # -- optional packages --------------------------------------------------------------------------------------------
 
 
