@@ -323,15 +323,35 @@ def with_outcome(recorded: Any, similarity: float, agreed: bool) -> dict[str, An
 _SPACE = re.compile(r"\s+")
 
 
+_TEXT_KEYS = ("text", "content")
+
+
 def _answer_text(value: Any) -> str:
+    """The text an answer says: a string as it is; for JSON, the strings under `text` / `content` keys in order
+    (what the LangChain and LlamaIndex adapters store: generations, messages and their content blocks, whose
+    other fields — ids, token usage, finish reasons — differ between two runs of the same answer), each piece
+    once; JSON with no such strings (a structured answer) as sorted JSON."""
     if isinstance(value, str):
         return value
+    pieces: list[str] = []
+    pending: list[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for key in _TEXT_KEYS:
+                if isinstance(item.get(key), str) and item[key] and (not pieces or pieces[-1] != item[key]):
+                    pieces.append(item[key])
+            pending.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            pending.extend(reversed(item))
+    if pieces:
+        return "\n".join(pieces)
     return json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 
 def normalized_answer(value: Any) -> str:
-    """An answer as text for comparison: JSON for non-strings (sorted keys), case-folded, whitespace collapsed,
-    surrounding spaces and final punctuation dropped."""
+    """An answer as text for comparison (`_answer_text`: the adapters' payloads by their text), case-folded,
+    whitespace collapsed, surrounding spaces and final punctuation dropped."""
     return _SPACE.sub(" ", _answer_text(value).casefold()).strip().rstrip(".!?;:, ").strip()
 
 

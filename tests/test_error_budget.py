@@ -214,6 +214,38 @@ def test_built_in_comparators() -> None:
         SemanticCache(embedder=TableEmbedder(), answers_match=same_text)  # no max_error_rate
 
 
+def test_adapter_payloads_are_compared_by_their_text() -> None:
+    """What the LangChain and LlamaIndex adapters store: two runs of one answer differ in ids, usage and finish
+    reasons, not in text; the comparators must see the text (else every comparison is a disagreement)."""
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration
+    from langchain_semantic_cache._convert import dump_generations
+    from llama_index.core.llms import ChatMessage, ChatResponse, MessageRole
+    from llama_index.llms.semantic_cache._codecs import CHAT
+
+    def generation(text: str, tokens: int, reason: str) -> Any:
+        message = AIMessage(
+            content=text,
+            response_metadata={"finish_reason": reason, "model": "m"},
+            usage_metadata={"input_tokens": 3, "output_tokens": tokens, "total_tokens": 3 + tokens},
+        )
+        return dump_generations([ChatGeneration(message=message, generation_info={"finish_reason": reason})])
+
+    def chat(text: str, tokens: int) -> Any:
+        return CHAT.encode(ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text,
+                                                            additional_kwargs={"usage": tokens})))  # fmt: skip
+
+    assert same_text("q", generation("Paris.", 2, "stop"), generation("paris", 1, "length")) is True
+    assert same_text("q", generation("Paris", 2, "stop"), generation("Lyon", 2, "stop")) is False
+    assert normalized_answer(generation("Paris is the capital", 4, "stop")) == "paris is the capital"
+    assert same_text("q", chat("Paris.", 2), chat("paris", 9)) is True
+    assert same_text("q", chat("Paris", 2), chat("Lyon", 2)) is False
+    assert same_text("q", {"text": "Paris"}, {"text": "Lyon"}) is False  # LlamaIndex completions
+    assert same_text("q", {"category": "billing"}, {"category": "refunds"}) is False  # no text: compared as JSON
+
+
 async def test_answer_similarity_has_its_own_cut() -> None:
     class Answers:
         name = "answers"
