@@ -68,16 +68,18 @@ class CrossEncoderScorer:
     """The cross-encoder's ONNX graph with its tokenizer: `logits(query, prompts)`, one forward pass per batch of
     similar lengths. Thread-safe (onnxruntime sessions may run concurrently)."""
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None) -> None:
+    def __init__(self, model_dir: str | Path, threads: int | None = None, graph: str = "model-int8.onnx") -> None:
         from tokenizers import Tokenizer
 
         folder = Path(model_dir)
+        if not (folder / graph).is_file():
+            raise ConfigurationError(f"{folder} holds no {graph}: not a tuned cross-encoder folder")
         config = json.loads((folder / "cross_encoder.json").read_text())
         self.max_length = int(config.get("max_length", 128))
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.max_length)
-        self.session = _session(folder / "model.onnx", threads or min(2, os.cpu_count() or 1))
+        self.session = _session(folder / graph, threads or min(2, os.cpu_count() or 1))
         self.input_names = [node.name for node in self.session.get_inputs()]
 
     def logits(self, query: str, prompts: Sequence[str]) -> np.ndarray:
@@ -249,7 +251,8 @@ def load_tuned(directory: str | os.PathLike[str], *, verifier_timeout: float = D
             raise ConfigurationError(f"{path} is not the file the manifest names (size differs)")
     thresholds = manifest["thresholds"]
     embedder = tuned_embedder(folder)
-    scorer = CrossEncoderScorer(folder / Path(models["cross_encoder"]["path"]).parent)
+    cross_graph = Path(models["cross_encoder"]["path"])
+    scorer = CrossEncoderScorer(folder / cross_graph.parent, graph=cross_graph.name)
     verifier_kind = thresholds.get("verifier", "cross-encoder")
     verifiers: list[Any]
     if verifier_kind == "learned":

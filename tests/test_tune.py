@@ -199,3 +199,21 @@ async def test_a_slow_cross_encoder_fails_open(tuned_dir: Path) -> None:
     hit = await cache.lookup("how do i renew my passport online")
     assert hit is not None and hit.response == "answer"
     await asyncio.sleep(0)
+
+
+async def test_both_integrations_take_tuned(tuned_dir: Path) -> None:
+    langchain = pytest.importorskip("langchain_semantic_cache")
+    from langchain_core.language_models import FakeListLLM
+
+    cache = langchain.SemanticCache(tuned=tuned_dir)
+    assert cache.engine.embedder.name.startswith("tuned:") and len(cache.engine.verifiers) == 1
+    llm = FakeListLLM(responses=["practice daily"], cache=cache)
+    assert await llm.ainvoke("How do I learn to play the guitar quickly?") == "practice daily"
+    assert await llm.ainvoke("How do I learn to play the guitar quickly?") == "practice daily"  # the exact hit
+    llama = pytest.importorskip("llama_index.llms.semantic_cache")
+    from llama_index.core.llms import MockLLM
+
+    wrapped = llama.SemanticCacheLLM(MockLLM(), tuned=tuned_dir)
+    assert wrapped.cache.embedder.name == cache.engine.embedder.name
+    with pytest.raises(ConfigurationError):
+        llama.SemanticCacheLLM(MockLLM(), tuned=tuned_dir, cache=SemanticCache(embedder=BagOfWordsEmbedder()))

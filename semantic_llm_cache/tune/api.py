@@ -26,9 +26,10 @@ FORMAT_VERSION = 1
 DEFAULT_TARGET_PRECISION = 0.90
 DEFAULT_CALIBRATION_FRACTION = 0.2
 # Sized for a CPU (measured on 2 shared cores: see the README): the bi-encoder adapts its top 2 layers over half a
-# pass, the cross-encoder its top 4 over three quarters of one.
+# pass; the cross-encoder (whose pair head starts from nothing) its top 4 over 2.5 passes (at 0.75 of a pass it
+# ranked the calibration pairs worse than the tuned cosine: AUC 0.873 against 0.882).
 DEFAULT_BI_SETTINGS = TrainSettings(epochs=0.5, batch_size=32, learning_rate=5e-5, max_length=64, frozen_layers=4)
-DEFAULT_CROSS_SETTINGS = TrainSettings(epochs=0.75, batch_size=32, learning_rate=6e-5, max_length=128, frozen_layers=2)
+DEFAULT_CROSS_SETTINGS = TrainSettings(epochs=2.5, batch_size=32, learning_rate=5e-5, max_length=128, frozen_layers=2)
 
 
 @dataclass
@@ -160,6 +161,7 @@ def tune(
         cross_dir / "model.onnx",
         lambda: train.train_cross_encoder(base, train_pairs, cross_dir, cross_settings, progress),
     )
+    cross_graph = train.quantize_cross_encoder(cross_dir)  # cheap; also for folders trained before it existed
     begun = time.perf_counter()
     chosen = calibrate.calibrate_dir(
         directory, calibration_pairs, target_precision, candidates=candidates, progress=progress
@@ -191,9 +193,10 @@ def tune(
                 "bytes": (embedder_dir / "model.onnx").stat().st_size,
             },
             "cross_encoder": {
-                "path": "cross_encoder/model.onnx",
-                "sha256": file_sha256(cross_dir / "model.onnx"),
-                "bytes": (cross_dir / "model.onnx").stat().st_size,
+                "path": f"cross_encoder/{cross_graph.name}",
+                "sha256": file_sha256(cross_graph),
+                "bytes": cross_graph.stat().st_size,
+                "precision": "int8 (dynamic, per-channel), quantized from model.onnx (fp32)",
             },
         },
         **chosen,

@@ -341,6 +341,22 @@ def export_cross_encoder(model: Any, output: Path, max_length: int) -> None:
             raise RuntimeError(f"the cross-encoder's ONNX export differs from torch by {error:.2e}")
 
 
+CROSS_ENCODER_GRAPH = "model-int8.onnx"
+
+
+def quantize_cross_encoder(model_dir: Path) -> Path:
+    """The cross-encoder's graph in dynamic int8 (per-channel weights), the one served: measured 3 ms against 9 ms
+    for fp32 on one candidate (2 busy cores), the logit moving by about 0.05. Thresholds are chosen on it."""
+    from semantic_llm_cache.embeddings.onnx import _quantize_int8
+
+    output = model_dir / CROSS_ENCODER_GRAPH
+    if not output.is_file():
+        scratch = model_dir / f".{CROSS_ENCODER_GRAPH}.partial"
+        _quantize_int8(model_dir / "model.onnx", str(scratch))
+        os.replace(scratch, output)
+    return output
+
+
 def export_bi_encoder(model_dir: Path) -> Path:
     """`model.onnx` (token embeddings) in the sentence-transformers folder, checked against torch."""
     from semantic_llm_cache.embeddings.onnx import _export_fp32
@@ -355,6 +371,8 @@ def export_bi_encoder(model_dir: Path) -> Path:
 
 __all__ = [
     "CROSS_ENCODER_CONFIG",
+    "CROSS_ENCODER_GRAPH",
+    "quantize_cross_encoder",
     "TrainSettings",
     "cross_encoder_module",
     "export_bi_encoder",
