@@ -39,11 +39,25 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 def _rows(name: str, points: dict[str, Point]) -> list[list[object]]:
-    labels = {"base_default": "base default (bundled model, 0.94 + answer guard)",
-              "tuned": "tuned (embedder + verifier, thresholds from calibration)",
-              "tuned_embedder_alone": "ablation: tuned embedder at the candidate threshold, no verifier"}  # fmt: skip
-    return [[name, labels[key], f"{p.hit_rate:.3f}", f"{p.precision:.3f}", f"{p.strict_precision:.3f}", p.hits,
-             p.wrong, p.unlabeled, p.lookups] for key, p in points.items()]  # fmt: skip
+    labels = {
+        "base_default": "base default (bundled model, 0.94 + answer guard)",
+        "tuned": "tuned (embedder + verifier, thresholds from calibration)",
+        "tuned_embedder_alone": "ablation: tuned embedder at the candidate threshold, no verifier",
+    }
+    return [
+        [
+            name,
+            labels[key],
+            f"{p.hit_rate:.3f}",
+            f"{p.precision:.3f}",
+            f"{p.strict_precision:.3f}",
+            p.hits,
+            p.wrong,
+            p.unlabeled,
+            p.lookups,
+        ]
+        for key, p in points.items()
+    ]
 
 
 async def engine_check(directory: Path, pairs: list[LabeledPair], limit: int) -> dict[str, object]:
@@ -76,8 +90,11 @@ async def engine_check(directory: Path, pairs: list[LabeledPair], limit: int) ->
             continue
         hits += 1
         served = str(hit.response)
-        verdict = 1 if text_identity(served) == text_identity(pair.text_b) else known.get(
-            frozenset((text_identity(served), text_identity(pair.text_b))), -1)  # fmt: skip
+        verdict = (
+            1
+            if text_identity(served) == text_identity(pair.text_b)
+            else known.get(frozenset((text_identity(served), text_identity(pair.text_b))), -1)
+        )
         correct += verdict == 1
         wrong += verdict == 0
         unlabeled += verdict == -1
@@ -89,12 +106,15 @@ async def engine_check(directory: Path, pairs: list[LabeledPair], limit: int) ->
     counts = {size: len(values) for size, values in sorted(timings.items())}
     every = [value for values in timings.values() for value in values]
     return {
-        "lookups": len(chosen), "hit_rate": round(hits / len(chosen), 3),
-        "precision": round(correct / max(1, correct + wrong), 3), "strict_precision": round(correct / max(1, hits), 3),
+        "lookups": len(chosen),
+        "hit_rate": round(hits / len(chosen), 3),
+        "precision": round(correct / max(1, correct + wrong), 3),
+        "strict_precision": round(correct / max(1, hits), 3),
         "verifier_p50_ms": round(float(np.median(every)) * 1000, 2) if every else None,
-        "verifier_p50_ms_by_candidates": per_size, "verified_lookups_by_candidates": counts,
+        "verifier_p50_ms_by_candidates": per_size,
+        "verified_lookups_by_candidates": counts,
         "lookup_p50_ms": round(float(np.median(lookup_times)) * 1000, 2),
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -121,13 +141,29 @@ def main() -> None:
     result = tune(tune_file, work / "tuned", seed=arguments.seed)
     print(f"tune: {time.perf_counter() - started:.0f} s this run; stage seconds {result.manifest['seconds']}")
     print(f"thresholds: {json.dumps(result.manifest['thresholds'])}")
-    print(f"qqp_dev: {len(pairs)} pairs -> tuning {len(rest)}, test {len(test)} (group-disjoint, seed {arguments.seed})")
+    print(
+        f"qqp_dev: {len(pairs)} pairs -> tuning {len(rest)}, test {len(test)} (group-disjoint, seed {arguments.seed})"
+    )
     rows = _rows(f"qqp test part ({len(test)} pairs)", measure_dir(work / "tuned", test))
     stsb = load_pairs(arguments.stsb)
     rows += _rows(f"stsb_dev ({len(stsb)} pairs)", measure_dir(work / "tuned", stsb))
     print()
-    print(markdown_table(["data", "system", "hit rate", "precision", "strict precision", "hits", "wrong (labeled)",
-                          "unlabeled", "lookups"], rows))  # fmt: skip
+    print(
+        markdown_table(
+            [
+                "data",
+                "system",
+                "hit rate",
+                "precision",
+                "strict precision",
+                "hits",
+                "wrong (labeled)",
+                "unlabeled",
+                "lookups",
+            ],
+            rows,
+        )
+    )
     for name, data in (("qqp test part", test), ("stsb_dev", stsb)):
         check = asyncio.run(engine_check(work / "tuned", data, arguments.engine_lookups))
         print(f"\nengine check, {name} (SemanticCache.from_tuned, first {check['lookups']} pairs): {json.dumps(check)}")

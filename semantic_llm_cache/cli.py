@@ -834,7 +834,9 @@ def tune(
     calibration_fraction: Annotated[
         float,
         typer.Option(
-            "--calibration-fraction", metavar="FRACTION", help="Share of the pairs (whole groups) held out to calibrate."
+            "--calibration-fraction",
+            metavar="FRACTION",
+            help="Share of the pairs (whole groups) held out to calibrate.",
         ),
     ] = 0.2,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the split and the training.")] = 0,
@@ -847,7 +849,9 @@ def tune(
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, metavar="N", help="Use only the first N pairs.")
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Retrain every stage even if its output is up to date.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Retrain every stage even if its output is up to date.")
+    ] = False,
 ) -> None:
     """Build a tuned setup from labeled pairs: a fine-tuned embedder, a cross-encoder verifier, and thresholds.
 

@@ -134,13 +134,23 @@ class LogisticModel:
         return sigmoid(standardized @ np.asarray(self.weights) + self.bias)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights, "bias": self.bias, "mean": self.mean, "scale": self.scale,
-                "features": self.features}  # fmt: skip
+        return {
+            "weights": self.weights,
+            "bias": self.bias,
+            "mean": self.mean,
+            "scale": self.scale,
+            "features": self.features,
+        }
 
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> LogisticModel:
-        return cls([float(w) for w in value["weights"]], float(value["bias"]), [float(m) for m in value["mean"]],
-                   [float(s) for s in value["scale"]], list(value.get("features", [])))  # fmt: skip
+        return cls(
+            [float(w) for w in value["weights"]],
+            float(value["bias"]),
+            [float(m) for m in value["mean"]],
+            [float(s) for s in value["scale"]],
+            list(value.get("features", [])),
+        )
 
 
 def _checked_timeout(timeout: float) -> float:
@@ -200,8 +210,12 @@ class LearnedVerifier:
             return []
         pairs = [(candidate.query, candidate.prompt) for candidate in candidates]
         logits = await asyncio.to_thread(self.scorer.pair_logits, pairs)
-        rows = np.array([learned_features(float(logit), c.similarity, c.query, c.prompt)
-                         for logit, c in zip(logits, candidates, strict=True)])  # fmt: skip
+        rows = np.array(
+            [
+                learned_features(float(logit), c.similarity, c.query, c.prompt)
+                for logit, c in zip(logits, candidates, strict=True)
+            ]
+        )
         probabilities = self.model.probability(rows)
         return [Verdict(bool(p >= self.threshold), score=float(p)) for p in probabilities]
 
@@ -223,7 +237,9 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     folder = Path(directory)
     path = folder / MANIFEST
     if not path.is_file():
-        raise ConfigurationError(f"{folder} is not a tuned setup (no {MANIFEST}; make one with semantic-llm-cache tune)")
+        raise ConfigurationError(
+            f"{folder} is not a tuned setup (no {MANIFEST}; make one with semantic-llm-cache tune)"
+        )
     manifest = json.loads(path.read_text())
     if not isinstance(manifest, dict) or "thresholds" not in manifest:
         raise ConfigurationError(f"{path} states no thresholds")
@@ -234,8 +250,9 @@ def tuned_embedder(directory: str | os.PathLike[str], **options: Any) -> TunedEm
     """Only the embedder of a tuned folder (what `warm --tuned` stores with)."""
     folder = Path(directory)
     models = read_manifest(folder)["models"]
-    return TunedEmbedder(folder / Path(models["embedder"]["path"]).parent, sha256=str(models["embedder"]["sha256"]),
-                         **options)  # fmt: skip
+    return TunedEmbedder(
+        folder / Path(models["embedder"]["path"]).parent, sha256=str(models["embedder"]["sha256"]), **options
+    )
 
 
 def load_tuned(directory: str | os.PathLike[str], *, verifier_timeout: float = DEFAULT_VERIFIER_TIMEOUT) -> TunedSetup:
@@ -277,7 +294,7 @@ __all__ = [
     "learned_features",
     "load_tuned",
     "read_manifest",
-    "tuned_embedder",
     "sigmoid",
     "text_features",
+    "tuned_embedder",
 ]

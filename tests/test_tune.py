@@ -57,7 +57,7 @@ def test_split_of_the_sample_is_disjoint_and_near_the_fraction() -> None:
 
 def test_wilson_interval_and_point() -> None:
     low, high = wilson(90, 100)
-    assert low < 0.9 < high and 0.82 < low and high < 0.95
+    assert low < 0.9 < high and low > 0.82 and high < 0.95
     point = Point(lookups=100, hits=20, correct=15, wrong=3, unlabeled=2)
     assert point.precision == pytest.approx(15 / 18) and point.strict_precision == pytest.approx(15 / 20)
     assert point.as_dict()["hit_rate"] == 0.2
@@ -65,11 +65,16 @@ def test_wilson_interval_and_point() -> None:
 
 async def test_the_answer_guard_as_a_verifier_refuses_what_the_built_in_guard_refuses() -> None:
     stored = ["what is the boiling point of water at 100 meters", "how do i sell my old car quickly online"]
-    queries = ["what is the boiling point of water at 200 meters", "how do i buy my old car quickly online",
-               "what is the boiling point of water at 100 meters ?", "how do i sell my old car quickly online now"]  # fmt: skip
+    queries = [
+        "what is the boiling point of water at 200 meters",
+        "how do i buy my old car quickly online",
+        "what is the boiling point of water at 100 meters ?",
+        "how do i sell my old car quickly online now",
+    ]
     built_in = SemanticCache(embedder=BagOfWordsEmbedder(), threshold=0.6)
-    listed = SemanticCache(embedder=BagOfWordsEmbedder(), threshold=0.6, answer_guard=False,
-                           verifiers=[AnswerGuardVerifier()])  # fmt: skip
+    listed = SemanticCache(
+        embedder=BagOfWordsEmbedder(), threshold=0.6, answer_guard=False, verifiers=[AnswerGuardVerifier()]
+    )
     unguarded = SemanticCache(embedder=BagOfWordsEmbedder(), threshold=0.6, answer_guard=False)
     for cache in (built_in, listed, unguarded):
         for prompt in stored:
@@ -85,6 +90,7 @@ async def test_the_answer_guard_as_a_verifier_refuses_what_the_built_in_guard_re
 
 # -- tune end to end -------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tuned_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch", reason="tune trains with torch (the [tune] extra)")
@@ -92,8 +98,14 @@ def tuned_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("tuned")
     quick = TrainSettings(epochs=1.0, batch_size=16, max_length=48, frozen_layers=5)
-    tune(SAMPLE, out, bi_encoder=quick, cross_encoder=dataclasses.replace(quick, learning_rate=1e-4),
-         target_precision=0.8, progress=False)  # fmt: skip
+    tune(
+        SAMPLE,
+        out,
+        bi_encoder=quick,
+        cross_encoder=dataclasses.replace(quick, learning_rate=1e-4),
+        target_precision=0.8,
+        progress=False,
+    )
     return out
 
 
@@ -124,13 +136,20 @@ def test_a_rerun_skips_the_trained_stages(tuned_dir: Path) -> None:
     before = (tuned_dir / "embedder" / "model.onnx").stat().st_mtime_ns
     quick = TrainSettings(epochs=1.0, batch_size=16, max_length=48, frozen_layers=5)
     started = time.perf_counter()
-    result = tune(SAMPLE, tuned_dir, bi_encoder=quick, cross_encoder=dataclasses.replace(quick, learning_rate=1e-4),
-                  target_precision=0.8, progress=False)  # fmt: skip
+    result = tune(
+        SAMPLE,
+        tuned_dir,
+        bi_encoder=quick,
+        cross_encoder=dataclasses.replace(quick, learning_rate=1e-4),
+        target_precision=0.8,
+        progress=False,
+    )
     assert (tuned_dir / "embedder" / "model.onnx").stat().st_mtime_ns == before
     assert time.perf_counter() - started < 60
-    assert result.manifest["models"]["embedder"]["sha256"] == json.loads(
-        (tuned_dir / "manifest.json").read_text()
-    )["models"]["embedder"]["sha256"]
+    assert (
+        result.manifest["models"]["embedder"]["sha256"]
+        == json.loads((tuned_dir / "manifest.json").read_text())["models"]["embedder"]["sha256"]
+    )
 
 
 async def test_from_tuned_serves_with_the_tuned_name_verifier_and_thresholds(tuned_dir: Path) -> None:

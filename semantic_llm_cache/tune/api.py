@@ -141,7 +141,9 @@ def tune(
         _write_json(directory / STAGES, stages)
 
     embedder_dir = directory / "embedder"
-    bi_key = _stage_key(stage="bi", base=base_fingerprint, train=split["train_sha256"], **dataclasses.asdict(bi_settings))
+    bi_key = _stage_key(
+        stage="bi", base=base_fingerprint, train=split["train_sha256"], **dataclasses.asdict(bi_settings)
+    )
     run_stage(
         "bi_encoder",
         bi_key,

@@ -32,7 +32,7 @@ MIN_LABELED_HITS = 30
 #: the best of many grid points on one sample reads optimistic, and the margin pays for that
 DEFAULT_MARGIN_Z = 1.0
 CANDIDATE_GRID = tuple(round(0.40 + 0.01 * step, 2) for step in range(60))
-VERIFIER_GRID = tuple(round(0.02 * step, 2) for step in range(1, 50)) + (0.99, 0.995)
+VERIFIER_GRID = (*(round(0.02 * step, 2) for step in range(1, 50)), 0.99, 0.995)
 
 
 @dataclass
@@ -217,7 +217,7 @@ def _clears(point: Point, target: float, margin_z: float) -> bool:
 def frontier(table: CandidateTable, scores: np.ndarray | None, guard: bool = True) -> list[tuple[float, float]]:
     """(hit rate, precision) over the grid: the best precision reached at each hit rate (for the plot)."""
     points: list[tuple[float, float]] = []
-    for candidate_threshold in CANDIDATE_GRID + (0.995,):
+    for candidate_threshold in (*CANDIDATE_GRID, 0.995):
         for verifier_threshold in VERIFIER_GRID if scores is not None else (0.0,):
             point = serve(table, candidate_threshold, guard, scores, verifier_threshold)
             if point.labeled >= MIN_LABELED_HITS:
@@ -255,8 +255,9 @@ def _learned_rows(table: CandidateTable, logits: np.ndarray, floor: float) -> tu
     rows, columns = np.nonzero(table.cosines >= floor)
     features = np.array(
         [
-            learned_features(float(logits[r, c]), float(table.cosines[r, c]), table.queries[r],
-                             table.stored[table.indices[r, c]])  # fmt: skip
+            learned_features(
+                float(logits[r, c]), float(table.cosines[r, c]), table.queries[r], table.stored[table.indices[r, c]]
+            )
             for r, c in zip(rows, columns, strict=True)
         ]
     ).reshape(len(rows), 5)
@@ -309,20 +310,32 @@ def calibrate_dir(
         learned_choice = choose(table, out_of_fold, target, margin_z)
         final = fit_logistic(features[labeled], positive[labeled].astype(float))
         learned = final.as_dict()
-    use_learned = learned_choice is not None and (cross_choice is None or learned_choice.point.hits > cross_choice.point.hits)
+    use_learned = learned_choice is not None and (
+        cross_choice is None or learned_choice.point.hits > cross_choice.point.hits
+    )
     chosen = learned_choice if use_learned else cross_choice
     base_default = serve(base_table, DEFAULT_THRESHOLD, True)
     measured: dict[str, Any] = {
         "protocol": "cache protocol: store text_a, look up text_b, judged as in the data README",
         "on": "calibration part (texts disjoint from the train part)",
-        "base_default": {"embedder": "default (bundled all-MiniLM-L6-v2)", "threshold": DEFAULT_THRESHOLD,
-                         "answer_guard": True, **base_default.as_dict()},  # fmt: skip
+        "base_default": {
+            "embedder": "default (bundled all-MiniLM-L6-v2)",
+            "threshold": DEFAULT_THRESHOLD,
+            "answer_guard": True,
+            **base_default.as_dict(),
+        },
         "cross_encoder_alone": None if cross_choice is None else _choice_dict(cross_choice),
         "learned_verifier_out_of_fold": None if learned_choice is None else _choice_dict(learned_choice),
     }
     if chosen is None:
-        thresholds: dict[str, Any] = {"candidate_threshold": 0.99, "verifier_threshold": 0.99, "answer_guard": True,
-                                      "verifier": "cross-encoder", "target_precision": target, "met": False}  # fmt: skip
+        thresholds: dict[str, Any] = {
+            "candidate_threshold": 0.99,
+            "verifier_threshold": 0.99,
+            "answer_guard": True,
+            "verifier": "cross-encoder",
+            "target_precision": target,
+            "met": False,
+        }
     else:
         thresholds = {
             "candidate_threshold": chosen.candidate_threshold,
@@ -344,8 +357,12 @@ def calibrate_dir(
 
 
 def _choice_dict(choice: Choice) -> dict[str, Any]:
-    return {"candidate_threshold": choice.candidate_threshold, "verifier_threshold": choice.verifier_threshold,
-            "answer_guard": choice.guard, **choice.point.as_dict()}  # fmt: skip
+    return {
+        "candidate_threshold": choice.candidate_threshold,
+        "verifier_threshold": choice.verifier_threshold,
+        "answer_guard": choice.guard,
+        **choice.point.as_dict(),
+    }
 
 
 def write_report(directory: Path, manifest: dict[str, Any]) -> Path:
@@ -369,9 +386,12 @@ def write_report(directory: Path, manifest: dict[str, Any]) -> Path:
         "| system | hit rate (95% CI) | precision (95% CI) | strict precision | hits | wrong | unlabeled |",
         "|---|---|---|---|---|---|---|",
     ]
-    rows = [("base default", measured["base_default"]), ("tuned (chosen)", measured.get("tuned")),
-            ("cross-encoder alone", measured.get("cross_encoder_alone")),
-            ("learned verifier (out of fold)", measured.get("learned_verifier_out_of_fold"))]  # fmt: skip
+    rows = [
+        ("base default", measured["base_default"]),
+        ("tuned (chosen)", measured.get("tuned")),
+        ("cross-encoder alone", measured.get("cross_encoder_alone")),
+        ("learned verifier (out of fold)", measured.get("learned_verifier_out_of_fold")),
+    ]
     for label, row in rows:
         if not row:
             continue
@@ -398,9 +418,11 @@ def _plot(directory: Path, manifest: dict[str, Any]) -> Path | None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 5))
-    styles = {"base": ("base embedder, cosine + guard", "tab:grey"),
-              "tuned_embedder": ("tuned embedder, cosine + guard", "tab:blue"),
-              "tuned_with_verifier": ("tuned embedder + cross-encoder", "tab:green")}  # fmt: skip
+    styles = {
+        "base": ("base embedder, cosine + guard", "tab:grey"),
+        "tuned_embedder": ("tuned embedder, cosine + guard", "tab:blue"),
+        "tuned_with_verifier": ("tuned embedder + cross-encoder", "tab:green"),
+    }
     for key, (label, color) in styles.items():
         curve = manifest["curves"].get(key) or []
         if curve:

@@ -372,11 +372,11 @@ def export_bi_encoder(model_dir: Path) -> Path:
 __all__ = [
     "CROSS_ENCODER_CONFIG",
     "CROSS_ENCODER_GRAPH",
-    "quantize_cross_encoder",
     "TrainSettings",
     "cross_encoder_module",
     "export_bi_encoder",
     "export_cross_encoder",
+    "quantize_cross_encoder",
     "seed_everything",
     "train_bi_encoder",
     "train_cross_encoder",
