@@ -376,8 +376,8 @@ class SemanticCache:
     @classmethod
     def from_tuned(cls, directory: str | os.PathLike[str], **options: Any) -> SemanticCache:
         """A cache serving with a tuned setup (`semantic-llm-cache tune PAIRS --out DIR`): the tuned embedder
-        (its own name, so its entries never meet the base model's), its verifier after any `verifiers` given
-        here, and the thresholds chosen on its calibration part; other options as for the constructor (an
+        (its own name, so its entries never meet the base model's), its verifier followed by any `verifiers`
+        given here, and the thresholds chosen on its calibration part; other options as for the constructor (an
         explicit `threshold` or `answer_guard` wins over the manifest's). Needs only the light install."""
         return cls(tuned=directory, **options)
 

@@ -264,8 +264,10 @@ def load_tuned(directory: str | os.PathLike[str], *, verifier_timeout: float = D
         path = folder / models[key]["path"]
         if not path.is_file():
             raise ConfigurationError(f"{path} is missing: the tuned setup in {folder} is incomplete")
-        if path.stat().st_size != int(models[key].get("bytes", path.stat().st_size)):
-            raise ConfigurationError(f"{path} is not the file the manifest names (size differs)")
+        if path.stat().st_size != int(models[key].get("bytes", path.stat().st_size)) or _sha256(path) != str(
+            models[key]["sha256"]
+        ):  # the name of the embedder's partitions rests on this hash: a swapped graph must not borrow it
+            raise ConfigurationError(f"{path} is not the file the manifest names (its size or sha256 differs)")
     thresholds = manifest["thresholds"]
     embedder = tuned_embedder(folder)
     cross_graph = Path(models["cross_encoder"]["path"])

@@ -236,3 +236,32 @@ async def test_both_integrations_take_tuned(tuned_dir: Path) -> None:
     assert wrapped.cache.embedder.name == cache.engine.embedder.name
     with pytest.raises(ConfigurationError):
         llama.SemanticCacheLLM(MockLLM(), tuned=tuned_dir, cache=SemanticCache(embedder=BagOfWordsEmbedder()))
+
+
+def test_the_tune_command_refuses_bad_input_before_training(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from semantic_llm_cache.cli import app
+
+    runner = CliRunner(env={"COLUMNS": "250"})
+    missing = runner.invoke(app, ["tune", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "out")])
+    assert missing.exit_code == 2 and "none.jsonl" in missing.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text_a": "a", "text_b": "b", "label": 2}\n')
+    assert runner.invoke(app, ["tune", str(bad), "--out", str(tmp_path / "out")]).exit_code == 2
+    wrong = runner.invoke(app, ["tune", str(SAMPLE), "--out", str(tmp_path / "out"), "--target-precision", "1.5"])
+    assert wrong.exit_code == 1 and "--target-precision" in wrong.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tuned_folder_whose_graph_was_swapped_is_refused(tuned_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tuned_dir, copy)
+    graph = copy / "embedder" / "model.onnx"
+    data = bytearray(graph.read_bytes())
+    data[-1] ^= 1
+    graph.write_bytes(bytes(data))
+    with pytest.raises(ConfigurationError, match="sha256"):
+        SemanticCache.from_tuned(copy)
