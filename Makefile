@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e .
 	touch $@
 
-# The tests also cover the torch path ([torch] extra): torch first and pinned, otherwise sentence-transformers
+# The tests also cover the torch path ([torch] extra) and `tune` ([tune], in [dev]): torch first and pinned, otherwise sentence-transformers
 # lets pip resolve a multi-GB CUDA build.
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml integrations/langchain/pyproject.toml integrations/llamaindex/pyproject.toml
 	$(BIN)/pip install "$(TORCH)"

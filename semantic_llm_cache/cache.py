@@ -9,6 +9,7 @@ import hashlib
 import inspect
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -356,7 +357,19 @@ class SemanticCache:
         max_error_rate: float | None = None,
         answers_match: AnswersMatch | None = None,
         error_budget: ErrorBudget | None = None,
+        tuned: str | os.PathLike[str] | None = None,
     ) -> None:
+        if tuned is not None:  # a folder from `semantic-llm-cache tune`: its embedder, verifier and thresholds
+            from semantic_llm_cache.tuned import load_tuned
+
+            if embedder is not None:
+                raise ConfigurationError("pass either tuned (a tuned folder brings its embedder) or embedder, not both")
+            setup = load_tuned(tuned)
+            embedder = setup.embedder
+            verifiers = [*setup.verifiers, *(verifiers or ())]
+            threshold = setup.threshold if threshold is None else threshold
+            answer_guard = setup.answer_guard if answer_guard is None else answer_guard
+            candidates = setup.candidates if candidates is None else candidates
         overrides: dict[str, Any] = {
             "threshold": threshold,
             "ttl": ttl,
@@ -409,6 +422,14 @@ class SemanticCache:
         self._comparisons: set[Any] = set()
         self._comparisons_lock = threading.Lock()
         self._declined_by_key: OrderedDict[str, tuple[float, _Declined]] = OrderedDict()
+
+    @classmethod
+    def from_tuned(cls, directory: str | os.PathLike[str], **options: Any) -> SemanticCache:
+        """A cache serving with a tuned setup (`semantic-llm-cache tune PAIRS --out DIR`): the tuned embedder
+        (its own name, so its entries never meet the base model's), its verifier followed by any `verifiers`
+        given here, and the thresholds chosen on its calibration part; other options as for the constructor (an
+        explicit `threshold` or `answer_guard` wins over the manifest's). Needs only the light install."""
+        return cls(tuned=directory, **options)
 
     # -- public API -------------------------------------------------------------------------------------
 

@@ -127,6 +127,15 @@ EmbedderOption = Annotated[
         "embedder object, class or callable importable from the current directory.",
     ),
 ]
+TunedOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--tuned",
+        metavar="DIR",
+        help="A folder written by `semantic-llm-cache tune`: use its tuned embedder (instead of --embedder).",
+        show_default=False,
+    ),
+]
 WARM_FIELDS = ("prompt", "response", "namespace", "model", "ttl", "metadata")
 PAIR_FORMAT = '{"text_a": "...", "text_b": "...", "label": 0 or 1}'
 _MAX_COUNT = 2**63  # hits and tokens are stored as 64-bit integers (SQLite INTEGER)
@@ -311,6 +320,12 @@ def load_embedder(spec: str) -> Any:
         raise ConfigurationError(
             f"cannot create embedder {spec!r}: {target.__name__}() failed with {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _tuned_embedder(directory: Path) -> Any:
+    from semantic_llm_cache.tuned import tuned_embedder
+
+    return tuned_embedder(directory)
 
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
@@ -798,6 +813,99 @@ def calibrate(
         console.print(f"plot written to {_plain(written)}")
 
 
+@app.command(cls=_PlainHelpCommand)
+@_one_line_errors
+def tune(
+    pairs_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="PAIRS.jsonl",
+            help='Labeled pairs, one JSON object a line: {"text_a": ..., "text_b": ..., "label": 0 or 1}.',
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", metavar="DIR", help="Folder of the tuned setup (created; reruns resume).")
+    ],
+    target_precision: Annotated[
+        float,
+        typer.Option("--target-precision", metavar="PRECISION", help="Precision the chosen thresholds must reach."),
+    ] = 0.9,
+    calibration_fraction: Annotated[
+        float,
+        typer.Option(
+            "--calibration-fraction",
+            metavar="FRACTION",
+            help="Share of the pairs (whole groups) held out to calibrate.",
+        ),
+    ] = 0.2,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the split and the training.")] = 0,
+    epochs: Annotated[
+        float | None, typer.Option("--epochs", metavar="N", help="Passes of the bi-encoder over the train part.")
+    ] = None,
+    cross_epochs: Annotated[
+        float | None, typer.Option("--cross-epochs", metavar="N", help="Passes of the cross-encoder.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, metavar="N", help="Use only the first N pairs.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Retrain every stage even if its output is up to date.")
+    ] = False,
+) -> None:
+    """Build a tuned setup from labeled pairs: a fine-tuned embedder, a cross-encoder verifier, and thresholds.
+
+    Splits the pairs by connected groups of texts into train and calibration parts, fine-tunes the bundled
+    bi-encoder and trains a cross-encoder from the same weights on the train part (CPU, needs the [tune] extra),
+    exports both to ONNX, chooses the thresholds on the calibration part with the cache protocol for the target
+    precision, and writes DIR/manifest.json and DIR/report.md (+ report.png). Serve it with
+    SemanticCache.from_tuned(DIR) or tuned=DIR; that needs only the light install.
+
+    Exit code 2 if the pairs file cannot be used, 1 if anything else fails.
+    """
+    import dataclasses
+
+    from semantic_llm_cache.tune import api
+
+    if not 0.0 < target_precision < 1.0:
+        raise UserError(f"--target-precision must be a precision between 0 and 1 (e.g. 0.9), got {target_precision}")
+    if not 0.0 < calibration_fraction < 1.0:
+        raise UserError(f"--calibration-fraction must be between 0 and 1, got {calibration_fraction}")
+    try:
+        load_labeled_pairs(pairs_file, limit=limit)
+    except UserError as exc:
+        raise PairsFileError(str(exc)) from None
+    bi = api.DEFAULT_BI_SETTINGS if epochs is None else dataclasses.replace(api.DEFAULT_BI_SETTINGS, epochs=epochs)
+    cross = api.DEFAULT_CROSS_SETTINGS
+    if cross_epochs is not None:
+        cross = dataclasses.replace(cross, epochs=cross_epochs)
+    result = api.tune(pairs_file, out, target_precision=target_precision, calibration_fraction=calibration_fraction,
+                      seed=seed, bi_encoder=bi, cross_encoder=cross, limit=limit, force=force)  # fmt: skip
+    manifest = result.manifest
+    chosen = manifest["thresholds"]
+    measured = manifest["measured"]
+    console = _out()
+    base = measured["base_default"]
+    console.print(
+        f"base default on the calibration part: hit rate {base['hit_rate']:.3f}, precision {base['precision']:.3f}, "
+        f"strict precision {base['strict_precision']:.3f}"
+    )
+    if not chosen.get("met"):
+        console.print(f"no setting reaches precision {target_precision} on the calibration part; serving is strict")
+    else:
+        tuned = measured["tuned"]
+        low, high = tuned["precision_ci95"]
+        console.print(
+            f"tuned on the calibration part: hit rate {tuned['hit_rate']:.3f}, precision {tuned['precision']:.3f} "
+            f"(95% CI {low:.3f}-{high:.3f}), strict precision {tuned['strict_precision']:.3f}"
+        )
+        console.print(
+            f"chosen: candidate threshold {chosen['candidate_threshold']}, {chosen['verifier']} verifier threshold "
+            f"{chosen['verifier_threshold']}, answer guard {'on' if chosen['answer_guard'] else 'off'}"
+        )
+    console.print(f"wrote {_plain(result.directory / 'manifest.json')} and {_plain(result.directory / 'report.md')}")
+
+
 def _stopped_at(report: CalibrationReport, chosen: SweepRow | None, guard: bool, min_hits: int) -> SweepRow | None:
     """The judged threshold just below the recommended one: the first whose precision misses the target."""
     if chosen is None:
@@ -991,6 +1099,7 @@ def warm(
         ),
     ],
     embedder_spec: EmbedderOption = "bundled",
+    tuned: TunedOption = None,
     namespace: Annotated[
         str, typer.Option("--namespace", "-n", metavar="NAME", help="Namespace of records that name none.")
     ] = ("default"),
@@ -1055,7 +1164,9 @@ def warm(
         ]
         # A prompt repeated in the same namespace and model is one entry: the last record wins, as in the file.
         latest = {(r.namespace or namespace, r.model, normalize_prompt(r.prompt)): r for r in records}
-        embedder = as_embedder(load_embedder(embedder_spec))
+        if tuned is not None and embedder_spec != "bundled":
+            raise UserError("give --tuned (a tuned folder brings its embedder) or --embedder, not both")
+        embedder = as_embedder(load_embedder(embedder_spec) if tuned is None else _tuned_embedder(tuned))
         if not getattr(embedder, "stable_name", True):
             raise UserError(
                 f"--embedder {embedder_spec} names no model, so what warm stores could never be found by your "

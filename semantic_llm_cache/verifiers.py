@@ -85,6 +85,26 @@ class CallableVerifier:
         return as_verdict(outcome, self.min_score)
 
 
+class AnswerGuardVerifier:
+    """The answer guard (numbers, negation, names, opposites: `guard.guard_refusal`) as a verifier in the ordered
+    list: `SemanticCache(answer_guard=False, verifiers=[AnswerGuardVerifier(), ...])` refuses exactly what
+    `answer_guard=True` refuses (the engine's built-in guard runs first, before the list, when it is on)."""
+
+    name = "answer-guard"
+
+    def __init__(self, timeout: float = DEFAULT_VERIFIER_TIMEOUT) -> None:
+        self.timeout = float(timeout)
+
+    async def verify(self, candidates: Sequence[Candidate]) -> list[Verdict]:
+        from semantic_llm_cache.guard import guard_refusal
+
+        verdicts = []
+        for candidate in candidates:
+            reason = guard_refusal(candidate.query, candidate.prompt)
+            verdicts.append(Verdict(reason is None, reason=reason))
+        return verdicts
+
+
 def as_verdict(outcome: Any, min_score: float = 0.5) -> Verdict:
     """A check's answer as a Verdict: a Verdict, a bool, or a finite score (accepted at `min_score`)."""
     if isinstance(outcome, Verdict):
@@ -117,6 +137,7 @@ async def run_verifier(verifier: Verifier, candidates: Sequence[Candidate]) -> l
 
 __all__ = [
     "DEFAULT_VERIFIER_TIMEOUT",
+    "AnswerGuardVerifier",
     "CallableVerifier",
     "Candidate",
     "Verdict",

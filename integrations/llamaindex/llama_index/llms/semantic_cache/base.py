@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -107,23 +108,27 @@ class SemanticCacheLLM(LLM):
         cache: SemanticCache | None = None,
         *,
         embed_model: BaseEmbedding | None = None,
+        tuned: str | os.PathLike[str] | None = None,
         namespace: str | None = None,
         ttl: float | None = None,
         question_variable: str | None = "query_str",
         **kwargs: Any,
     ) -> None:
-        """Wrap `llm`. `cache` defaults to `SemanticCache(embedder=embed_model)` (the bundled model if None)."""
+        """Wrap `llm`. `cache` defaults to `SemanticCache(embedder=embed_model)` (the bundled model if None), or
+        to `SemanticCache.from_tuned(tuned)` with a folder written by `semantic-llm-cache tune`."""
         if not isinstance(llm, LLM):
             raise ConfigurationError(f"llm must be a LlamaIndex LLM, got {type(llm).__name__}")
         if cache is not None and embed_model is not None:
             raise ConfigurationError("pass either cache or embed_model (the embedder of a new cache), not both")
+        if tuned is not None and (cache is not None or embed_model is not None):
+            raise ConfigurationError("pass tuned (a tuned folder for a new cache) without cache or embed_model")
         if namespace is not None and (not isinstance(namespace, str) or not namespace):
             raise ConfigurationError(f"namespace must be a non-empty string, got {namespace!r}")
         for name in _FORMATTING_FIELDS:
             kwargs.setdefault(name, getattr(llm, name))
         fields: dict[str, Any] = {
             "llm": llm,
-            "cache": cache if cache is not None else SemanticCache(embedder=embed_model),
+            "cache": cache if cache is not None else SemanticCache(embedder=embed_model, tuned=tuned),
             "namespace": namespace,
             "ttl": ttl,
             "question_variable": question_variable,
