@@ -680,17 +680,20 @@ class _CheckedEmbedder:
         return np.asarray(raw, dtype=np.float32)
 
 
+PairsFile = Annotated[
+    Path,
+    typer.Argument(
+        metavar="PAIRS.jsonl",
+        help='Labeled pairs, one JSON object a line: {"text_a": ..., "text_b": ..., "label": 0 or 1}.',
+        show_default=False,
+    ),
+]
+
+
 @app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def calibrate(
-    pairs_file: Annotated[
-        Path,
-        typer.Argument(
-            metavar="PAIRS.jsonl",
-            help='Labeled pairs, one JSON object a line: {"text_a": ..., "text_b": ..., "label": 0 or 1}.',
-            show_default=False,
-        ),
-    ],
+    pairs_file: PairsFile,
     target_precision: Annotated[
         float,
         typer.Option(
@@ -816,14 +819,7 @@ def calibrate(
 @app.command(cls=_PlainHelpCommand)
 @_one_line_errors
 def tune(
-    pairs_file: Annotated[
-        Path,
-        typer.Argument(
-            metavar="PAIRS.jsonl",
-            help='Labeled pairs, one JSON object a line: {"text_a": ..., "text_b": ..., "label": 0 or 1}.',
-            show_default=False,
-        ),
-    ],
+    pairs_file: PairsFile,
     out: Annotated[
         Path, typer.Option("--out", metavar="DIR", help="Folder of the tuned setup (created; reruns resume).")
     ],

@@ -85,6 +85,12 @@ class CrossEncoderScorer:
     def logits(self, query: str, prompts: Sequence[str]) -> np.ndarray:
         return self.pair_logits([(query, prompt) for prompt in prompts])
 
+    async def score(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        """The logit of each candidate's (query, prompt), computed in a worker thread (off the event loop)."""
+        return await asyncio.to_thread(
+            self.pair_logits, [(candidate.query, candidate.prompt) for candidate in candidates]
+        )
+
     def pair_logits(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         encodings = self.tokenizer.encode_batch(list(pairs))
         out = np.zeros(len(encodings), dtype=np.float32)
@@ -181,8 +187,7 @@ class CrossEncoderVerifier:
     async def verify(self, candidates: Sequence[Candidate]) -> list[Verdict]:
         if not candidates:
             return []
-        pairs = [(candidate.query, candidate.prompt) for candidate in candidates]
-        probabilities = sigmoid(await asyncio.to_thread(self.scorer.pair_logits, pairs))
+        probabilities = sigmoid(await self.scorer.score(candidates))
         return [Verdict(bool(p >= self.threshold), score=float(p)) for p in probabilities]
 
 
@@ -208,8 +213,7 @@ class LearnedVerifier:
     async def verify(self, candidates: Sequence[Candidate]) -> list[Verdict]:
         if not candidates:
             return []
-        pairs = [(candidate.query, candidate.prompt) for candidate in candidates]
-        logits = await asyncio.to_thread(self.scorer.pair_logits, pairs)
+        logits = await self.scorer.score(candidates)
         rows = np.array(
             [
                 learned_features(float(logit), c.similarity, c.query, c.prompt)

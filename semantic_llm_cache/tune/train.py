@@ -48,6 +48,20 @@ class TrainSettings:
     frozen_layers: int = 0  # the token table and this many bottom layers keep their weights (cheaper on CPU)
 
 
+def _step(model: Any, loss: Any, optimizer: Any, scheduler: Any, losses: list[float], bar: Any) -> None:
+    """One optimisation step (gradients clipped at norm 1), its loss kept and shown on the progress bar."""
+    import torch
+
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    losses.append(float(loss.detach()))
+    bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    bar.update()
+
+
 def _torch() -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -204,14 +218,7 @@ def train_bi_encoder(
                 ranking = torch.nn.functional.cross_entropy(scores, targets)
                 ranking = ranking + torch.nn.functional.cross_entropy(scores.T, targets)
                 loss = loss + ranking / 2
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-            bar.update()
+            _step(model, loss, optimizer, scheduler, losses, bar)
     model.eval()
     with _staged(target) as scratch:
         _copy_sentence_files(base, scratch)
@@ -276,14 +283,7 @@ def train_cross_encoder(
             labels = torch.tensor([pair.label for pair in chosen], dtype=torch.float32)
             logits = model(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-            bar.update()
+            _step(model, loss, optimizer, scheduler, losses, bar)
     model.eval()
     with _staged(target) as scratch:
         _copy_sentence_files(base, scratch)
