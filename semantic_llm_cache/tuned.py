@@ -27,7 +27,7 @@ import numpy as np
 
 from semantic_llm_cache.embeddings.onnx import OnnxEmbedder, OnnxSentenceModel, _session, length_groups
 from semantic_llm_cache.errors import ConfigurationError
-from semantic_llm_cache.verifiers import DEFAULT_VERIFIER_TIMEOUT, Candidate, Verdict
+from semantic_llm_cache.verifiers import DEFAULT_VERIFIER_TIMEOUT, Candidate, Verdict, checked_timeout
 
 MANIFEST = "manifest.json"
 TUNED_PREFIX = "tuned:"
@@ -159,13 +159,19 @@ class LogisticModel:
         )
 
 
-def _checked_timeout(timeout: float) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
-        raise ConfigurationError(f"verifier timeout must be seconds above 0 and at most 3600, got {timeout!r}")
-    return float(timeout)
+class _ScoredVerifier:
+    """What the tuned verifiers share: a cross-encoder scorer, a probability to accept at, a name, a timeout."""
+
+    def __init__(self, scorer: CrossEncoderScorer | str | Path, threshold: float, name: str, timeout: float) -> None:
+        self.scorer = scorer if isinstance(scorer, CrossEncoderScorer) else CrossEncoderScorer(scorer)
+        if not 0 <= threshold <= 1:
+            raise ConfigurationError(f"a {name} verifier's threshold is a probability in [0, 1], got {threshold}")
+        self.threshold = float(threshold)
+        self.name = name
+        self.timeout = checked_timeout(timeout)
 
 
-class CrossEncoderVerifier:
+class CrossEncoderVerifier(_ScoredVerifier):
     """Accepts a candidate when the cross-encoder's probability that it means the same as the query reaches
     `threshold`. The batch runs in a worker thread; the engine bounds it by `timeout` (fail-open: a miss)."""
 
@@ -177,12 +183,7 @@ class CrossEncoderVerifier:
         name: str = "cross-encoder",
         timeout: float = DEFAULT_VERIFIER_TIMEOUT,
     ) -> None:
-        self.scorer = scorer if isinstance(scorer, CrossEncoderScorer) else CrossEncoderScorer(scorer)
-        if not 0 <= threshold <= 1:
-            raise ConfigurationError(f"a cross-encoder threshold is a probability in [0, 1], got {threshold}")
-        self.threshold = float(threshold)
-        self.name = name
-        self.timeout = _checked_timeout(timeout)
+        super().__init__(scorer, threshold, name, timeout)
 
     async def verify(self, candidates: Sequence[Candidate]) -> list[Verdict]:
         if not candidates:
@@ -191,7 +192,7 @@ class CrossEncoderVerifier:
         return [Verdict(bool(p >= self.threshold), score=float(p)) for p in probabilities]
 
 
-class LearnedVerifier:
+class LearnedVerifier(_ScoredVerifier):
     """A logistic regression over the cross-encoder's logit, the cosine and cheap text features; accepts at
     `threshold` (a probability). Trained by `tune` on held-out pairs; its coefficients live in the manifest."""
 
@@ -204,11 +205,8 @@ class LearnedVerifier:
         name: str = "learned",
         timeout: float = DEFAULT_VERIFIER_TIMEOUT,
     ) -> None:
-        self.scorer = scorer if isinstance(scorer, CrossEncoderScorer) else CrossEncoderScorer(scorer)
+        super().__init__(scorer, threshold, name, timeout)
         self.model = model
-        self.threshold = float(threshold)
-        self.name = name
-        self.timeout = _checked_timeout(timeout)
 
     async def verify(self, candidates: Sequence[Candidate]) -> list[Verdict]:
         if not candidates:

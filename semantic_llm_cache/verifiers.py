@@ -50,6 +50,13 @@ class Verifier(Protocol):
     async def verify(self, candidates: Sequence[Candidate]) -> Sequence[Verdict]: ...
 
 
+def checked_timeout(timeout: float) -> float:
+    """A verifier's timeout, checked: seconds above 0 and at most an hour."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+        raise ConfigurationError(f"verifier timeout must be seconds above 0 and at most 3600, got {timeout!r}")
+    return float(timeout)
+
+
 class CallableVerifier:
     """A user's own check as a verifier: `check(query, candidate_prompt, similarity)`, sync or async, returning
     True/False, a Verdict, or a score in [0, 1] (accepted at `min_score`). The candidates of a batch are checked
@@ -65,11 +72,9 @@ class CallableVerifier:
     ) -> None:
         if not callable(check):
             raise ConfigurationError(f"a verifier check must be callable, got {type(check).__name__}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
-            raise ConfigurationError(f"verifier timeout must be seconds above 0 and at most 3600, got {timeout!r}")
+        self.timeout = checked_timeout(timeout)
         self.check = check
         self.name = name or getattr(check, "__qualname__", None) or type(check).__name__
-        self.timeout = float(timeout)
         self.min_score = min_score
 
     async def verify(self, candidates: Sequence[Candidate]) -> list[Verdict]:
@@ -93,7 +98,7 @@ class AnswerGuardVerifier:
     name = "answer-guard"
 
     def __init__(self, timeout: float = DEFAULT_VERIFIER_TIMEOUT) -> None:
-        self.timeout = float(timeout)
+        self.timeout = checked_timeout(timeout)
 
     async def verify(self, candidates: Sequence[Candidate]) -> list[Verdict]:
         from semantic_llm_cache.guard import guard_refusal
@@ -144,5 +149,6 @@ __all__ = [
     "Verifier",
     "as_verdict",
     "as_verifier",
+    "checked_timeout",
     "run_verifier",
 ]
