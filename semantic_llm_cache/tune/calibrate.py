@@ -264,6 +264,32 @@ def _learned_rows(table: CandidateTable, logits: np.ndarray, floor: float) -> tu
     return features, np.stack([rows, columns], axis=1)
 
 
+def _tables(
+    directory: Path, pairs: Sequence[LabeledPair], k: int, floor: float
+) -> tuple[CandidateTable, CandidateTable, np.ndarray]:
+    """The candidate tables of `pairs` with the base default embedder and with the tuned folder's, and the
+    tuned cross-encoder's logits of the tuned table's candidates at or above `floor` (-inf below)."""
+    from semantic_llm_cache.embeddings.onnx import OnnxEmbedder
+    from semantic_llm_cache.tuned import CrossEncoderScorer, TunedEmbedder
+
+    base = OnnxEmbedder(max_batch_size=128)
+    base_table = candidate_table(pairs, embed_with(base), k)
+    base.close()
+    tuned = TunedEmbedder(directory / "embedder", max_batch_size=128)
+    table = candidate_table(pairs, embed_with(tuned), k)
+    tuned.close()
+    scorer = CrossEncoderScorer(directory / "cross_encoder")
+    return base_table, table, candidate_scores(table, scorer.pair_logits, floor)
+
+
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    """The cross-encoder's probabilities of the scored candidates; -1 (never accepted) for the unscored ones."""
+    from semantic_llm_cache.tuned import sigmoid
+
+    scored = np.isfinite(logits)
+    return np.where(scored, sigmoid(np.where(scored, logits, 0.0)), -1.0)
+
+
 def calibrate_dir(
     directory: Path,
     pairs: Sequence[LabeledPair],
@@ -274,19 +300,10 @@ def calibrate_dir(
 ) -> dict[str, Any]:
     """Choose the tuned folder's thresholds on the calibration `pairs`; the manifest's measured sections."""
     from semantic_llm_cache.config import DEFAULT_THRESHOLD
-    from semantic_llm_cache.embeddings.onnx import OnnxEmbedder
-    from semantic_llm_cache.tuned import CrossEncoderScorer, TunedEmbedder, sigmoid
 
     floor = min(CANDIDATE_GRID)
-    base = OnnxEmbedder(max_batch_size=128)
-    base_table = candidate_table(pairs, embed_with(base), candidates)
-    base.close()
-    tuned = TunedEmbedder(directory / "embedder", max_batch_size=128)
-    table = candidate_table(pairs, embed_with(tuned), candidates)
-    tuned.close()
-    scorer = CrossEncoderScorer(directory / "cross_encoder")
-    logits = candidate_scores(table, scorer.pair_logits, floor)
-    probabilities = np.where(np.isfinite(logits), sigmoid(np.where(np.isfinite(logits), logits, 0.0)), -1.0)
+    base_table, table, logits = _tables(directory, pairs, candidates, floor)
+    probabilities = _probabilities(logits)
     cross_choice = choose(table, probabilities, target, margin_z)
 
     # the learned verifier: fitted on half of the calibration groups, measured (thresholds chosen) on the other
@@ -464,31 +481,22 @@ def measure_dir(directory: Path, pairs: Sequence[LabeledPair], candidates: int |
     """The cache protocol on `pairs` for the base default and the tuned folder at its chosen thresholds (and the
     tuned embedder alone, at the same candidate threshold): measurement on data the tuning never saw."""
     from semantic_llm_cache.config import DEFAULT_THRESHOLD
-    from semantic_llm_cache.embeddings.onnx import OnnxEmbedder
-    from semantic_llm_cache.tuned import CrossEncoderScorer, LogisticModel, TunedEmbedder, read_manifest, sigmoid
+    from semantic_llm_cache.tuned import LogisticModel, read_manifest
 
     manifest = read_manifest(directory)
     thresholds = manifest["thresholds"]
     k = candidates or int(thresholds.get("candidates", 4))
-    base = OnnxEmbedder(max_batch_size=128)
-    base_table = candidate_table(pairs, embed_with(base), k)
-    base.close()
-    tuned = TunedEmbedder(directory / "embedder", max_batch_size=128)
-    table = candidate_table(pairs, embed_with(tuned), k)
-    tuned.close()
-    scorer = CrossEncoderScorer(directory / "cross_encoder")
-    logits = candidate_scores(table, scorer.pair_logits, float(thresholds["candidate_threshold"]))
-    scored = np.isfinite(logits)
+    candidate_threshold = float(thresholds["candidate_threshold"])
+    base_table, table, logits = _tables(directory, pairs, k, candidate_threshold)
     if thresholds.get("verifier") == "learned":
         model = LogisticModel.from_dict(manifest["learned_verifier"])
-        features, where = _learned_rows(table, np.where(scored, logits, 0.0), float(thresholds["candidate_threshold"]))
+        features, where = _learned_rows(table, np.where(np.isfinite(logits), logits, 0.0), candidate_threshold)
         scores = np.full(logits.shape, -1.0)
         if len(where):
             scores[where[:, 0], where[:, 1]] = model.probability(features)
     else:
-        scores = np.where(scored, sigmoid(np.where(scored, logits, 0.0)), -1.0)
+        scores = _probabilities(logits)
     guard = bool(thresholds["answer_guard"])
-    candidate_threshold = float(thresholds["candidate_threshold"])
     return {
         "base_default": serve(base_table, DEFAULT_THRESHOLD, True),
         "tuned_embedder_alone": serve(table, candidate_threshold, guard),
