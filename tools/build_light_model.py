@@ -96,10 +96,15 @@ def with_weights(graph: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.
     return filled
 
 
-def check_half_step(weights_file: Path, mapping: dict[str, Any], reference: dict[str, np.ndarray]) -> None:
-    """Every weight the run-time path reads lies within half a quantization step of the published fp32 one."""
-    tensors = bundled.read_initializers(weights_file.read_bytes())
-    for name, value in dequantized(tensors, mapping).items():
+def check_half_step(
+    tensors: dict[str, np.ndarray],
+    mapping: dict[str, Any],
+    values: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray],
+) -> None:
+    """Every weight the run-time path reads (`values`, from the weights file's `tensors`) lies within half a
+    quantization step of the published fp32 one."""
+    for name, value in values.items():
         expected = reference[name]
         scale = tensors[mapping[name]["scale"]] if "scale" in mapping[name] else np.zeros(1, np.float32)
         bound = np.broadcast_to(scale, value.shape) / 2 * 1.001 + 1e-7
@@ -107,15 +112,16 @@ def check_half_step(weights_file: Path, mapping: dict[str, Any], reference: dict
             raise SystemExit(f"{name}: the weights file's value is not within half a step of the fp32 weight")
 
 
-def unfused_model(graph: onnx.ModelProto, mapping: dict[str, Any], weights_file: Path) -> OnnxSentenceModel:
-    values = dequantized(bundled.read_initializers(weights_file.read_bytes()), mapping)
+def unfused_model(graph: onnx.ModelProto, values: dict[str, np.ndarray]) -> OnnxSentenceModel:
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "unfused.onnx"
         onnx.save(with_weights(graph, values), str(path))
         return OnnxSentenceModel(str(TARGET), path)
 
 
-def fuse(graph: onnx.ModelProto, mapping: dict[str, Any], weights_file: Path) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def fuse(
+    graph: onnx.ModelProto, mapping: dict[str, Any], values: dict[str, np.ndarray]
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The graph fused by onnxruntime's transformer optimizer, and where each of its weights comes from.
 
     A fused weight is either one of the graph's weights (found by value) or the concatenation of several along
@@ -123,7 +129,6 @@ def fuse(graph: onnx.ModelProto, mapping: dict[str, Any], weights_file: Path) ->
     """
     from onnxruntime.transformers import optimizer
 
-    values = dequantized(bundled.read_initializers(weights_file.read_bytes()), mapping)
     by_value = {value.tobytes(): name for name, value in values.items()}
     if len(by_value) != len(values):
         raise SystemExit("two weights have the same value: they cannot be told apart after fusion")
@@ -186,8 +191,10 @@ def main() -> None:
     mapping = {graph_name: sources[weight_names[logical]] for logical, graph_name in sorted(graph_names.items())}
 
     TARGET.mkdir(parents=True, exist_ok=True)
-    check_half_step(weights_file, mapping, reference)
-    fused, fused_mapping = fuse(graph, mapping, weights_file)
+    tensors = bundled.read_initializers(weights_file.read_bytes())  # read and dequantized once for every check
+    values = dequantized(tensors, mapping)
+    check_half_step(tensors, mapping, values, reference)
+    fused, fused_mapping = fuse(graph, mapping, values)
     mark_external(fused, fused_mapping)
     fused.doc_string = "all-MiniLM-L6-v2 token embeddings, fused for onnxruntime; weights removed (see manifest.json)"
     onnx.save(fused, str(TARGET / "graph.onnx"))
@@ -210,7 +217,7 @@ def main() -> None:
     (TARGET / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     bundled.manifest.cache_clear()
 
-    unfused_vectors = unfused_model(graph, mapping, weights_file).encode(CHECK_TEXTS)
+    unfused_vectors = unfused_model(graph, values).encode(CHECK_TEXTS)
     fused_vectors = OnnxSentenceModel(
         str(TARGET), TARGET / "graph.onnx", initializers=bundled.bundled_initializers()
     ).encode(CHECK_TEXTS)
