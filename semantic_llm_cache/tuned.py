@@ -5,8 +5,9 @@ tokenizers and numpy, no torch.
   so its vectors never share a partition with the base model's (or another tuning's).
 - `CrossEncoderVerifier`: the cross-encoder reads the query and each candidate prompt together and scores the
   pair; a lookup's candidates run as one batch in a worker thread (off the event loop), under a timeout.
-- `LearnedVerifier`: a logistic regression over the cross-encoder's logit, the cosine and cheap text features
-  (coefficients in the manifest, numpy at serve time), used when it measured better than the cross-encoder alone.
+- `LearnedVerifier`: gradient-boosted trees over the cross-encoder's logit, the cosine, the answer guard's verdict
+  and cheap text features (trees in the manifest, numpy at serve time), used when it measured better than the
+  cross-encoder alone.
 - `load_tuned(folder)`: the embedder, the verifiers and the thresholds the manifest states.
 """
 
@@ -27,9 +28,12 @@ import numpy as np
 
 from semantic_llm_cache.embeddings.onnx import OnnxEmbedder, OnnxSentenceModel, _session, length_groups
 from semantic_llm_cache.errors import ConfigurationError
+from semantic_llm_cache.guard import guard_refusal
 from semantic_llm_cache.verifiers import DEFAULT_VERIFIER_TIMEOUT, Candidate, Verdict, checked_timeout
 
 MANIFEST = "manifest.json"
+#: the manifest format this version writes and reads (2: the learned verifier is gradient-boosted trees)
+TUNED_FORMAT = 2
 TUNED_PREFIX = "tuned:"
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _WORD = re.compile(r"\w+")
@@ -111,51 +115,165 @@ def sigmoid(values: np.ndarray) -> np.ndarray:
     return np.asarray(1.0 / (1.0 + np.exp(-np.clip(values, -50, 50))), dtype=np.float64)
 
 
+_STOP_WORDS = frozenset(
+    _WORD.findall(
+        "a an the of to in on for and or is are be what how why which who when where do does can i you my your it "
+        "this that with as at by from"
+    )
+)
+_NEGATIONS = frozenset(("not", "no", "never", "without"))
+#: the learned verifier's inputs, in order (the manifest names them; a folder whose list differs is refused)
+LEARNED_FEATURES = (
+    "ce_logit",
+    "cosine",
+    "guard_allows",
+    "word_jaccard",
+    "content_word_jaccard",
+    "char_trigram_jaccard",
+    "query_only_words",
+    "prompt_only_words",
+    "length_difference",
+    "query_log_chars",
+    "prompt_log_chars",
+    "same_first_word",
+    "digits_differ",
+    "negation_differs",
+    "same_last_words",
+)
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    union = a | b
+    return len(a & b) / len(union) if union else 1.0
+
+
+def _trigrams(words: list[str]) -> set[str]:
+    text = " ".join(words)
+    return {text[at : at + 3] for at in range(max(0, len(text) - 2))}
+
+
 def text_features(query: str, prompt: str) -> list[float]:
-    """Cheap pair features: word Jaccard, relative length difference, whether the digits differ."""
-    words_a, words_b = set(_WORD.findall(query.casefold())), set(_WORD.findall(prompt.casefold()))
-    union = words_a | words_b
-    jaccard = len(words_a & words_b) / len(union) if union else 1.0
-    length = abs(len(query) - len(prompt)) / max(len(query), len(prompt), 1)
+    """Cheap pair features (words, content words, character trigrams, lengths, first/last words, digits,
+    negation): what a cosine misses about two short texts (microseconds for a question)."""
+    words_a, words_b = _WORD.findall(query.casefold()), _WORD.findall(prompt.casefold())
+    set_a, set_b = set(words_a), set(words_b)
+    content_a, content_b = set_a - _STOP_WORDS, set_b - _STOP_WORDS
+    length_a, length_b = len(query), len(prompt)
     digits = float(sorted(re.findall(r"\d+", query)) != sorted(re.findall(r"\d+", prompt)))
-    return [jaccard, length, digits]
+    negation = float(bool(set_a & _NEGATIONS or "n't" in query) != bool(set_b & _NEGATIONS or "n't" in prompt))
+    return [
+        _jaccard(set_a, set_b),
+        _jaccard(content_a, content_b),
+        _jaccard(_trigrams(words_a), _trigrams(words_b)),
+        float(len(content_a - content_b)),
+        float(len(content_b - content_a)),
+        abs(length_a - length_b) / max(length_a, length_b, 1),
+        math.log1p(length_a),
+        math.log1p(length_b),
+        float(words_a[:1] == words_b[:1]),
+        digits,
+        negation,
+        float(words_a[-3:] == words_b[-3:]),
+    ]
 
 
 def learned_features(logit: float, similarity: float, query: str, prompt: str) -> list[float]:
-    return [logit, similarity, *text_features(query, prompt)]
+    """The learned verifier's row for one candidate, in `LEARNED_FEATURES` order."""
+    allows = float(guard_refusal(query, prompt) is None)
+    return [logit, similarity, allows, *text_features(query, prompt)]
 
 
 @dataclass(frozen=True)
-class LogisticModel:
-    """p = sigmoid(bias + weights . (features - mean) / scale)."""
+class TreeEnsemble:
+    """Gradient-boosted decision trees (trained by scikit-learn's HistGradientBoostingClassifier in `tune`),
+    evaluated with numpy: p = sigmoid(baseline + the sum of one leaf value per tree). All trees are walked at
+    once, one level per step, so a lookup's few candidates cost tens of microseconds.
 
-    weights: list[float]
-    bias: float
-    mean: list[float]
-    scale: list[float]
-    features: list[str] = field(default_factory=lambda: ["ce_logit", "cosine", "jaccard", "length_diff", "digits"])
+    Node arrays are flat over all trees: `feature` (-1 at a leaf), `threshold` (go left when x <= threshold),
+    `left`/`right` (absolute node indices), `missing_left`, `value` (a leaf's contribution); `roots` index each
+    tree's first node."""
+
+    baseline: float
+    roots: list[int]
+    feature: list[int]
+    threshold: list[float]
+    left: list[int]
+    right: list[int]
+    missing_left: list[bool]
+    value: list[float]
+    features: list[str] = field(default_factory=lambda: list(LEARNED_FEATURES))
+
+    def __post_init__(self) -> None:
+        arrays = {
+            "feature": np.asarray(self.feature, dtype=np.int64),
+            "threshold": np.asarray(self.threshold, dtype=np.float64),
+            "left": np.asarray(self.left, dtype=np.int64),
+            "right": np.asarray(self.right, dtype=np.int64),
+            "missing_left": np.asarray(self.missing_left, dtype=bool),
+            "value": np.asarray(self.value, dtype=np.float64),
+            "roots": np.asarray(self.roots, dtype=np.int64),
+        }
+        sizes = {len(arrays[name]) for name in ("feature", "threshold", "left", "right", "missing_left", "value")}
+        nodes = len(arrays["feature"])
+        inner = arrays["feature"] >= 0
+        if (
+            len(sizes) != 1
+            or not len(arrays["roots"])
+            or arrays["roots"].min() < 0
+            or arrays["roots"].max() >= nodes
+            or (inner & ((arrays["left"] < 0) | (arrays["left"] >= nodes))).any()
+            or (inner & ((arrays["right"] < 0) | (arrays["right"] >= nodes))).any()
+            or (arrays["feature"] >= len(self.features)).any()
+        ):
+            raise ConfigurationError("the learned verifier's trees are malformed (re-run semantic-llm-cache tune)")
+        object.__setattr__(self, "_arrays", arrays)
 
     def probability(self, rows: np.ndarray) -> np.ndarray:
-        standardized = (rows - np.asarray(self.mean)) / np.asarray(self.scale)
-        return sigmoid(standardized @ np.asarray(self.weights) + self.bias)
+        arrays: dict[str, np.ndarray] = self._arrays  # type: ignore[attr-defined]
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, len(self.features))
+        nodes = np.broadcast_to(arrays["roots"], (len(rows), len(arrays["roots"]))).copy()
+        row_index = np.arange(len(rows))[:, None]
+        while True:
+            feature = arrays["feature"][nodes]
+            inner = feature >= 0
+            if not inner.any():
+                break
+            values = rows[row_index, np.maximum(feature, 0)]
+            go_left = np.where(np.isnan(values), arrays["missing_left"][nodes], values <= arrays["threshold"][nodes])
+            nodes = np.where(inner, np.where(go_left, arrays["left"][nodes], arrays["right"][nodes]), nodes)
+        return sigmoid(self.baseline + arrays["value"][nodes].sum(axis=1))
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "weights": self.weights,
-            "bias": self.bias,
-            "mean": self.mean,
-            "scale": self.scale,
+            "kind": "gradient-boosted trees",
+            "baseline": self.baseline,
+            "roots": self.roots,
+            "feature": self.feature,
+            "threshold": self.threshold,
+            "left": self.left,
+            "right": self.right,
+            "missing_left": self.missing_left,
+            "value": self.value,
             "features": self.features,
         }
 
     @classmethod
-    def from_dict(cls, value: dict[str, Any]) -> LogisticModel:
+    def from_dict(cls, value: dict[str, Any]) -> TreeEnsemble:
+        if value.get("kind") != "gradient-boosted trees" or list(value.get("features", [])) != list(LEARNED_FEATURES):
+            raise ConfigurationError(
+                "this tuned folder's learned verifier was made by another version: re-run semantic-llm-cache tune "
+                "on the same pairs (the trained models are reused; only the calibration runs again)"
+            )
         return cls(
-            [float(w) for w in value["weights"]],
-            float(value["bias"]),
-            [float(m) for m in value["mean"]],
-            [float(s) for s in value["scale"]],
-            list(value.get("features", [])),
+            float(value["baseline"]),
+            [int(v) for v in value["roots"]],
+            [int(v) for v in value["feature"]],
+            [float(v) for v in value["threshold"]],
+            [int(v) for v in value["left"]],
+            [int(v) for v in value["right"]],
+            [bool(v) for v in value["missing_left"]],
+            [float(v) for v in value["value"]],
+            list(value["features"]),
         )
 
 
@@ -193,13 +311,14 @@ class CrossEncoderVerifier(_ScoredVerifier):
 
 
 class LearnedVerifier(_ScoredVerifier):
-    """A logistic regression over the cross-encoder's logit, the cosine and cheap text features; accepts at
-    `threshold` (a probability). Trained by `tune` on held-out pairs; its coefficients live in the manifest."""
+    """Gradient-boosted trees over the cross-encoder's logit, the cosine, the answer guard's verdict and cheap
+    text features (`LEARNED_FEATURES`); accepts at `threshold` (a probability). Trained by `tune` on the calibration
+    part; its trees live in the manifest and run on numpy."""
 
     def __init__(
         self,
         scorer: CrossEncoderScorer | str | Path,
-        model: LogisticModel,
+        model: TreeEnsemble,
         threshold: float,
         *,
         name: str = "learned",
@@ -245,6 +364,12 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     manifest = json.loads(path.read_text())
     if not isinstance(manifest, dict) or "thresholds" not in manifest:
         raise ConfigurationError(f"{path} states no thresholds")
+    if manifest.get("format") != TUNED_FORMAT:
+        raise ConfigurationError(
+            f"{path} is format {manifest.get('format')!r}; this version reads format {TUNED_FORMAT}: re-run "
+            "semantic-llm-cache tune on the same pairs into the same folder (the trained models are reused; only "
+            "the calibration runs again)"
+        )
     return manifest
 
 
@@ -277,7 +402,7 @@ def load_tuned(directory: str | os.PathLike[str], *, verifier_timeout: float = D
     verifier_kind = thresholds.get("verifier", "cross-encoder")
     verifiers: list[Any]
     if verifier_kind == "learned":
-        model = LogisticModel.from_dict(manifest["learned_verifier"])
+        model = TreeEnsemble.from_dict(manifest["learned_verifier"])
         verifiers = [LearnedVerifier(scorer, model, float(thresholds["verifier_threshold"]), timeout=verifier_timeout)]
     else:
         verifiers = [CrossEncoderVerifier(scorer, float(thresholds["verifier_threshold"]), timeout=verifier_timeout)]
@@ -289,10 +414,12 @@ def load_tuned(directory: str | os.PathLike[str], *, verifier_timeout: float = D
 
 
 __all__ = [
+    "LEARNED_FEATURES",
+    "TUNED_FORMAT",
     "CrossEncoderScorer",
     "CrossEncoderVerifier",
     "LearnedVerifier",
-    "LogisticModel",
+    "TreeEnsemble",
     "TunedEmbedder",
     "TunedSetup",
     "learned_features",

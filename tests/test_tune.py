@@ -265,3 +265,83 @@ def test_a_tuned_folder_whose_graph_was_swapped_is_refused(tuned_dir: Path, tmp_
     graph.write_bytes(bytes(data))
     with pytest.raises(ConfigurationError, match="sha256"):
         SemanticCache.from_tuned(copy)
+
+
+# -- the learned verifier's trees -------------------------------------------------------------------------------
+
+
+def _stump(feature: int, threshold: float, left: float, right: float) -> Any:
+    from semantic_llm_cache.tuned import LEARNED_FEATURES, TreeEnsemble
+
+    size = len(LEARNED_FEATURES)
+    assert 0 <= feature < size
+    return TreeEnsemble(0.0, [0], [feature, -1, -1], [threshold, 0.0, 0.0], [1, -1, -1], [2, -1, -1],
+                        [True, False, False], [0.0, left, right])  # fmt: skip
+
+
+def test_trees_walk_to_their_leaves_and_send_missing_values_their_way() -> None:
+    from semantic_llm_cache.tuned import LEARNED_FEATURES, sigmoid
+
+    stump = _stump(1, 0.9, -2.0, 3.0)
+    rows = np.zeros((3, len(LEARNED_FEATURES)))
+    rows[:, 1] = [0.5, 0.95, np.nan]
+    assert np.allclose(stump.probability(rows), sigmoid(np.array([-2.0, 3.0, -2.0])))
+    with pytest.raises(ConfigurationError, match="malformed"):
+        type(stump)(0.0, [0], [0, -1], [0.5, 0.0], [5, -1], [1, -1], [True, True], [0.0, 1.0])
+    with pytest.raises(ConfigurationError, match="re-run"):
+        type(stump).from_dict({**stump.as_dict(), "features": ["ce_logit", "cosine"]})
+    assert type(stump).from_dict(stump.as_dict()) == stump
+
+
+def test_exported_trees_give_scikit_learns_probabilities() -> None:
+    pytest.importorskip("sklearn", reason="tune fits the learned verifier with scikit-learn (the [tune] extra)")
+    from semantic_llm_cache.tune.calibrate import fit_trees
+    from semantic_llm_cache.tuned import LEARNED_FEATURES
+
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(600, len(LEARNED_FEATURES)))
+    rows[rng.random(rows.shape) < 0.05] = np.nan
+    labels = (np.nan_to_num(rows[:, 0]) + np.nan_to_num(rows[:, 1]) + rng.normal(size=600) > 0).astype(int)
+    model = fit_trees(rows, labels)  # raises itself when its export and scikit-learn disagree
+    fresh = rng.normal(size=(50, len(LEARNED_FEATURES)))
+    probabilities = model.probability(fresh)
+    assert probabilities.shape == (50,) and ((probabilities > 0) & (probabilities < 1)).all()
+    assert np.corrcoef(probabilities, fresh[:, 0] + fresh[:, 1])[0, 1] > 0.5
+
+
+def test_text_features_see_what_a_cosine_misses() -> None:
+    from semantic_llm_cache.tuned import LEARNED_FEATURES, learned_features, text_features
+
+    same = text_features("How do I learn Python?", "how do i learn python")
+    assert same[:3] == [1.0, 1.0, 1.0] and same[3:5] == [0.0, 0.0]
+    names = dict(zip(LEARNED_FEATURES[3:], text_features("Is 5 a prime?", "Is 7 not a prime?"), strict=True))
+    assert names["digits_differ"] == 1.0 and names["negation_differs"] == 1.0
+    row = learned_features(1.5, 0.97, "What is 2 + 2?", "What is 2 + 3?")
+    assert len(row) == len(LEARNED_FEATURES) and row[:3] == [1.5, 0.97, 0.0]  # the guard refuses other numbers
+
+
+async def test_the_learned_verifier_accepts_by_its_trees(tuned_dir: Path) -> None:
+    from semantic_llm_cache.tuned import CrossEncoderScorer, LearnedVerifier
+
+    class Fixed(CrossEncoderScorer):
+        def pair_logits(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+            return np.full(len(pairs), 4.0, dtype=np.float32)
+
+    verifier = LearnedVerifier(Fixed(tuned_dir / "cross_encoder"), _stump(1, 0.9, -3.0, 3.0), 0.5)
+    query = "How can I learn the guitar fast?"
+    verdicts = await verifier.verify(
+        [Candidate(query, "How do I learn guitar quickly?", 0.95), Candidate(query, "How do I cook rice?", 0.6)]
+    )
+    assert [verdict.accept for verdict in verdicts] == [True, False]
+    assert verdicts[0].score is not None and verdicts[0].score > 0.9
+
+
+def test_a_folder_of_an_older_format_is_refused(tuned_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "old"
+    shutil.copytree(tuned_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
+    with pytest.raises(ConfigurationError, match="re-run semantic-llm-cache tune"):
+        SemanticCache.from_tuned(copy)

@@ -17,12 +17,13 @@ from semantic_llm_cache.calibration import LabeledPair, load_pairs
 from semantic_llm_cache.errors import ConfigurationError
 from semantic_llm_cache.tune.split import group_split, pair_groups
 from semantic_llm_cache.tune.train import TrainSettings
+from semantic_llm_cache.tuned import TUNED_FORMAT
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 STAGES = "stages.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = TUNED_FORMAT
 DEFAULT_TARGET_PRECISION = 0.90
 DEFAULT_CALIBRATION_FRACTION = 0.2
 # Sized for a CPU (measured on 2 shared cores: see the README): the bi-encoder adapts its top 4 layers over one
@@ -167,7 +168,7 @@ def tune(
     cross_graph = train.quantize_cross_encoder(cross_dir)  # cheap; also for folders trained before it existed
     begun = time.perf_counter()
     chosen = calibrate.calibrate_dir(
-        directory, calibration_pairs, target_precision, candidates=candidates, progress=progress
+        directory, calibration_pairs, target_precision, candidates=candidates, progress=progress, seed=seed
     )
     timings["calibration"] = round(time.perf_counter() - begun, 1)
     manifest = {
