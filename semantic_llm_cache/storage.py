@@ -117,6 +117,10 @@ class StorageBackend(ABC):
     #: True for a backend whose index filters on metadata itself (it then implements `_find_nearest_where`)
     filters_where = False
 
+    #: True for a backend whose reads are network round trips: the engine then overlaps a lookup's exact read
+    #: with its embedding and search (CacheConfig.overlap_reads)
+    remote_reads = False
+
     async def _find_nearest_where(
         self,
         query: Vector,

@@ -358,6 +358,7 @@ class RedisBackend(StorageBackend):
         return await self._find(query, threshold, k, namespace, partition, None)
 
     filters_where = True  # search mode: a TAG pre-filter per field; client mode: more candidates, filtered after
+    remote_reads = True  # a lookup's exact read and its search overlap (CacheConfig.overlap_reads)
 
     async def _find_nearest_where(
         self,
