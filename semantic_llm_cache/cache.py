@@ -1580,60 +1580,89 @@ class SemanticCache:
 
     async def _exact(self, prepared: _Prepared) -> CacheEntry | None:
         """The entry stored under the call's exact key, if it is this prompt's and matches the call's `where`."""
-        entry = self._readable(prepared.key, await self._guarded(self.backend.get(prepared.key), "backend", None))
+        return self._exact_of(prepared, await self._guarded(self.backend.get(prepared.key), "backend", None))
+
+    def _exact_of(self, prepared: _Prepared, entry: CacheEntry | None) -> CacheEntry | None:
+        entry = self._readable(prepared.key, entry)
         if entry is not None and entry.prompt == prepared.text and prepared.options.matches(entry.metadata):
             return entry
         return None
 
+    def _search_for(self, prepared: _Prepared) -> tuple[int, Mapping[str, Any] | None]:
+        """How many candidates the backend is asked for, and the `where` it filters on itself."""
+        candidates, where = self.config.candidates, prepared.options.where
+        if where and self._cipher is None:  # the backend filters (in its index where it can)
+            return candidates, where
+        # sealed metadata: only this cache can read it, so it looks at more candidates and filters itself
+        return candidates * (WHERE_CANDIDATE_FACTOR if where else 1), None
+
     def _nearest(self, prepared: _Prepared, vector: Vector) -> Coroutine[Any, Any, list[Match]]:
         """The backend's search for the call's candidates (unawaited)."""
-        candidates, options = self.config.candidates, prepared.options
-        if options.where and self._cipher is None:  # the backend filters (in its index where it can)
-            return self.backend.find_nearest(
-                vector, prepared.threshold, candidates, partition=prepared.partition, where=options.where
-            )
-        # sealed metadata: only this cache can read it, so it looks at more candidates and filters itself
-        candidates *= WHERE_CANDIDATE_FACTOR if options.where else 1
-        return self.backend.find_nearest(vector, prepared.threshold, candidates, partition=prepared.partition)
+        candidates, where = self._search_for(prepared)
+        return self.backend.find_nearest(vector, prepared.threshold, candidates, partition=prepared.partition,
+                                         where=where)  # fmt: skip
+
+    async def _read_and_find(self, prepared: _Prepared, vector: Vector) -> tuple[CacheEntry | None, list[Match]]:
+        candidates, where = self._search_for(prepared)
+        return await self.backend.get_and_find_nearest(
+            prepared.key, vector, prepared.threshold, candidates, partition=prepared.partition, where=where
+        )
 
     def _overlaps_reads(self) -> bool:
         overlap = self.config.overlap_reads
         return bool(getattr(self.backend, "remote_reads", False)) if overlap is None else overlap
 
     async def _overlapped(self, prepared: _Prepared) -> tuple[CacheEntry | None, tuple[Vector | None, list[Match]]]:
-        """The exact read with, beside it, the embedding and then the semantic search (a task of its own): on a
-        store whose reads are round trips, a lookup that is not an exact hit waits for one round trip less.
+        """The exact read and the semantic search of a store whose reads are round trips, overlapped.
 
-        Returns (the exact entry, (None, [])) on an exact hit, which does not wait for the embedding: a search
-        not yet sent is cancelled, one already sent is awaited (cancelling it would cost its connection).
-        Otherwise (None, (vector or None or _TOO_LONG, matches)). The two overlapped waits are charged to the
-        call's time budget once, by the time they took together."""
+        The embedding starts first (a task). A vector ready at once (an embedder that answers without waiting,
+        or the recent-vectors memory) goes with the exact read in one backend call, one round trip. Otherwise
+        the exact read is sent while the embedding runs, and the search once it is done: an exact hit is served
+        at once (a search not yet sent is cancelled with its embedding, one already sent is awaited: cancelling
+        it would cost its connection), a miss waits for one round trip less.
+
+        Returns (the exact entry, (None, [])) on an exact hit, else (None, (vector or None or _TOO_LONG,
+        matches)). Overlapped waits are charged to the call's time budget once, by the time they took together."""
         budget = _BUDGET.get()
         before = None if budget is None else budget.remaining
         started = time.monotonic()
-        searching: list[bool] = []
-        semantic = asyncio.ensure_future(_on_own_budget(before, self._embed_and_find(prepared, searching)))
+        embedding = asyncio.ensure_future(_on_own_budget(before, self._embed(prepared.text, report=False)))
+        search: asyncio.Future[tuple[Vector | None, list[Match]]] | None = None
         try:
+            await asyncio.sleep(0)  # the embedding runs up to its first wait (an instant one: to its end)
+            if embedding.done():
+                if embedding.exception() is not None:  # on_error="raise": raised if the exact read misses
+                    entry = await self._exact(prepared)
+                    return (entry, (None, [])) if entry is not None else (None, (embedding.result(), []))
+                vector = embedding.result()
+                if vector is None or vector is _TOO_LONG:
+                    entry = await self._exact(prepared)
+                    return (entry, (None, [])) if entry is not None else (None, (vector, []))
+                found = await self._guarded(self._read_and_find(prepared, vector), "backend", default=(None, []))
+                entry = self._exact_of(prepared, found[0])
+                return (entry, (None, [])) if entry is not None else (None, (vector, found[1]))
+            searching: list[bool] = []
+            search = asyncio.ensure_future(_on_own_budget(before, self._find_after(embedding, prepared, searching)))
             entry = await self._exact(prepared)
-            if entry is not None:
-                if not searching:
-                    semantic.cancel()
-                    semantic.add_done_callback(_retrieved)
-                else:
-                    await asyncio.gather(semantic, return_exceptions=True)
-                return entry, (None, [])
-            return None, await semantic
+            if entry is None:
+                return None, await search
+            if searching:
+                await asyncio.gather(search, return_exceptions=True)
+            return entry, (None, [])
         finally:
-            if not semantic.done():  # this call was cancelled or failed: so is its search
-                semantic.cancel()
-                semantic.add_done_callback(_retrieved)
+            for task in (search, embedding):  # not done: an exact hit, or this call was cancelled or failed
+                if task is not None:
+                    task.cancel()  # (no-op when done)
+                    task.add_done_callback(_retrieved)
             if budget is not None and before is not None:
                 budget.remaining = min(budget.remaining, before - (time.monotonic() - started))
 
-    async def _embed_and_find(self, prepared: _Prepared, searching: list[bool]) -> tuple[Vector | None, list[Match]]:
-        """The call's vector (None, or _TOO_LONG unreported) and its semantic candidates; `searching` is appended
-        to once the search is sent."""
-        vector = await self._embed(prepared.text, report=False)
+    async def _find_after(
+        self, embedding: Awaitable[Vector | None], prepared: _Prepared, searching: list[bool]
+    ) -> tuple[Vector | None, list[Match]]:
+        """The call's vector (None, or _TOO_LONG unreported) and its semantic candidates, searched for once the
+        embedding is done; `searching` is appended to when the search is sent."""
+        vector = await embedding
         if vector is None or vector is _TOO_LONG:
             return vector, []
         searching.append(True)

@@ -48,6 +48,10 @@ class RemoteLike(MemoryBackend):
         self.events.append("search answered")
         return await super()._find_nearest(query, threshold, k, namespace, partition)
 
+    async def get_and_find_nearest(self, key: str, *args: Any, **options: Any) -> tuple[CacheEntry | None, list[Match]]:
+        self.events.append("read and search in one call")
+        return await super().get_and_find_nearest(key, *args, **options)
+
 
 class RecordingEmbedder(BagOfWordsEmbedder):
     """Records when it is called and when it answers; can be held at a gate, and remembers a cancellation."""
@@ -58,10 +62,13 @@ class RecordingEmbedder(BagOfWordsEmbedder):
         self.gate = asyncio.Event()
         self.gate.set()
         self.cancelled = 0
+        self.waits = True
 
     async def embed(self, texts: Sequence[str]) -> Matrix:
         self.events.append("embed called")
         try:
+            if self.waits:
+                await asyncio.sleep(0)  # a model takes its time: the lookup's other work goes on meanwhile
             await self.gate.wait()
         except asyncio.CancelledError:
             self.cancelled += 1
@@ -87,6 +94,15 @@ async def make(**config: Any) -> tuple[SemanticCache, RemoteLike, RecordingEmbed
     return cache, backend, embedder, events
 
 
+async def reach(events: list[str], name: str) -> None:
+    """Let the loop run until `name` has happened."""
+    for _ in range(1000):
+        if name in events:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{name!r} never happened: {events}")
+
+
 def unretrieved_errors(loop: asyncio.AbstractEventLoop) -> list[dict[str, Any]]:
     """Start recording the loop's unhandled-exception reports ('Task exception was never retrieved')."""
     reports: list[dict[str, Any]] = []
@@ -98,22 +114,33 @@ async def test_a_semantic_lookup_embeds_and_searches_while_the_exact_read_is_in_
     cache, backend, _, events = await make()
     backend.get_gate.clear()
     lookup = asyncio.ensure_future(cache.lookup("what is the capital of france please"))
-    while "search answered" not in events:
-        await asyncio.sleep(0)
+    await reach(events, "search answered")
     assert not lookup.done()  # the exact read still holds it
     backend.get_gate.set()
     hit = await lookup
     assert hit is not None and hit.kind == "semantic" and hit.response == "paris"
-    assert events == ["get sent", "embed called", "embedded", "search sent", "search answered", "get answered"]
+    assert events == ["embed called", "get sent", "embedded", "search sent", "search answered", "get answered"]
     assert cache.stats.snapshot()["semantic_hits"] == 1
+
+
+async def test_a_vector_ready_at_once_goes_with_the_exact_read_in_one_backend_call() -> None:
+    cache, _, embedder, events = await make()
+    embedder.waits = False  # an embedder that answers without waiting (a cache of vectors, a table)
+    hit = await cache.lookup("what is the capital of france please")
+    assert hit is not None and hit.kind == "semantic"
+    exact = await cache.lookup("what is the capital of france")
+    assert exact is not None and exact.kind == "exact"
+    assert events.count("read and search in one call") == 2
+    assert events[:2] == ["embed called", "embedded"]  # the vector first, then the one call
+    stats = cache.stats.snapshot()
+    assert (stats["exact_hits"], stats["semantic_hits"]) == (1, 1)
 
 
 async def test_an_exact_hit_wins_over_the_search_and_is_counted_as_exact() -> None:
     cache, backend, embedder, events = await make()
     backend.get_gate.clear()
     lookup = asyncio.ensure_future(cache.lookup("what is the capital of france"))
-    while "search answered" not in events:  # the search found the same entry, at similarity ~1
-        await asyncio.sleep(0)
+    await reach(events, "search answered")  # the search found the same entry, at similarity ~1
     backend.get_gate.set()
     hit = await lookup
     assert hit is not None and hit.kind == "exact" and hit.similarity == 1.0
@@ -124,7 +151,7 @@ async def test_an_exact_hit_wins_over_the_search_and_is_counted_as_exact() -> No
 
 async def test_an_exact_hit_does_not_wait_for_the_embedding_and_cancels_it_cleanly() -> None:
     reports = unretrieved_errors(asyncio.get_running_loop())
-    cache, backend, embedder, events = await make()
+    cache, _, embedder, events = await make()
     embedder.gate.clear()  # the model never answers
     hit = await cache.lookup("what is the capital of france")
     assert hit is not None and hit.kind == "exact"
@@ -144,11 +171,9 @@ async def test_an_exact_hit_after_the_search_was_sent_awaits_it() -> None:
     backend.get_gate.clear()
     backend.find_gate.clear()
     lookup = asyncio.ensure_future(cache.lookup("what is the capital of france"))
-    while "search sent" not in events:
-        await asyncio.sleep(0)
+    await reach(events, "search sent")
     backend.get_gate.set()
-    while "get answered" not in events:
-        await asyncio.sleep(0)
+    await reach(events, "get answered")
     for _ in range(5):
         await asyncio.sleep(0)
     assert not lookup.done()  # the search in flight is finished, not cut off
@@ -162,7 +187,7 @@ async def test_an_exact_hit_after_the_search_was_sent_awaits_it() -> None:
 
 async def test_a_failing_embedder_on_an_exact_hit_is_served_and_never_unretrieved() -> None:
     reports = unretrieved_errors(asyncio.get_running_loop())
-    cache, backend, embedder, _ = await make()
+    cache, _, embedder, _ = await make()
 
     async def broken(texts: Sequence[str]) -> Matrix:
         raise RuntimeError("model gone")
@@ -182,8 +207,7 @@ async def test_a_cancelled_lookup_cancels_its_search() -> None:
     backend.get_gate.clear()
     backend.find_gate.clear()
     lookup = asyncio.ensure_future(cache.lookup("what is the capital of france please"))
-    while "search sent" not in events:
-        await asyncio.sleep(0)
+    await reach(events, "search sent")
     lookup.cancel()
     with pytest.raises(asyncio.CancelledError):
         await lookup
@@ -197,7 +221,7 @@ async def test_a_cancelled_lookup_cancels_its_search() -> None:
 
 
 async def test_overlap_off_and_local_backends_read_first_and_never_embed_an_exact_hit() -> None:
-    cache, backend, embedder, events = await make(overlap_reads=False)
+    cache, _, embedder, events = await make(overlap_reads=False)
     assert (await cache.lookup("what is the capital of france")) is not None
     assert embedder.calls == 0 and events == ["get sent", "get answered"]
     assert await cache.lookup("what is the capital of france please") is not None
@@ -264,6 +288,14 @@ async def test_on_redis_a_semantic_lookup_overlaps_its_two_round_trips(
         stats = cache.stats.snapshot()
         assert (stats["exact_hits"], stats["semantic_hits"], stats["errors"]) == (1, 2, 0)
         raw = aioredis.Redis.from_url(redis_search_server.url)
+        gets = []
+        plain_get = backend.get
+
+        async def counted_get(key: str) -> CacheEntry | None:
+            gets.append(key)
+            return await plain_get(key)
+
+        backend.get = counted_get  # type: ignore[method-assign]
         try:
             await raw.config_resetstat()
             await cache.lookup("what is the capital of france please")
@@ -271,8 +303,8 @@ async def test_on_redis_a_semantic_lookup_overlaps_its_two_round_trips(
             calls = {name: value["calls"] for name, value in (await raw.info("commandstats")).items()}
         finally:
             await raw.aclose()
-        if mode == "search":  # the exact read (entry and counters, one pipeline) and the FT.SEARCH
+        assert gets == []  # the vector was ready at once: the exact read went in the search's pipeline
+        if mode == "search":  # the exact read (entry and counters) and the FT.SEARCH, one pipeline
             assert (calls.get("cmdstat_hgetall"), calls.get("cmdstat_FT.SEARCH")) == (2, 1)
-        else:  # the exact read, then the changelog delta and the candidate in one pipeline
+        else:  # the exact read, the changelog delta and the candidate, one pipeline
             assert (calls.get("cmdstat_hgetall"), calls.get("cmdstat_xrange")) == (3, 1)
-
