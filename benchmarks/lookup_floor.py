@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/lookup_floor.py redis     # search mode vs one bare FT.SEARCH KNN 1 round trip
     .venv/bin/python benchmarks/lookup_floor.py memory    # MemoryBackend vs one bare numpy scan of the matrix
-    .venv/bin/python benchmarks/lookup_floor.py redis --entries 50000 --rounds 1000
+    .venv/bin/python benchmarks/lookup_floor.py redis --entries 50000 --rounds 1000   # questions + random filler
 
 Both store N entries through SemanticCache (one partition: the default scope), with an async embedder that looks
 precomputed vectors up: by default the first N distinct Quora questions with the bundled model's vectors (peers.py's
@@ -76,7 +76,13 @@ def qqp_workload(entries: int, queries: int) -> tuple[list[str], list[str], dict
     kept = set(stored)
     asked = [pair_query for pair, pair_query in zip(data.pairs, data.queries, strict=True)
              if normalize_prompt(pair.text_a) in kept and pair_query not in kept][:queries]  # fmt: skip
-    return stored, asked, {text: data.table.vector(text) for text in [*stored, *asked]}
+    vectors = {text: data.table.vector(text) for text in [*stored, *asked]}
+    if len(stored) < entries:  # more than the sample holds: random unit vectors (far from every question) fill up
+        filler, _, filler_vectors = random_workload(entries - len(stored), 0, seed=11)
+        print(f"{len(stored):,} questions and {len(filler):,} random-vector filler entries", file=sys.stderr)
+        stored = [*stored, *filler]
+        vectors |= filler_vectors
+    return stored, asked, vectors
 
 
 def random_workload(entries: int, queries: int, seed: int = 7) -> tuple[list[str], list[str], dict[str, np.ndarray]]:

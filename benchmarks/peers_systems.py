@@ -336,7 +336,7 @@ class RedisVLSystem(System):
         self.cosine = 1 - distance
 
     async def store(self, number: int, text: str) -> None:
-        self.cache.store(prompt=text, response=str(number))
+        await self.cache.astore(prompt=text, response=str(number))  # the async API, as for lookups (acheck)
 
     async def lookup(self, text: str) -> int | None:
         hits = await self.cache.acheck(prompt=text)
