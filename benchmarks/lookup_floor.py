@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/lookup_floor.py redis     # search mode vs one bare FT.SEARCH KNN 1 round trip
     .venv/bin/python benchmarks/lookup_floor.py memory    # MemoryBackend vs one bare numpy scan of the matrix
-    .venv/bin/python benchmarks/lookup_floor.py redis --entries 50000 --rounds 1000
+    .venv/bin/python benchmarks/lookup_floor.py redis --entries 50000 --rounds 1000   # questions + random filler
 
 Both store N entries through SemanticCache (one partition: the default scope), with an async embedder that looks
 precomputed vectors up: by default the first N distinct Quora questions with the bundled model's vectors (peers.py's
@@ -11,8 +11,9 @@ workload, cached in ~/.cache/semantic-llm-cache), looked up with their paired qu
 machine slows all alike:
 
 - redis: a bare ``FT.SEARCH <our index> "*=>[KNN 1 @v384 $x]"`` (what RedisVL sends), `backend.find_nearest`,
-  and a full `cache.lookup`; plus the commands each lookup sends (INFO commandstats), and
-  Starts a Redis 8 + search server (tests/plugins/redis_servers.py), stops it.
+  a full `cache.lookup` (its exact read in the search's pipeline: one round trip) and one with
+  ``overlap_reads=False`` (the exact read, then the search: two); plus the commands each lookup sends (INFO
+  commandstats). Starts a Redis 8 + search server (tests/plugins/redis_servers.py), stops it.
 - memory: a bare single-thread ``matrix @ query`` + argmax over the same vectors, `backend.find_nearest`, and a
   full `cache.lookup`.
 
@@ -28,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 import tempfile
 import time
@@ -76,7 +78,13 @@ def qqp_workload(entries: int, queries: int) -> tuple[list[str], list[str], dict
     kept = set(stored)
     asked = [pair_query for pair, pair_query in zip(data.pairs, data.queries, strict=True)
              if normalize_prompt(pair.text_a) in kept and pair_query not in kept][:queries]  # fmt: skip
-    return stored, asked, {text: data.table.vector(text) for text in [*stored, *asked]}
+    vectors = {text: data.table.vector(text) for text in [*stored, *asked]}
+    if len(stored) < entries:  # more than the sample holds: random unit vectors (far from every question) fill up
+        filler, _, filler_vectors = random_workload(entries - len(stored), 0, seed=11)
+        print(f"{len(stored):,} questions and {len(filler):,} random-vector filler entries", file=sys.stderr)
+        stored = [*stored, *filler]
+        vectors |= filler_vectors
+    return stored, asked, vectors
 
 
 def random_workload(entries: int, queries: int, seed: int = 7) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
@@ -196,6 +204,12 @@ async def bench_redis(arguments: argparse.Namespace) -> None:
         async def lookup(step: int) -> None:
             misses[0] += await cache.lookup(asked[step]) is None
 
+        sequential = SemanticCache(backend=backend, embedder=cache.embedder, config=dataclasses.replace(
+            cache.config, overlap_reads=False), never_cache=False)  # fmt: skip
+
+        async def lookup_sequential(step: int) -> None:
+            await sequential.lookup(asked[step])
+
         partition = (await cache.backend.iterate())[0][1].partition_id
         before = await raw.info("commandstats")
         await lookup(0)
@@ -211,6 +225,7 @@ async def bench_redis(arguments: argparse.Namespace) -> None:
                 "bare FT.SEARCH KNN 1 (one round trip)": bare,
                 "backend.find_nearest": nearest,
                 "cache.lookup": lookup,
+                "cache.lookup, overlap_reads=False": lookup_sequential,
             },
             arguments.rounds,
         )

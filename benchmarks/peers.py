@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/peers.py                  # 5,000 pairs, every system (a few minutes)
     .venv/bin/python benchmarks/peers.py --pairs all      # all 20,198 pairs
     .venv/bin/python benchmarks/peers.py --skip gptcache,redisvl --pairs 1000
+    .venv/bin/python benchmarks/peers.py --only ours-redis-search,redisvl --entries 50000   # 50,000 entries
 
 Peers are benchmark-only dependencies: pip install 'async-semantic-llm-cache[bench]'.
 
@@ -58,6 +59,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _tables import markdown_table  # noqa: E402
 from peers_systems import (  # noqa: E402
+    DIMENSION,
     GPTCacheExactSystem,
     GPTCacheSystem,
     LangChainMemorySystem,
@@ -97,9 +99,12 @@ class Workload:
     queries: list[str]
     known: dict[frozenset[str], int]
     table: VectorTable
+    filler: list[str] = field(default_factory=list)  # --entries: random-vector entries stored after the questions
 
     def verdict(self, query: str, served: int) -> int:
-        """1 correct, 0 wrong (labeled), -1 unlabeled: calibration.py's rules."""
+        """1 correct, 0 wrong (labeled), -1 unlabeled: calibration.py's rules (a filler entry served is wrong)."""
+        if served >= len(self.stored_texts):
+            return 0
         served_text = self.stored_texts[served]
         if _identity(served_text) == _identity(query):
             return 1
@@ -161,6 +166,19 @@ async def build_workload(path: Path, count: int | None) -> tuple[Workload, Local
     return Workload(pairs, stored_texts, queries, known, table), embedder
 
 
+def add_filler(workload: Workload, entries: int | None, seed: int = 11) -> None:
+    """Make `entries` stored entries in all: the questions, then random unit vectors (cos ~0 to every question,
+    so never served at any peer's threshold) under texts of their own. The index is then that large."""
+    missing = 0 if entries is None else entries - len(workload.stored_texts)
+    if missing <= 0:
+        return
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((missing, DIMENSION)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    workload.filler = [f"filler entry number {row}" for row in range(missing)]
+    workload.table.vectors.update(zip(workload.filler, vectors, strict=True))
+
+
 async def embedding_times(embedder: LocalEmbedder, texts: Sequence[str]) -> list[float]:
     """Single-query embedding time of the bundled model, one caller at a time."""
     await embedder.embed(["warm up the model"])
@@ -215,7 +233,7 @@ async def store_all(system: System, workload: Workload, result: Result) -> None:
     tracemalloc.start()
     heap_before = tracemalloc.get_traced_memory()[0]
     started = time.perf_counter()
-    for number, text in enumerate(workload.stored_texts):
+    for number, text in enumerate([*workload.stored_texts, *workload.filler]):
         await system.store(number, text)
     await system.settle()
     result.store_seconds = time.perf_counter() - started
@@ -224,7 +242,7 @@ async def store_all(system: System, workload: Workload, result: Result) -> None:
     gc.collect()
     heap_after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    entries = len(workload.stored_texts)
+    entries = len(workload.stored_texts) + len(workload.filler)
     result.stored = entries
     result.heap_per_entry = (heap_after - heap_before) / entries
     external_after = system.external_bytes()
@@ -277,7 +295,7 @@ def make_systems(keys: Sequence[str], workload: Workload, urls: dict[str, str],
             url = urls.get("plain" if key == "ours-redis-client" else "search") if "redis" in key else None
             systems.append(Ours(key, labels[key], table, url))
         elif key == "gptcache":
-            systems.append(GPTCacheSystem(table, len(workload.stored_texts), faiss_threads))
+            systems.append(GPTCacheSystem(table, len(workload.stored_texts) + len(workload.filler), faiss_threads))
         elif key == "redisvl":
             systems.append(RedisVLSystem(table, urls["search"]))
         elif key == "langchain-redis":
@@ -291,6 +309,7 @@ async def run(arguments: argparse.Namespace, keys: list[str], urls: dict[str, st
     count = None if arguments.pairs == "all" else int(arguments.pairs)
     print("embedding (or reading cached vectors) ...", file=sys.stderr)
     workload, embedder = await build_workload(Path(arguments.data), count)
+    add_filler(workload, arguments.entries)
     report = await sweep(workload.pairs, TableEmbedder(workload.table))
     rng = np.random.default_rng(1)
     model_texts = [workload.queries[i] for i in rng.permutation(len(workload.queries))[: arguments.model_queries]]
@@ -308,8 +327,8 @@ async def run(arguments: argparse.Namespace, keys: list[str], urls: dict[str, st
             continue
         try:
             await store_all(system, workload, result)
-            if isinstance(system, GPTCacheSystem) and system.stored_count() != len(workload.stored_texts):
-                print(f"  GPTCache holds {system.stored_count()} of {len(workload.stored_texts)} entries (evicted)",
+            if isinstance(system, GPTCacheSystem) and system.stored_count() != result.stored:
+                print(f"  GPTCache holds {system.stored_count()} of {result.stored} entries (evicted)",
                       file=sys.stderr)  # fmt: skip
             await look_up_all(system, workload, result, arguments, embed_samples, model_texts, embedder)
             results.append(result)
@@ -360,7 +379,10 @@ def render(results: list[Result], report: CalibrationReport, workload: Workload,
            arguments: argparse.Namespace) -> str:  # fmt: skip
     headers = ["system", "default (as cosine)", "hit rate", "precision", "strict precision",
                "hits (wrong / unlabeled)", "lookup p50 / p99 ms", "+ embedding p50 / p99 ms",
-               f"lookups/s, {arguments.callers} callers", "heap B/entry", "Redis or file B/entry"]  # fmt: skip
+               f"lookups/s, {arguments.callers} callers", "store ms each", "heap B/entry",
+               "Redis or file B/entry"]  # fmt: skip
+    filler = f"; then {len(workload.filler):,} random-vector filler entries, {arguments.entries:,} in all" if (
+        workload.filler) else ""  # fmt: skip
     rows = []
     for result in results:
         system = result.system
@@ -370,6 +392,7 @@ def render(results: list[Result], report: CalibrationReport, workload: Workload,
             f"{result.hits} ({result.wrong} / {result.unlabeled})",
             _ms(result.latency), _ms(result.with_embedding),
             f"{result.throughput:,.0f}" + (" (threads)" if system.threaded else ""),
+            f"{result.store_seconds / max(1, result.stored) * 1000:.3f}",
             "(shared)" if isinstance(system, GPTCacheExactSystem) else _bytes(result.heap_per_entry),
             _bytes(result.external_per_entry) + (f" ({system.external_note})" if system.external_note else ""),
         ])  # fmt: skip
@@ -396,7 +419,7 @@ def render(results: list[Result], report: CalibrationReport, workload: Workload,
         f"`{command}` on {platform.node() or 'this machine'} ({os.cpu_count()} cores, "
         f"load average {os.getloadavg()[0]:.1f} at the end). Workload: the first {len(workload.pairs):,} pairs of "
         f"`{Path(arguments.data).name}`; {len(workload.stored_texts):,} distinct `text_a` stored (answer = row "
-        f"number), {len(workload.queries):,} `text_b` looked up. Embedder for everyone: the bundled "
+        f"number{filler}), {len(workload.queries):,} `text_b` looked up. Embedder for everyone: the bundled "
         "all-MiniLM-L6-v2, vectors precomputed and looked up.",
         "",
         markdown_table(headers, rows),
@@ -414,6 +437,8 @@ def render(results: list[Result], report: CalibrationReport, workload: Workload,
         f"{min(arguments.throughput_queries, len(workload.queries)):,} queries, embedding excluded: asyncio "
         "tasks on the async API (ours `lookup`, RedisVL `acheck`, langchain `alookup`), a pool of "
         f"{arguments.callers} threads for GPTCache's sync-only `get`.",
+        "- **store ms each**: the stores, one caller, sequential, embedding excluded (ours `store`, RedisVL "
+        "`astore`, GPTCache `put`, the LangChain caches' `update`), until the index has taken them in.",
         "- **heap B/entry**: growth of the Python heap (tracemalloc) over the stores and the first "
         f"{WARM_UP} lookups (which build lazily loaded indexes), per entry (FAISS's C++ "
         "index is not in it; it is in the file column). **Redis or file**: Redis INFO used_memory growth per "
@@ -508,6 +533,8 @@ def main() -> None:
     parser.add_argument("--pairs", default="5000", help="use the first N pairs, or 'all' (default 5000)")
     parser.add_argument("--skip", default="", help=f"comma-separated systems to leave out: {', '.join(SYSTEMS)}")
     parser.add_argument("--only", default="", help="comma-separated systems to run (default: all)")
+    parser.add_argument("--entries", type=int, default=None,
+                        help="entries stored in all: the questions, then random-vector filler")  # fmt: skip
     parser.add_argument("--callers", type=int, default=64, help="concurrent callers for the throughput pass")
     parser.add_argument("--throughput-queries", type=int, default=2000,
                         help="lookups in the concurrent pass (the first N queries)")  # fmt: skip

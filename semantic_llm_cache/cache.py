@@ -59,7 +59,7 @@ from semantic_llm_cache.scope import Scope, exact_key, normalize_prompt, partiti
 from semantic_llm_cache.sensitive import NeverCache
 from semantic_llm_cache.shared_text import Difference, differing_parts
 from semantic_llm_cache.stats import CacheStats
-from semantic_llm_cache.storage import StorageBackend
+from semantic_llm_cache.storage import Match, StorageBackend
 from semantic_llm_cache.temperature import ServeAlways, TemperaturePolicy, temperature_of
 from semantic_llm_cache.values import check_json_value, check_text, shown
 from semantic_llm_cache.verifiers import Candidate, Verifier, as_verifier, run_verifier
@@ -126,6 +126,18 @@ class _Budget:
 
 
 _BUDGET: ContextVar[_Budget | None] = ContextVar("semantic_llm_cache_budget", default=None)
+
+
+async def _on_own_budget(remaining: float | None, call: Awaitable[T]) -> T:
+    """Await `call` (in a task of its own) on a copy of the call's budget: `_overlapped` charges the call once."""
+    _BUDGET.set(None if remaining is None else _Budget(remaining))
+    return await call
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a dropped task's outcome as seen (no 'exception was never retrieved' for a search nobody needs)."""
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass(frozen=True)
@@ -1448,10 +1460,11 @@ class SemanticCache:
                                    type(error).__name__, error)  # fmt: skip
         return default
 
-    async def _embed(self, text: str) -> Vector | None:
+    async def _embed(self, text: str, *, report: bool = True) -> Vector | None:
         """The vector of `text`: from the small recent-vectors memory (a miss's lookup then store embed the
         same text once; keyed by a digest, so its size does not grow with prompt length), else from the
-        embedder."""
+        embedder. A text found over the embedder's window is counted and logged, or with `report` False
+        returned as `_TOO_LONG` for the caller to report (`_too_long`) if it goes on."""
         digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
         with self._recent_vectors_lock:  # the cache may be used from several loops and threads at once
             recent = self._recent_vectors.get(digest)
@@ -1459,14 +1472,9 @@ class SemanticCache:
                 self._recent_vectors.move_to_end(digest)
                 return None if recent is _TOO_LONG else recent
         if not await self._fits_window(text):
-            self.stats.count("too_long_for_semantic")
-            self._failures.warning(
-                "too_long_for_semantic",
-                "semantic cache: a prompt is longer than the embedder's window (%s tokens), so it is cached and "
-                "served by exact match only. Put only the question in the prompt you cache (the rest in the Scope's "
-                "context, or use the integrations' question_key), or use an embedder with a longer window",
-                getattr(self.embedder, "max_tokens", None),
-            )
+            if not report:
+                return cast(Vector, _TOO_LONG)
+            self._too_long()
             vector: Any = _TOO_LONG
         else:
             matrix = await self._guarded(self._embed_checked(text), "embedder", default=None)
@@ -1478,6 +1486,17 @@ class SemanticCache:
             if len(self._recent_vectors) > _RECENT_VECTORS:
                 self._recent_vectors.popitem(last=False)
         return None if vector is _TOO_LONG else vector
+
+    def _too_long(self) -> None:
+        """Count and log a prompt over the embedder's window."""
+        self.stats.count("too_long_for_semantic")
+        self._failures.warning(
+            "too_long_for_semantic",
+            "semantic cache: a prompt is longer than the embedder's window (%s tokens), so it is cached and "
+            "served by exact match only. Put only the question in the prompt you cache (the rest in the Scope's "
+            "context, or use the integrations' question_key), or use an embedder with a longer window",
+            getattr(self.embedder, "max_tokens", None),
+        )
 
     async def _fits_window(self, text: str) -> bool:
         """False when the embedder states a window and `text` has more of its tokens than that (counted in a
@@ -1514,19 +1533,23 @@ class SemanticCache:
         check = _CHECK.get()
         if check is not None:
             check.declined = None
-        entry = self._readable(key, await self._guarded(self.backend.get(key), "backend", default=None))
-        if entry is not None and entry.prompt == text and options.matches(entry.metadata):
-            return await self._served(key, entry, 1.0, "exact"), None
-        vector = await self._embed(text)
-        if vector is None:
-            return None, None
-        candidates = self.config.candidates
-        if options.where and self._cipher is None:  # the backend filters (in its index where it can)
-            search = self.backend.find_nearest(vector, threshold, candidates, partition=partition, where=options.where)
-        else:  # sealed metadata: only this cache can read it, so it looks at more candidates and filters itself
-            candidates *= WHERE_CANDIDATE_FACTOR if options.where else 1
-            search = self.backend.find_nearest(vector, threshold, candidates, partition=partition)
-        matches = await self._guarded(search, "backend", default=[])
+        if self._overlaps_reads():
+            entry, (vector, matches) = await self._overlapped(prepared)
+            if entry is not None:
+                return await self._served(key, entry, 1.0, "exact"), None
+            if vector is _TOO_LONG:  # known only now that the exact read missed
+                self._too_long()
+                vector = None
+            if vector is None:
+                return None, None
+        else:
+            entry = await self._exact(prepared)
+            if entry is not None:
+                return await self._served(key, entry, 1.0, "exact"), None
+            vector = await self._embed(text)
+            if vector is None:
+                return None, None
+            matches = await self._guarded(self._nearest(prepared, vector), "backend", default=[])
         survivors: list[tuple[str, CacheEntry, float]] = []
         for match_key, sealed_match, raw_similarity in matches:
             match = self._readable(match_key, sealed_match)
@@ -1554,6 +1577,96 @@ class SemanticCache:
         if chosen is None:
             return None, vector
         return await self._semantic(prepared, *chosen), vector
+
+    async def _exact(self, prepared: _Prepared) -> CacheEntry | None:
+        """The entry stored under the call's exact key, if it is this prompt's and matches the call's `where`."""
+        return self._exact_of(prepared, await self._guarded(self.backend.get(prepared.key), "backend", None))
+
+    def _exact_of(self, prepared: _Prepared, entry: CacheEntry | None) -> CacheEntry | None:
+        entry = self._readable(prepared.key, entry)
+        if entry is not None and entry.prompt == prepared.text and prepared.options.matches(entry.metadata):
+            return entry
+        return None
+
+    def _search_for(self, prepared: _Prepared) -> tuple[int, Mapping[str, Any] | None]:
+        """How many candidates the backend is asked for, and the `where` it filters on itself."""
+        candidates, where = self.config.candidates, prepared.options.where
+        if where and self._cipher is None:  # the backend filters (in its index where it can)
+            return candidates, where
+        # sealed metadata: only this cache can read it, so it looks at more candidates and filters itself
+        return candidates * (WHERE_CANDIDATE_FACTOR if where else 1), None
+
+    def _nearest(self, prepared: _Prepared, vector: Vector) -> Coroutine[Any, Any, list[Match]]:
+        """The backend's search for the call's candidates (unawaited)."""
+        candidates, where = self._search_for(prepared)
+        return self.backend.find_nearest(vector, prepared.threshold, candidates, partition=prepared.partition,
+                                         where=where)  # fmt: skip
+
+    async def _read_and_find(self, prepared: _Prepared, vector: Vector) -> tuple[CacheEntry | None, list[Match]]:
+        candidates, where = self._search_for(prepared)
+        return await self.backend.get_and_find_nearest(
+            prepared.key, vector, prepared.threshold, candidates, partition=prepared.partition, where=where
+        )
+
+    def _overlaps_reads(self) -> bool:
+        overlap = self.config.overlap_reads
+        return bool(getattr(self.backend, "remote_reads", False)) if overlap is None else overlap
+
+    async def _overlapped(self, prepared: _Prepared) -> tuple[CacheEntry | None, tuple[Vector | None, list[Match]]]:
+        """The exact read and the semantic search of a store whose reads are round trips, overlapped.
+
+        The embedding starts first (a task). A vector ready at once (an embedder that answers without waiting,
+        or the recent-vectors memory) goes with the exact read in one backend call, one round trip. Otherwise
+        the exact read is sent while the embedding runs, and the search once it is done: an exact hit is served
+        at once (a search not yet sent is cancelled with its embedding, one already sent is awaited: cancelling
+        it would cost its connection), a miss waits for one round trip less.
+
+        Returns (the exact entry, (None, [])) on an exact hit, else (None, (vector or None or _TOO_LONG,
+        matches)). Overlapped waits are charged to the call's time budget once, by the time they took together."""
+        budget = _BUDGET.get()
+        before = None if budget is None else budget.remaining
+        started = time.monotonic()
+        embedding = asyncio.ensure_future(_on_own_budget(before, self._embed(prepared.text, report=False)))
+        search: asyncio.Future[tuple[Vector | None, list[Match]]] | None = None
+        try:
+            await asyncio.sleep(0)  # the embedding runs up to its first wait (an instant one: to its end)
+            if embedding.done():
+                if embedding.exception() is not None:  # on_error="raise": raised if the exact read misses
+                    entry = await self._exact(prepared)
+                    return (entry, (None, [])) if entry is not None else (None, (embedding.result(), []))
+                vector = embedding.result()
+                if vector is None or vector is _TOO_LONG:
+                    entry = await self._exact(prepared)
+                    return (entry, (None, [])) if entry is not None else (None, (vector, []))
+                found = await self._guarded(self._read_and_find(prepared, vector), "backend", default=(None, []))
+                entry = self._exact_of(prepared, found[0])
+                return (entry, (None, [])) if entry is not None else (None, (vector, found[1]))
+            searching: list[bool] = []
+            search = asyncio.ensure_future(_on_own_budget(before, self._find_after(embedding, prepared, searching)))
+            entry = await self._exact(prepared)
+            if entry is None:
+                return None, await search
+            if searching:
+                await asyncio.gather(search, return_exceptions=True)
+            return entry, (None, [])
+        finally:
+            for task in (search, embedding):  # not done: an exact hit, or this call was cancelled or failed
+                if task is not None:
+                    task.cancel()  # (no-op when done)
+                    task.add_done_callback(_retrieved)
+            if budget is not None and before is not None:
+                budget.remaining = min(budget.remaining, before - (time.monotonic() - started))
+
+    async def _find_after(
+        self, embedding: Awaitable[Vector | None], prepared: _Prepared, searching: list[bool]
+    ) -> tuple[Vector | None, list[Match]]:
+        """The call's vector (None, or _TOO_LONG unreported) and its semantic candidates, searched for once the
+        embedding is done; `searching` is appended to when the search is sent."""
+        vector = await embedding
+        if vector is None or vector is _TOO_LONG:
+            return vector, []
+        searching.append(True)
+        return vector, await self._guarded(self._nearest(prepared, vector), "backend", default=[])
 
     async def _semantic(self, prepared: _Prepared, key: str, entry: CacheEntry, similarity: float) -> CacheHit | None:
         """Serve a semantic candidate that passed every check, unless the error budget declines it (not yet known

@@ -195,6 +195,10 @@ class CacheConfig:
     max_prompt_chars: the longest prompt the cache takes (after whitespace is collapsed). A longer one is not
         cached: `lookup` misses, `resolve`/`get_or_compute` compute without storing, `store` raises
         InvalidInputError; each is counted as `prompt_too_long`.
+    overlap_reads: start a lookup's embedding, then its semantic search, while its exact-key read is still in
+        flight, so that a lookup that is not an exact hit waits for one backend round trip less. None (the
+        default): when the backend's reads are round trips (`remote_reads`: Redis), not for memory or SQLite.
+        The price: an exact hit that arrives while the embedding is under way has paid for that embedding.
     """
 
     threshold: float = DEFAULT_THRESHOLD
@@ -206,6 +210,7 @@ class CacheConfig:
     timeout: float = 10.0
     candidates: int = 4
     max_prompt_chars: int = 1_000_000
+    overlap_reads: bool | None = None
 
     def __post_init__(self) -> None:
         validate_threshold(self.threshold)
@@ -227,3 +232,5 @@ class CacheConfig:
             or self.max_prompt_chars < 1
         ):
             raise ConfigurationError(f"max_prompt_chars must be an integer >= 1, got {shown(self.max_prompt_chars)}")
+        if self.overlap_reads is not None and not isinstance(self.overlap_reads, bool):
+            raise ConfigurationError(f"overlap_reads must be True, False or None, got {shown(self.overlap_reads)}")

@@ -114,8 +114,26 @@ class StorageBackend(ABC):
             found = await self._find_nearest(query, threshold, k * WHERE_CANDIDATE_FACTOR, namespace, partition)
         return best_first(filter_where(found, wanted), k)
 
+    async def get_and_find_nearest(
+        self,
+        key: str,
+        embedding: Sequence[float] | np.ndarray,
+        threshold: float,
+        k: int,
+        *,
+        partition: str | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> tuple[CacheEntry | None, list[Match]]:
+        """`get(key)` and `find_nearest(...)` in one call (a lookup whose vector was ready at once): a backend
+        whose reads are round trips sends the two together."""
+        return await self.get(key), await self.find_nearest(embedding, threshold, k, partition=partition, where=where)
+
     #: True for a backend whose index filters on metadata itself (it then implements `_find_nearest_where`)
     filters_where = False
+
+    #: True for a backend whose reads are network round trips: the engine then overlaps a lookup's exact read
+    #: with its embedding and search (CacheConfig.overlap_reads)
+    remote_reads = False
 
     async def _find_nearest_where(
         self,

@@ -14,8 +14,10 @@ import logging
 import time
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol, TypeVar
+
+import numpy as np
 
 from semantic_llm_cache.backends.redis.codec import encode, live_entry, payload_namespace
 from semantic_llm_cache.backends.redis.connection import (
@@ -30,15 +32,16 @@ from semantic_llm_cache.backends.redis.connection import (
     server_identity,
     unlink,
 )
-from semantic_llm_cache.backends.redis.keyspace import Keyspace
+from semantic_llm_cache.backends.redis.keyspace import ExactRead, Keyspace
 from semantic_llm_cache.backends.redis.layout import KeyLayout, legacy_namespace_tag, namespace_tag
 from semantic_llm_cache.backends.redis.replica import ClientReplica
 from semantic_llm_cache.backends.redis.scripts import LOG_GRACE_MS, queue_script, run_script
 from semantic_llm_cache.backends.redis.server_index import ServerIndex
-from semantic_llm_cache.config import CacheEntry, Vector
+from semantic_llm_cache.call_options import CallOptions
+from semantic_llm_cache.config import CacheEntry, Vector, as_unit_vector, validate_threshold
 from semantic_llm_cache.errors import ConfigurationError, InvalidInputError
 from semantic_llm_cache.index.auto import DEFAULT_HNSW_MIN_ENTRIES, renamed_min_entries
-from semantic_llm_cache.storage import Match, StorageBackend
+from semantic_llm_cache.storage import Match, StorageBackend, best_first, filter_where
 
 logger = logging.getLogger("semantic_llm_cache.redis")
 
@@ -63,6 +66,7 @@ class IndexStrategy(Protocol):
         namespace: str | None,
         partition: str | None,
         where: Mapping[str, Any] | None = None,
+        exact: ExactRead | None = None,
     ) -> list[Match]: ...
 
     def forget(self) -> None: ...
@@ -258,11 +262,48 @@ class RedisBackend(StorageBackend):
             pipe.hgetall(self._layout.hits(partition, digest))
             return await execute(pipe)
 
-        fields, hits = await self._run(operation)
+        return self._entry_of(partition, await self._run(operation))
+
+    def _entry_of(self, partition: str, replies: list[Any]) -> CacheEntry | None:
+        """The live entry in the HGETALL replies of an entry's hash and its counters."""
+        fields, hits = replies
         if isinstance(fields, BaseException):  # WRONGTYPE: something foreign under our prefix
             self._counters.count("corrupt_skipped")
             return None
         return live_entry(partition, fields, time.time(), self._counters, hits)
+
+    async def get_and_find_nearest(
+        self,
+        key: str,
+        embedding: Sequence[float] | np.ndarray,
+        threshold: float,
+        k: int,
+        *,
+        partition: str | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> tuple[CacheEntry | None, list[Match]]:
+        """The exact read rides in the search's first pipeline: one round trip for both (in the steady state)."""
+        key_partition, digest = self._layout.split(key)
+        if k <= 0 or partition != key_partition or any(char in key_partition for char in "{},"):
+            return await super().get_and_find_nearest(key, embedding, threshold, k, partition=partition, where=where)
+        threshold = validate_threshold(threshold)
+        query = as_unit_vector(embedding)
+        wanted = CallOptions(where=where) if where else None  # checks it
+        await self._hits_written(key)
+        exact = ExactRead(self._layout.entry(key_partition, digest), self._layout.hits(key_partition, digest))
+
+        async def operation(client: Client, strategy: IndexStrategy) -> list[Match]:
+            found = await strategy.find(client, query, threshold, k, None, key_partition, where or None, exact)
+            if exact.replies is None:  # a search without a pipeline to carry it
+                pipe = client.pipeline(transaction=False)
+                exact.queue(pipe)
+                exact.take(await execute(pipe))
+            return found
+
+        found = await self._run(operation)
+        assert exact.replies is not None
+        matches = best_first(found if wanted is None else filter_where(found, wanted), k)
+        return self._entry_of(key_partition, exact.replies), matches
 
     async def set(self, key: str, entry: CacheEntry) -> None:
         partition, digest = self._layout.split(key)
@@ -358,6 +399,7 @@ class RedisBackend(StorageBackend):
         return await self._find(query, threshold, k, namespace, partition, None)
 
     filters_where = True  # search mode: a TAG pre-filter per field; client mode: more candidates, filtered after
+    remote_reads = True  # a lookup's exact read and its search overlap (CacheConfig.overlap_reads)
 
     async def _find_nearest_where(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +15,25 @@ from semantic_llm_cache.backends.redis.connection import Client, Connection, Cou
 from semantic_llm_cache.backends.redis.layout import KeyLayout
 from semantic_llm_cache.config import CacheEntry, Vector
 from semantic_llm_cache.storage import Match
+
+
+@dataclass
+class ExactRead:
+    """A lookup's exact read (an entry's hash and its counters), sent in the first pipeline of the search that
+    goes with it: `replies` holds the two HGETALL replies once read."""
+
+    entry_key: str
+    hits_key: str
+    replies: list[Any] | None = None
+
+    def queue(self, pipe: Any) -> None:
+        pipe.hgetall(self.entry_key)
+        pipe.hgetall(self.hits_key)
+
+    def take(self, replies: list[Any]) -> list[Any]:
+        """Keep the two replies this read queued first; return the rest."""
+        self.replies = replies[:2]
+        return replies[2:]
 
 
 @dataclass(frozen=True)

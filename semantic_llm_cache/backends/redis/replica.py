@@ -21,7 +21,7 @@ import numpy as np
 
 from semantic_llm_cache.backends.redis.codec import live_entry, vector_field
 from semantic_llm_cache.backends.redis.connection import BATCH, Client, ResponseError, execute
-from semantic_llm_cache.backends.redis.keyspace import Keyspace
+from semantic_llm_cache.backends.redis.keyspace import ExactRead, Keyspace
 from semantic_llm_cache.call_options import WHERE_CANDIDATE_FACTOR
 from semantic_llm_cache.config import CacheEntry, Vector
 from semantic_llm_cache.errors import InvalidInputError
@@ -71,13 +71,15 @@ class ClientReplica:
         namespace: str | None,
         partition: str | None,
         where: Mapping[str, Any] | None = None,
+        exact: ExactRead | None = None,
     ) -> list[Match]:
-        """Live matches of the scope; with `where`, `WHERE_CANDIDATE_FACTOR` times more for the caller to filter."""
+        """Live matches of the scope; with `where`, `WHERE_CANDIDATE_FACTOR` times more for the caller to filter.
+        `exact`: a lookup's exact read, sent in the first pipeline (with the changelog delta)."""
         if where:
             k *= WHERE_CANDIDATE_FACTOR
         if partition is None:
             return await self.keyspace.search_by_scan(client, query, threshold, namespace)
-        return await self._search_partition(client, query, threshold, k, namespace, partition)
+        return await self._search_partition(client, query, threshold, k, namespace, partition, exact)
 
     def forget(self) -> None:
         with self._lock:
@@ -103,6 +105,7 @@ class ClientReplica:
         k: int,
         namespace: str | None,
         partition: str,
+        exact: ExactRead | None = None,
     ) -> list[Match]:
         """Search this process's index of the partition, brought up to date from the changelog first.
 
@@ -120,11 +123,16 @@ class ClientReplica:
             last_id = state.last_id
             missing = [digest for digest, _ in candidates if digest not in fetched]
             pipe = client.pipeline(transaction=False)
+            reading = exact if exact is not None and exact.replies is None else None
+            if reading is not None:
+                reading.queue(pipe)
             if not log_checked:
                 pipe.xrange(log_key, min="-" if last_id is None else format_id(last_id), count=DELTA_BATCH)
             for digest in missing:
                 pipe.hgetall(self.keyspace.layout.entry(partition, digest))
             replies = await execute(pipe) if len(pipe) else []
+            if reading is not None:
+                replies = reading.take(replies)
             delta = replies.pop(0) if not log_checked else None
             fetched.update(zip(missing, replies, strict=True))
             if not log_checked:

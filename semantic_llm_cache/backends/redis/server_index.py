@@ -16,8 +16,8 @@ from typing import Any, Literal
 import numpy as np
 
 from semantic_llm_cache.backends.redis.codec import live_entry, vector_field
-from semantic_llm_cache.backends.redis.connection import Client, ResponseError
-from semantic_llm_cache.backends.redis.keyspace import Keyspace
+from semantic_llm_cache.backends.redis.connection import Client, ResponseError, execute
+from semantic_llm_cache.backends.redis.keyspace import ExactRead, Keyspace
 from semantic_llm_cache.backends.redis.layout import scope_filter, where_filter
 from semantic_llm_cache.backends.redis.replica import ClientReplica
 from semantic_llm_cache.call_options import WHERE_CANDIDATE_FACTOR
@@ -60,11 +60,12 @@ class ServerIndex:
         namespace: str | None,
         partition: str | None,
         where: Mapping[str, Any] | None = None,
+        exact: ExactRead | None = None,
     ) -> list[Match]:
         if partition is not None and "\x00" in partition:
             fetch = k * WHERE_CANDIDATE_FACTOR if where else k
-            return await self.replica.find(client, query, threshold, fetch, namespace, partition)
-        return await self.search(client, query, threshold, k, namespace, partition, where)
+            return await self.replica.find(client, query, threshold, fetch, namespace, partition, exact=exact)
+        return await self.search(client, query, threshold, k, namespace, partition, where, exact)
 
     def forget(self) -> None:
         self.replica.forget()
@@ -127,11 +128,13 @@ class ServerIndex:
         namespace: str | None,
         partition: str | None,
         where: Mapping[str, Any] | None = None,
+        exact: ExactRead | None = None,
     ) -> list[Match]:
         """The entries of the scope at or above `threshold`, nearest first: one FT.SEARCH with a range query
         (VECTOR_RANGE to the threshold's cosine distance, pre-filtered by the partition's TAG) returning the fields
         an entry needs. Only rows that can match come back, usually one or none, so a search costs one round trip,
-        less than a bare KNN query (the graph walk stops at the radius; like KNN on HNSW it is approximate)."""
+        less than a bare KNN query (the graph walk stops at the radius; like KNN on HNSW it is approximate).
+        `exact`: a lookup's exact read, sent in the same pipeline as the first FT.SEARCH."""
         dimension = int(query.size)
         prefilter, params = scope_filter(partition, namespace)
         if where:  # each field's tag, in the same TAG field: the index selects only entries that can match
@@ -153,8 +156,10 @@ class ServerIndex:
                 "RETURN", "3", "s", "j", field, "SORTBY", "__distance", "ASC", "LIMIT", "0", str(want), "DIALECT", "2",
             )  # fmt: skip
             try:
-                reply = await client.execute_command(*command)
+                reply = await self._send(client, command, exact)
+                exact = None
             except ResponseError as exc:
+                exact = None
                 text = str(exc).lower()
                 if "no such index" not in text and "unknown index" not in text:
                     raise
@@ -168,6 +173,19 @@ class ServerIndex:
                 return matches
             want *= 4  # skipped rows (gone, corrupt, of another scope) hid candidates: ask for more
         return matches
+
+    @staticmethod
+    async def _send(client: Client, command: tuple[Any, ...], exact: ExactRead | None) -> Any:
+        """One FT.SEARCH, with the exact read in the same pipeline when there is one (its error raised)."""
+        if exact is None:
+            return await client.execute_command(*command)
+        pipe = client.pipeline(transaction=False)
+        exact.queue(pipe)
+        pipe.execute_command(*command)
+        (reply,) = exact.take(await execute(pipe))
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
 
     def _matches(
         self,
