@@ -330,15 +330,20 @@ class LearnedVerifier(_ScoredVerifier):
     async def verify(self, candidates: Sequence[Candidate]) -> list[Verdict]:
         if not candidates:
             return []
-        logits = await self.scorer.score(candidates)
+        probabilities = await asyncio.to_thread(self.probabilities, candidates)
+        return [Verdict(bool(p >= self.threshold), score=float(p)) for p in probabilities]
+
+    def probabilities(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        """The trees' probability for each candidate: the cross-encoder's batch, then the text features (which
+        grow with the prompts' length), all in the calling (worker) thread."""
+        logits = self.scorer.pair_logits([(c.query, c.prompt) for c in candidates])
         rows = np.array(
             [
                 learned_features(float(logit), c.similarity, c.query, c.prompt)
                 for logit, c in zip(logits, candidates, strict=True)
             ]
         )
-        probabilities = self.model.probability(rows)
-        return [Verdict(bool(p >= self.threshold), score=float(p)) for p in probabilities]
+        return self.model.probability(rows)
 
 
 @dataclass
