@@ -227,27 +227,39 @@ async def throughput(system: System, texts: Sequence[str], callers: int) -> tupl
 
 
 async def store_all(system: System, workload: Workload, result: Result) -> None:
-    """Store every prompt and warm up, measuring the Python heap growth (tracemalloc) and the external growth."""
+    """Store every prompt, one call at a time, untraced (tracemalloc slows allocation-heavy code several-fold: timed
+    under it, the stores measured 1.5-3x their real cost), until the system has indexed them; the external growth."""
     external_before = system.external_bytes()
-    gc.collect()
-    tracemalloc.start()
-    heap_before = tracemalloc.get_traced_memory()[0]
     started = time.perf_counter()
     for number, text in enumerate([*workload.stored_texts, *workload.filler]):
         await system.store(number, text)
     await system.settle()
     result.store_seconds = time.perf_counter() - started
-    for text in workload.queries[:WARM_UP]:  # inside the window: some indexes are built by the first search
-        await call_lookup(system, text)
-    gc.collect()
-    heap_after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    entries = len(workload.stored_texts) + len(workload.filler)
-    result.stored = entries
-    result.heap_per_entry = (heap_after - heap_before) / entries
+    result.stored = len(workload.stored_texts) + len(workload.filler)
     external_after = system.external_bytes()
     if external_before is not None and external_after is not None:
-        result.external_per_entry = (external_after - external_before) / entries
+        result.external_per_entry = (external_after - external_before) / result.stored
+
+
+async def heap_per_entry(system: System, workload: Workload) -> float:
+    """The Python heap's growth (tracemalloc) over storing every prompt into a fresh instance of the system and its
+    first lookups (some indexes are built by the first search), per entry."""
+    await system.open()
+    try:
+        gc.collect()
+        tracemalloc.start()
+        heap_before = tracemalloc.get_traced_memory()[0]
+        for number, text in enumerate([*workload.stored_texts, *workload.filler]):
+            await system.store(number, text)
+        await system.settle()
+        for text in workload.queries[:WARM_UP]:
+            await call_lookup(system, text)
+        gc.collect()
+        heap_after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+    finally:
+        await system.close()
+    return (heap_after - heap_before) / (len(workload.stored_texts) + len(workload.filler))
 
 
 async def look_up_all(system: System, workload: Workload, result: Result, arguments: argparse.Namespace,
@@ -283,26 +295,23 @@ async def look_up_all(system: System, workload: Workload, result: Result, argume
         result.measured_with_model = await system.timed_with_model(model_texts, embedder)
 
 
-def make_systems(keys: Sequence[str], workload: Workload, urls: dict[str, str],
-                 faiss_threads: int | None) -> list[System]:  # fmt: skip
+def make_system(key: str, workload: Workload, urls: dict[str, str], faiss_threads: int | None) -> System:
     table = workload.table
     labels = {"ours-memory": "ours, MemoryBackend", "ours-sqlite": "ours, SQLiteBackend",
               "ours-redis-client": "ours, RedisBackend index=client (Redis 7)",
               "ours-redis-search": "ours, RedisBackend index=search (Redis 8.2)"}  # fmt: skip
-    systems: list[System] = []
-    for key in keys:
-        if key.startswith("ours-"):
-            url = urls.get("plain" if key == "ours-redis-client" else "search") if "redis" in key else None
-            systems.append(Ours(key, labels[key], table, url))
-        elif key == "gptcache":
-            systems.append(GPTCacheSystem(table, len(workload.stored_texts) + len(workload.filler), faiss_threads))
-        elif key == "redisvl":
-            systems.append(RedisVLSystem(table, urls["search"]))
-        elif key == "langchain-redis":
-            systems.append(LangChainRedisSystem(table, urls["search"]))
-        elif key == "langchain-memory":
-            systems.append(LangChainMemorySystem())
-    return systems
+    if key.startswith("ours-"):
+        url = urls.get("plain" if key == "ours-redis-client" else "search") if "redis" in key else None
+        return Ours(key, labels[key], table, url)
+    if key == "gptcache":
+        return GPTCacheSystem(table, len(workload.stored_texts) + len(workload.filler), faiss_threads)
+    if key == "redisvl":
+        return RedisVLSystem(table, urls["search"])
+    if key == "langchain-redis":
+        return LangChainRedisSystem(table, urls["search"])
+    if key == "langchain-memory":
+        return LangChainMemorySystem()
+    raise ValueError(f"unknown system {key!r}")
 
 
 async def run(arguments: argparse.Namespace, keys: list[str], urls: dict[str, str]) -> None:
@@ -316,7 +325,8 @@ async def run(arguments: argparse.Namespace, keys: list[str], urls: dict[str, st
     embed_samples = await embedding_times(embedder, model_texts)
     print(f"single-query embedding p50 {np.percentile(embed_samples, 50) * 1000:.2f} ms", file=sys.stderr)
     results: list[Result] = []
-    for system in make_systems(keys, workload, urls, arguments.faiss_threads):
+    for key in keys:
+        system = make_system(key, workload, urls, arguments.faiss_threads)
         print(f"{system.label} ...", file=sys.stderr)
         started = time.perf_counter()
         result = Result(system)
@@ -343,6 +353,8 @@ async def run(arguments: argparse.Namespace, keys: list[str], urls: dict[str, st
                 _progress(exact_result, time.perf_counter() - started)
         finally:
             await system.close()
+        fresh = make_system(key, workload, urls, arguments.faiss_threads)  # stored again, traced, for the heap
+        result.heap_per_entry = await heap_per_entry(fresh, workload)
     embedder.close()
     output = render(results, report, workload, embed_samples, arguments)
     print(output)
@@ -438,9 +450,10 @@ def render(results: list[Result], report: CalibrationReport, workload: Workload,
         "tasks on the async API (ours `lookup`, RedisVL `acheck`, langchain `alookup`), a pool of "
         f"{arguments.callers} threads for GPTCache's sync-only `get`.",
         "- **store ms each**: the stores, one caller, sequential, embedding excluded (ours `store`, RedisVL "
-        "`astore`, GPTCache `put`, the LangChain caches' `update`), until the index has taken them in.",
-        "- **heap B/entry**: growth of the Python heap (tracemalloc) over the stores and the first "
-        f"{WARM_UP} lookups (which build lazily loaded indexes), per entry (FAISS's C++ "
+        "`astore`, GPTCache `put`, the LangChain caches' `update`), until the index has taken them in; not traced "
+        "(tracemalloc slows allocation-heavy code several-fold).",
+        "- **heap B/entry**: growth of the Python heap (tracemalloc) over the same stores into a fresh instance "
+        f"and its first {WARM_UP} lookups (which build lazily loaded indexes), per entry (FAISS's C++ "
         "index is not in it; it is in the file column). **Redis or file**: Redis INFO used_memory growth per "
         "entry (entries, search index, our changelog), or the SQLite/FAISS files per entry.",
         f"- Calibration sweep on the same sample (calibration.py, threshold 0.94, guard on): hit rate "

@@ -105,14 +105,9 @@ class StorageBackend(ABC):
         query = as_unit_vector(embedding)
         if k <= 0:
             return []
-        if not where:
-            return best_first(await self._find_nearest(query, threshold, k, namespace, partition), k)
-        wanted = CallOptions(where=where)  # checks it
-        if self.filters_where:
-            found = await self._find_nearest_where(query, threshold, k, namespace, partition, where)
-        else:
-            found = await self._find_nearest(query, threshold, k * WHERE_CANDIDATE_FACTOR, namespace, partition)
-        return best_first(filter_where(found, wanted), k)
+        wanted = CallOptions(where=where) if where else None  # checks it
+        found = await self._candidates(query, threshold, k, namespace, partition, where)
+        return best_first(found if wanted is None else filter_where(found, wanted), k)
 
     async def get_and_find_nearest(
         self,
@@ -125,8 +120,43 @@ class StorageBackend(ABC):
         where: Mapping[str, Any] | None = None,
     ) -> tuple[CacheEntry | None, list[Match]]:
         """`get(key)` and `find_nearest(...)` in one call (a lookup whose vector was ready at once): a backend
-        whose reads are round trips sends the two together."""
-        return await self.get(key), await self.find_nearest(embedding, threshold, k, partition=partition, where=where)
+        whose reads are round trips sends the two together (`_get_and_candidates`)."""
+        threshold = validate_threshold(threshold)
+        query = as_unit_vector(embedding)
+        if k <= 0:
+            return await self.get(key), []
+        wanted = CallOptions(where=where) if where else None  # checks it
+        entry, found = await self._get_and_candidates(key, query, threshold, k, partition, where)
+        return entry, best_first(found if wanted is None else filter_where(found, wanted), k)
+
+    async def _candidates(
+        self,
+        query: Vector,
+        threshold: float,
+        k: int,
+        namespace: str | None,
+        partition: str | None,
+        where: Mapping[str, Any] | None,
+    ) -> list[Match]:
+        """The search's candidates, unsorted, `where` not yet checked: through the index's own filter when the
+        backend has one, else `WHERE_CANDIDATE_FACTOR` times `k` of them for `find_nearest` to filter."""
+        if not where:
+            return await self._find_nearest(query, threshold, k, namespace, partition)
+        if self.filters_where:
+            return await self._find_nearest_where(query, threshold, k, namespace, partition, where)
+        return await self._find_nearest(query, threshold, k * WHERE_CANDIDATE_FACTOR, namespace, partition)
+
+    async def _get_and_candidates(
+        self,
+        key: str,
+        query: Vector,
+        threshold: float,
+        k: int,
+        partition: str | None,
+        where: Mapping[str, Any] | None,
+    ) -> tuple[CacheEntry | None, list[Match]]:
+        """`get(key)` and `_candidates(...)`; a backend whose reads are round trips sends them together."""
+        return await self.get(key), await self._candidates(query, threshold, k, None, partition, where)
 
     #: True for a backend whose index filters on metadata itself (it then implements `_find_nearest_where`)
     filters_where = False
