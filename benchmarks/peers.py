@@ -19,8 +19,9 @@ Measured per system: hit rate; precision and strict precision, judged like calib
 correct, a labeled pair counts as its label, anything else is unlabeled and wrong in strict precision);
 sequential lookup latency p50/p99; lookups per second with 64 concurrent callers (asyncio tasks, or 64
 threads for a sync-only API); bytes per entry in the Python heap (tracemalloc over the stores) and outside it
-(Redis INFO used_memory growth, or file sizes). Starts its own redis-server processes (Redis 7 for
-index="client", Redis 8.2 + search for the rest) on free loopback ports and stops them by PID at the end.
+(Redis INFO used_memory growth, or file sizes). Starts its own redis-server processes (Redis 8.2 + search for
+every Redis system, so that all are measured on the same server; `--client-on-redis7` puts index="client" on
+Debian's Redis 7 instead) on free loopback ports and stops them by PID at the end.
 
 Writes benchmarks/results/peers.md (the table and notes) and benchmarks/results/peers.png (precision
 against hit rate: our threshold sweep, with and without the answer guard, and every system's default point).
@@ -88,6 +89,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 SYSTEMS = ("ours-memory", "ours-sqlite", "ours-redis-client", "ours-redis-search", "gptcache", "redisvl",
            "langchain-redis", "langchain-memory")  # fmt: skip
 WARM_UP = 20
+BLOCK = 250  # entries or queries per system in turn (interleaved passes)
 
 
 @dataclass
@@ -226,26 +228,34 @@ async def throughput(system: System, texts: Sequence[str], callers: int) -> tupl
     return len(texts) / (time.perf_counter() - started), errors
 
 
-async def store_all(system: System, workload: Workload, result: Result) -> None:
-    """Store every prompt, one call at a time, untraced (tracemalloc slows allocation-heavy code several-fold: timed
-    under it, the stores measured 1.5-3x their real cost), until the system has indexed them; the external growth."""
-    external_before = system.external_bytes()
-    started = time.perf_counter()
-    for number, text in enumerate([*workload.stored_texts, *workload.filler]):
-        await system.store(number, text)
-    await system.settle()
-    result.store_seconds = time.perf_counter() - started
-    result.stored = len(workload.stored_texts) + len(workload.filler)
-    external_after = system.external_bytes()
-    if external_before is not None and external_after is not None:
-        result.external_per_entry = (external_after - external_before) / result.stored
+async def store_interleaved(systems: Sequence[tuple[System, Result]], workload: Workload) -> None:
+    """Store every prompt into every system in blocks of `BLOCK` entries, round-robin (a block into each system,
+    then the next block), one call at a time and untraced, so that a busy machine slows every system alike
+    (tracemalloc slows allocation-heavy code several-fold); then each system's wait until it has indexed
+    everything. Blocks, not single calls: a server idle between every call of its client measured 2-3x slower
+    on this VM (its process sleeps and is woken each time), which a steady stream of calls does not see."""
+    texts = [*workload.stored_texts, *workload.filler]
+    storing = [(system, result) for system, result in systems if system.stores]
+    for start in range(0, len(texts), BLOCK):
+        for system, result in storing:
+            for number in range(start, min(start + BLOCK, len(texts))):
+                started = time.perf_counter()
+                await system.store(number, texts[number])
+                result.store_seconds += time.perf_counter() - started
+    for system, result in storing:
+        started = time.perf_counter()
+        await system.settle()
+        result.store_seconds += time.perf_counter() - started
+        result.stored = len(texts)
 
 
-async def heap_per_entry(system: System, workload: Workload) -> float:
-    """The Python heap's growth (tracemalloc) over storing every prompt into a fresh instance of the system and its
-    first lookups (some indexes are built by the first search), per entry."""
+async def footprint(system: System, workload: Workload, result: Result) -> None:
+    """Store every prompt into a fresh instance of the system, alone and traced: the Python heap's growth
+    (tracemalloc) over the stores and the first lookups (some indexes are built by the first search), and the
+    growth outside it (Redis used_memory, files), per entry."""
     await system.open()
     try:
+        external_before = system.external_bytes()
         gc.collect()
         tracemalloc.start()
         heap_before = tracemalloc.get_traced_memory()[0]
@@ -257,33 +267,46 @@ async def heap_per_entry(system: System, workload: Workload) -> float:
         gc.collect()
         heap_after = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
+        entries = len(workload.stored_texts) + len(workload.filler)
+        result.heap_per_entry = (heap_after - heap_before) / entries
+        external_after = system.external_bytes()
+        if external_before is not None and external_after is not None:
+            result.external_per_entry = (external_after - external_before) / entries
     finally:
         await system.close()
-    return (heap_after - heap_before) / (len(workload.stored_texts) + len(workload.filler))
 
 
-async def look_up_all(system: System, workload: Workload, result: Result, arguments: argparse.Namespace,
-                      embed_samples: Sequence[float], model_texts: Sequence[str],
-                      embedder: LocalEmbedder) -> None:  # fmt: skip
-    """The judged sequential pass (latency), the concurrent pass (throughput), latency with embedding."""
-    for text in workload.queries:
-        started = time.perf_counter()
-        try:
-            served = await call_lookup(system, text)
-        except Exception as exc:
-            result.errors += 1
-            logging.getLogger("peers").warning("%s lookup failed: %s", system.label, exc)
-            served = None
-        result.latency.append(time.perf_counter() - started)
-        result.embedded.append(system.embedded_last())
-        result.queries += 1
-        if served is None:
-            continue
-        result.hits += 1
-        verdict = workload.verdict(text, served)
-        result.correct += verdict == 1
-        result.wrong += verdict == 0
-        result.unlabeled += verdict == -1
+async def look_up_interleaved(systems: Sequence[tuple[System, Result]], workload: Workload) -> None:
+    """The judged latency pass, one call at a time: blocks of `BLOCK` queries, each block in every system in turn."""
+    for system, _ in systems:
+        for text in workload.queries[:WARM_UP]:  # a lazily built index is built before anything is timed
+            await call_lookup(system, text)
+    for start in range(0, len(workload.queries), BLOCK):
+        for system, result in systems:
+            for text in workload.queries[start : start + BLOCK]:
+                started = time.perf_counter()
+                try:
+                    served = await call_lookup(system, text)
+                except Exception as exc:
+                    result.errors += 1
+                    logging.getLogger("peers").warning("%s lookup failed: %s", system.label, exc)
+                    served = None
+                result.latency.append(time.perf_counter() - started)
+                result.embedded.append(system.embedded_last())
+                result.queries += 1
+                if served is None:
+                    continue
+                result.hits += 1
+                verdict = workload.verdict(text, served)
+                result.correct += verdict == 1
+                result.wrong += verdict == 0
+                result.unlabeled += verdict == -1
+
+
+async def under_load(system: System, workload: Workload, result: Result, arguments: argparse.Namespace,
+                     embed_samples: Sequence[float], model_texts: Sequence[str],
+                     embedder: LocalEmbedder) -> None:  # fmt: skip
+    """The concurrent pass (throughput) and the latency with embedding, one system at a time."""
     texts = workload.queries[: arguments.throughput_queries]
     result.throughput, errors = await throughput(system, texts, arguments.callers)
     result.errors += errors
@@ -295,13 +318,54 @@ async def look_up_all(system: System, workload: Workload, result: Result, argume
         result.measured_with_model = await system.timed_with_model(model_texts, embedder)
 
 
+async def open_systems(keys: Sequence[str], workload: Workload, urls: dict[str, str],
+                       faiss_threads: int | None) -> list[tuple[str, System, Result]]:  # fmt: skip
+    """Open the systems (GPTCache's exact-match row rides on its semantic one); a missing peer is skipped."""
+    group: list[tuple[str, System, Result]] = []
+    for key in keys:
+        system = make_system(key, workload, urls, faiss_threads)
+        try:
+            await system.open()
+        except ImportError as exc:
+            print(f"{system.label}: skipped: {exc} (pip install 'async-semantic-llm-cache[bench]')", file=sys.stderr)
+            continue
+        group.append((key, system, Result(system)))
+        if isinstance(system, GPTCacheSystem):
+            exact = GPTCacheExactSystem(system)
+            group.append(("gptcache-exact", exact, Result(exact)))
+    return group
+
+
+async def measure_group(group: Sequence[tuple[System, Result]], workload: Workload, arguments: argparse.Namespace,
+                        embed_samples: Sequence[float], model_texts: Sequence[str],
+                        embedder: LocalEmbedder) -> None:  # fmt: skip
+    """Stores and judged lookups (interleaved across the group), then each system under load."""
+    names = ", ".join(system.label for system, _ in group)
+    print(f"{names}: storing {len(workload.stored_texts) + len(workload.filler):,} entries, looking up "
+          f"{len(workload.queries):,} queries ...", file=sys.stderr)  # fmt: skip
+    started = time.perf_counter()
+    await store_interleaved(group, workload)
+    for system, result in group:
+        if isinstance(system, GPTCacheSystem) and system.stored_count() != result.stored:
+            print(f"  GPTCache holds {system.stored_count()} of {result.stored} entries (evicted)", file=sys.stderr)
+    await look_up_interleaved(group, workload)
+    for system, result in group:
+        await under_load(system, workload, result, arguments, embed_samples, model_texts, embedder)
+        if isinstance(system, GPTCacheExactSystem):
+            semantic = next(r for s, r in group if s is system.semantic)
+            result.stored, result.store_seconds = semantic.stored, semantic.store_seconds
+        print(f"  {system.label}:", file=sys.stderr)
+        _progress(result, time.perf_counter() - started)
+
+
 def make_system(key: str, workload: Workload, urls: dict[str, str], faiss_threads: int | None) -> System:
     table = workload.table
     labels = {"ours-memory": "ours, MemoryBackend", "ours-sqlite": "ours, SQLiteBackend",
-              "ours-redis-client": "ours, RedisBackend index=client (Redis 7)",
+              "ours-redis-client": f"ours, RedisBackend index=client (Redis {'7' if 'plain' in urls else '8.2'})",
               "ours-redis-search": "ours, RedisBackend index=search (Redis 8.2)"}  # fmt: skip
     if key.startswith("ours-"):
-        url = urls.get("plain" if key == "ours-redis-client" else "search") if "redis" in key else None
+        server = "plain" if key == "ours-redis-client" and "plain" in urls else "search"
+        url = urls[server] if "redis" in key else None
         return Ours(key, labels[key], table, url)
     if key == "gptcache":
         return GPTCacheSystem(table, len(workload.stored_texts) + len(workload.filler), faiss_threads)
@@ -324,37 +388,23 @@ async def run(arguments: argparse.Namespace, keys: list[str], urls: dict[str, st
     model_texts = [workload.queries[i] for i in rng.permutation(len(workload.queries))[: arguments.model_queries]]
     embed_samples = await embedding_times(embedder, model_texts)
     print(f"single-query embedding p50 {np.percentile(embed_samples, 50) * 1000:.2f} ms", file=sys.stderr)
-    results: list[Result] = []
-    for key in keys:
-        system = make_system(key, workload, urls, arguments.faiss_threads)
-        print(f"{system.label} ...", file=sys.stderr)
-        started = time.perf_counter()
-        result = Result(system)
+    opened: list[tuple[str, System, Result]] = []
+    batches = [keys] if arguments.interleaved else [[key] for key in keys]  # alone: open, measure, close
+    for batch in batches:
+        group = await open_systems(batch, workload, urls, arguments.faiss_threads)
+        opened.extend(group)
         try:
-            await system.open()
-        except ImportError as exc:
-            print(f"  skipped: {exc} (pip install 'async-semantic-llm-cache[bench]')", file=sys.stderr)
-            continue
-        try:
-            await store_all(system, workload, result)
-            if isinstance(system, GPTCacheSystem) and system.stored_count() != result.stored:
-                print(f"  GPTCache holds {system.stored_count()} of {result.stored} entries (evicted)",
-                      file=sys.stderr)  # fmt: skip
-            await look_up_all(system, workload, result, arguments, embed_samples, model_texts, embedder)
-            results.append(result)
-            _progress(result, time.perf_counter() - started)
-            if isinstance(system, GPTCacheSystem):
-                exact = GPTCacheExactSystem(system)
-                exact_result = Result(exact, stored=result.stored, store_seconds=result.store_seconds,
-                                      external_per_entry=result.external_per_entry)  # fmt: skip
-                await look_up_all(exact, workload, exact_result, arguments, embed_samples, model_texts,
-                                  embedder)  # fmt: skip
-                results.append(exact_result)
-                _progress(exact_result, time.perf_counter() - started)
+            await measure_group([(system, result) for _, system, result in group], workload, arguments,
+                                embed_samples, model_texts, embedder)  # fmt: skip
         finally:
-            await system.close()
-        fresh = make_system(key, workload, urls, arguments.faiss_threads)  # stored again, traced, for the heap
-        result.heap_per_entry = await heap_per_entry(fresh, workload)
+            for _, system, _ in group:
+                await system.close()  # the next system meets an empty server, as it would alone
+    for key, system, result in opened:  # alone, traced: what each system's entries take
+        if system.stores:
+            await footprint(make_system(key, workload, urls, arguments.faiss_threads), workload, result)
+        elif isinstance(system, GPTCacheExactSystem):
+            result.external_per_entry = next(r for _, s, r in opened if s is system.semantic).external_per_entry
+    results = [result for _, _, result in opened]
     embedder.close()
     output = render(results, report, workload, embed_samples, arguments)
     print(output)
@@ -369,7 +419,7 @@ def _progress(result: Result, seconds: float) -> None:
     p99 = np.percentile(result.latency, 99) * 1000
     store = result.store_seconds / max(1, result.stored) * 1000
     print(f"  hit rate {result.hit_rate:.3f}, precision {result.precision:.3f}, p50 {p50:.3f} ms, p99 {p99:.3f} ms, "
-          f"store {store:.3f} ms each (sequential), {result.throughput:.0f}/s x64, errors {result.errors} "
+          f"store {store:.3f} ms each, {result.throughput:.0f}/s x64, errors {result.errors} "
           f"({seconds:.0f}s)", file=sys.stderr)  # fmt: skip
 
 
@@ -393,6 +443,9 @@ def render(results: list[Result], report: CalibrationReport, workload: Workload,
                "hits (wrong / unlabeled)", "lookup p50 / p99 ms", "+ embedding p50 / p99 ms",
                f"lookups/s, {arguments.callers} callers", "store ms each", "heap B/entry",
                "Redis or file B/entry"]  # fmt: skip
+    order = ("each system alone, one after another" if not arguments.interleaved else
+             f"`--interleaved`: the systems interleaved (blocks of {BLOCK} queries, each block in every system in "
+             "turn, so a busy machine slows all alike)")  # fmt: skip
     filler = f"; then {len(workload.filler):,} random-vector filler entries, {arguments.entries:,} in all" if (
         workload.filler) else ""  # fmt: skip
     rows = []
@@ -438,7 +491,8 @@ def render(results: list[Result], report: CalibrationReport, workload: Workload,
         "",
         "- **precision** = correct / labeled hits; **strict precision** = correct / all hits (a hit on a pair the "
         "data does not label counts as wrong); the same text is correct (calibration.py's rules).",
-        "- **lookup**: one caller, sequential, embedding excluded (the embedding function is a table look-up). "
+        f"- **lookup**: one call at a time, {order}, embedding excluded (the embedding function is a table "
+        "look-up). "
         "**+ embedding**: each lookup that needed the model (every lookup of GPTCache, RedisVL and "
         "langchain-redis; ours except exact matches; never InMemoryCache) plus a single-query embedding time "
         f"drawn from {len(embed_samples)} measured ones (bundled model, one caller, 1 torch thread: p50 "
@@ -449,13 +503,14 @@ def render(results: list[Result], report: CalibrationReport, workload: Workload,
         f"{min(arguments.throughput_queries, len(workload.queries)):,} queries, embedding excluded: asyncio "
         "tasks on the async API (ours `lookup`, RedisVL `acheck`, langchain `alookup`), a pool of "
         f"{arguments.callers} threads for GPTCache's sync-only `get`.",
-        "- **store ms each**: the stores, one caller, sequential, embedding excluded (ours `store`, RedisVL "
-        "`astore`, GPTCache `put`, the LangChain caches' `update`), until the index has taken them in; not traced "
-        "(tracemalloc slows allocation-heavy code several-fold).",
-        "- **heap B/entry**: growth of the Python heap (tracemalloc) over the same stores into a fresh instance "
-        f"and its first {WARM_UP} lookups (which build lazily loaded indexes), per entry (FAISS's C++ "
-        "index is not in it; it is in the file column). **Redis or file**: Redis INFO used_memory growth per "
-        "entry (entries, search index, our changelog), or the SQLite/FAISS files per entry.",
+        "- **store ms each**: the stores, one call at a time, in the same order as the lookups, embedding "
+        "excluded (ours `store`, RedisVL `astore`, GPTCache `put`, the LangChain caches' `update`), plus the wait "
+        "until the index has taken them in; not traced (tracemalloc slows allocation-heavy code several-fold).",
+        "- **heap B/entry**, **Redis or file**: measured afterwards, one system at a time, by storing the same "
+        "entries again into a fresh instance: growth of the Python heap (tracemalloc) over the stores and the "
+        f"first {WARM_UP} lookups (which build lazily loaded indexes), per entry (FAISS's C++ index is not in it; "
+        "it is in the file column); Redis INFO used_memory growth per entry (entries, search index, our "
+        "changelog), or the SQLite/FAISS files per entry.",
         f"- Calibration sweep on the same sample (calibration.py, threshold 0.94, guard on): hit rate "
         f"{ours.hit_rate:.3f}, precision {ours.precision:.3f}, strict precision {ours.strict_precision:.3f} "
         f"({ours.hits} hits); the measured rows of this library should agree. Guard off, at each peer's "
@@ -548,6 +603,14 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated systems to run (default: all)")
     parser.add_argument("--entries", type=int, default=None,
                         help="entries stored in all: the questions, then random-vector filler")  # fmt: skip
+    parser.add_argument(
+        "--client-on-redis7",
+        action="store_true",
+        help='index="client" on Debian\'s Redis 7 (default: the Redis 8.2 server the peers use)',
+    )
+    parser.add_argument("--interleaved", action="store_true",
+                        help=f"store into and look up the systems in turn, {BLOCK} entries or queries at a time "
+                             "(default: each system alone, one after another)")  # fmt: skip
     parser.add_argument("--callers", type=int, default=64, help="concurrent callers for the throughput pass")
     parser.add_argument("--throughput-queries", type=int, default=2000,
                         help="lookups in the concurrent pass (the first N queries)")  # fmt: skip
@@ -579,10 +642,11 @@ def main() -> None:
     servers = []
     urls: dict[str, str] = {}
     try:
-        if "ours-redis-client" in keys:
+        if "ours-redis-client" in keys and arguments.client_on_redis7:
             servers.append(start_plain_server(Path(tempfile.mkdtemp(prefix="peers-redis7-"))))
             urls["plain"] = servers[-1].url
-        if {"ours-redis-search", "redisvl", "langchain-redis"} & set(keys):
+        client_here = "ours-redis-client" in keys and "plain" not in urls
+        if {"ours-redis-search", "redisvl", "langchain-redis"} & set(keys) or client_here:
             servers.append(start_search_server(Path(tempfile.mkdtemp(prefix="peers-redis8-"))))
             urls["search"] = servers[-1].url
         asyncio.run(run(arguments, keys, urls))

@@ -68,6 +68,7 @@ class System:
     server: str | None = None  # "plain" or "search" when it needs a Redis server
     heap_note = "tracemalloc"
     external_note = ""
+    stores = True  # False: looks up another system's entries (stores nothing of its own)
 
     async def open(self) -> None:
         """Connect / create, before anything is measured."""
@@ -158,7 +159,8 @@ class Ours(System):
 
         assert self.url is not None
         self.redis = RedisMemory(self.url)
-        return RedisBackend(self.url, prefix="peers:", index="client" if self.key.endswith("client") else "search")
+        mode = "client" if self.key.endswith("client") else "search"
+        return RedisBackend(self.url, prefix=f"peers-{mode}:", index=mode)  # apart: both may share a server
 
     async def open(self) -> None:
         self.backend = self._backend()
@@ -302,6 +304,7 @@ class GPTCacheExactSystem(System):
     cosine = None
     threaded = True
     heap_note = "shared with the row above"
+    stores = False
 
     def __init__(self, semantic: GPTCacheSystem) -> None:
         from gptcache import Cache
