@@ -513,7 +513,9 @@ def render(results: list[Result], report: CalibrationReport, workload: Workload,
         "changelog), or the SQLite/FAISS files per entry.",
         f"- Calibration sweep on the same sample (calibration.py, threshold 0.94, guard on): hit rate "
         f"{ours.hit_rate:.3f}, precision {ours.precision:.3f}, strict precision {ours.strict_precision:.3f} "
-        f"({ours.hits} hits); the measured rows of this library should agree. Guard off, at each peer's "
+        f"({ours.hits} hits); the measured rows of this library should agree, less the hits the engine's shared-text "
+        "check refuses (one prompt is the other plus an appended part; the sweep does not model it). Guard off, at "
+        "each peer's "
         f"cosine threshold (the peers serve the nearest entry without a guard): {peers_in_sweep}.",
         f"- Lookup errors: {errors}. FAISS OpenMP threads: "
         f"{arguments.faiss_threads if arguments.faiss_threads is not None else 'FAISS default'}; "
