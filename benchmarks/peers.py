@@ -103,6 +103,11 @@ class Workload:
     table: VectorTable
     filler: list[str] = field(default_factory=list)  # --entries: random-vector entries stored after the questions
 
+    @property
+    def entries(self) -> list[str]:
+        """Everything stored, in order: the questions (answer id = row), then the filler."""
+        return [*self.stored_texts, *self.filler]
+
     def verdict(self, query: str, served: int) -> int:
         """1 correct, 0 wrong (labeled), -1 unlabeled: calibration.py's rules (a filler entry served is wrong)."""
         if served >= len(self.stored_texts):
@@ -234,7 +239,7 @@ async def store_interleaved(systems: Sequence[tuple[System, Result]], workload: 
     (tracemalloc slows allocation-heavy code several-fold); then each system's wait until it has indexed
     everything. Blocks, not single calls: a server idle between every call of its client measured 2-3x slower
     on this VM (its process sleeps and is woken each time), which a steady stream of calls does not see."""
-    texts = [*workload.stored_texts, *workload.filler]
+    texts = workload.entries
     storing = [(system, result) for system, result in systems if system.stores]
     for start in range(0, len(texts), BLOCK):
         for system, result in storing:
@@ -259,7 +264,8 @@ async def footprint(system: System, workload: Workload, result: Result) -> None:
         gc.collect()
         tracemalloc.start()
         heap_before = tracemalloc.get_traced_memory()[0]
-        for number, text in enumerate([*workload.stored_texts, *workload.filler]):
+        entries = workload.entries
+        for number, text in enumerate(entries):
             await system.store(number, text)
         await system.settle()
         for text in workload.queries[:WARM_UP]:
@@ -267,11 +273,10 @@ async def footprint(system: System, workload: Workload, result: Result) -> None:
         gc.collect()
         heap_after = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
-        entries = len(workload.stored_texts) + len(workload.filler)
-        result.heap_per_entry = (heap_after - heap_before) / entries
+        result.heap_per_entry = (heap_after - heap_before) / len(entries)
         external_after = system.external_bytes()
         if external_before is not None and external_after is not None:
-            result.external_per_entry = (external_after - external_before) / entries
+            result.external_per_entry = (external_after - external_before) / len(entries)
     finally:
         await system.close()
 
@@ -341,7 +346,7 @@ async def measure_group(group: Sequence[tuple[System, Result]], workload: Worklo
                         embedder: LocalEmbedder) -> None:  # fmt: skip
     """Stores and judged lookups (interleaved across the group), then each system under load."""
     names = ", ".join(system.label for system, _ in group)
-    print(f"{names}: storing {len(workload.stored_texts) + len(workload.filler):,} entries, looking up "
+    print(f"{names}: storing {len(workload.entries):,} entries, looking up "
           f"{len(workload.queries):,} queries ...", file=sys.stderr)  # fmt: skip
     started = time.perf_counter()
     await store_interleaved(group, workload)
@@ -368,7 +373,7 @@ def make_system(key: str, workload: Workload, urls: dict[str, str], faiss_thread
         url = urls[server] if "redis" in key else None
         return Ours(key, labels[key], table, url)
     if key == "gptcache":
-        return GPTCacheSystem(table, len(workload.stored_texts) + len(workload.filler), faiss_threads)
+        return GPTCacheSystem(table, len(workload.entries), faiss_threads)
     if key == "redisvl":
         return RedisVLSystem(table, urls["search"])
     if key == "langchain-redis":

@@ -22,8 +22,11 @@ Match = tuple[str, CacheEntry, float]
 """(key, entry, similarity) as returned by similarity search."""
 
 
-def filter_where(matches: list[Match], wanted: CallOptions) -> list[Match]:
-    """The matches whose entry's metadata holds every `where` value (encrypted entries pass: the cache checks)."""
+def filter_where(matches: list[Match], wanted: CallOptions | None) -> list[Match]:
+    """The matches whose entry's metadata holds every `where` value (encrypted entries pass: the cache checks);
+    all of them when nothing is wanted."""
+    if wanted is None:
+        return matches
     return [match for match in matches if is_sealed(match[1]) or wanted.matches(match[1].metadata)]
 
 
@@ -107,7 +110,7 @@ class StorageBackend(ABC):
             return []
         wanted = CallOptions(where=where) if where else None  # checks it
         found = await self._candidates(query, threshold, k, namespace, partition, where)
-        return best_first(found if wanted is None else filter_where(found, wanted), k)
+        return best_first(filter_where(found, wanted), k)
 
     async def get_and_find_nearest(
         self,
@@ -127,7 +130,7 @@ class StorageBackend(ABC):
             return await self.get(key), []
         wanted = CallOptions(where=where) if where else None  # checks it
         entry, found = await self._get_and_candidates(key, query, threshold, k, partition, where)
-        return entry, best_first(found if wanted is None else filter_where(found, wanted), k)
+        return entry, best_first(filter_where(found, wanted), k)
 
     async def _candidates(
         self,
