@@ -180,3 +180,83 @@ def test_edge_cases_and_bad_input() -> None:
     assert len(index) == 0 and index.search(query) == []
     index.add("c", query)
     assert index.search(query) == [("c", pytest.approx(1.0))]
+
+
+def clustered_rows(rng: np.random.Generator, count: int, dimension: int = 384, clusters: int = 40) -> np.ndarray:
+    """Unit vectors around a few centres, as embeddings of related texts are (random 384-d rows have no
+    principal directions for a sketch to use)."""
+    centres = unit_rows(rng, clusters, dimension)
+    picks = rng.integers(0, clusters, count)
+    rows = centres[picks] + 0.08 * rng.standard_normal((count, dimension)).astype(np.float32)
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute_force(rows: dict[str, np.ndarray], query: np.ndarray, k: int, threshold: float) -> list[tuple[str, float]]:
+    scored = sorted(((key, float(vector @ query)) for key, vector in rows.items()), key=lambda item: -item[1])
+    return [item for item in scored if item[1] >= threshold][:k]
+
+
+def test_a_sketched_index_returns_what_a_full_scan_returns_through_edits_and_refits() -> None:
+    rng = np.random.default_rng(5)
+    vectors = clustered_rows(rng, 11000)
+    index, model = FlatIndex(384), {}
+    checked = 0
+    for number, vector in enumerate(vectors):
+        key = f"k{number}"
+        index.add(key, vector)
+        model[key] = vector
+        if number % 7 == 3:  # removals move the last row (and its sketch) into the hole
+            doomed = f"k{rng.integers(0, number + 1)}"
+            assert index.remove(doomed) == (model.pop(doomed, None) is not None)
+        if number % 11 == 5:  # a rewrite moves a vector elsewhere
+            moved = f"k{rng.integers(0, number + 1)}"
+            if moved in model:
+                index.add(moved, vectors[rng.integers(0, len(vectors))])
+                model[moved] = index._matrix[index._rows[moved]]
+        if number in (1500, 4000, 10999):  # sketched since 1,024 entries, fitted again at 8,192
+            assert index._sketch is not None
+            keys = list(model)
+            for trial in range(60):
+                base = model[keys[rng.integers(0, len(keys))]]
+                query = base + rng.choice([0.01, 0.05, 0.3]) * rng.standard_normal(384).astype(np.float32)
+                query = (query / np.linalg.norm(query)).astype(np.float32)
+                threshold = float(rng.choice([0.5, 0.8, 0.9, 0.94, 0.99]))
+                k = int(rng.choice([1, 3, 8]))
+                found = index.search(query, k, threshold)
+                expected = brute_force(model, query, k, threshold)
+                assert [score for _, score in found] == pytest.approx([s for _, s in expected], abs=TOLERANCE)
+                assert {key for key, _ in found} <= set(model)
+                checked += 1
+    assert checked == 180
+    assert index._sketched_at >= 8192
+
+
+def test_the_sketch_bounds_every_row_from_above_and_prunes_most() -> None:
+    rng = np.random.default_rng(6)
+    rows = clustered_rows(rng, 4000)
+    index = FlatIndex(384)
+    for number, vector in enumerate(rows):
+        index.add(f"k{number}", vector)
+    sketch = index._sketch
+    assert sketch is not None
+    for _ in range(50):
+        query = rows[rng.integers(0, len(rows))] + 0.02 * rng.standard_normal(384).astype(np.float32)
+        query = (query / np.linalg.norm(query)).astype(np.float32)
+        exact = rows @ query
+        projected = sketch.basis @ query
+        rest = np.sqrt(max(0.0, 1 - float(projected @ projected)))
+        bound = sketch.rows[: len(rows)] @ projected + rest * sketch.rest[: len(rows)]
+        assert np.all(bound >= exact - 1e-5)  # never below: no row that could match is skipped
+        assert len(sketch.candidates(query, len(rows), 0.94)) < len(rows) // 8  # and most rows are never read
+
+
+def test_small_or_low_dimensional_indexes_are_not_sketched() -> None:
+    rng = np.random.default_rng(7)
+    small, narrow = FlatIndex(384), FlatIndex(24)
+    for number, vector in enumerate(clustered_rows(rng, 1000)):
+        small.add(f"k{number}", vector)
+    for number, vector in enumerate(unit_rows(rng, 2000, 24)):
+        narrow.add(f"k{number}", vector)
+    assert small._sketch is None and narrow._sketch is None
+    small.clear()
+    assert small._sketch is None and len(small) == 0

@@ -1,4 +1,13 @@
-"""Exact nearest-neighbour search over a growing matrix of unit vectors."""
+"""Exact nearest-neighbour search over a growing matrix of unit vectors.
+
+A large index also keeps a sketch of its rows (`Sketch`): their projection onto the rows' 32 principal directions
+and the length of what the projection leaves out. For unit vectors x and q, x.q <= px.pq + |x - px| |q - pq|
+(Cauchy-Schwarz on the left-out parts), so the sketch bounds every similarity from above at a tenth of the bytes a
+full scan reads, and only the rows whose bound reaches the threshold are scored exactly: the same answers as a
+full scan, faster. On the Quora questions (4,834 x 384, the bundled model) at a threshold of 0.94 the bound leaves
+1.7 rows per query on average (at most ~25), and a search costs ~27 us instead of ~275 us
+(benchmarks/lookup_floor.py memory).
+"""
 
 from __future__ import annotations
 
@@ -51,6 +60,69 @@ def _already_single_threaded(controller: Any) -> bool:
     return _single_threaded
 
 
+SKETCH_DIMENSIONS = 32
+SKETCH_MIN_ENTRIES = 1024  # below it a full scan is as fast (the matrix fits in the processor's caches)
+_SKETCH_REFIT_GROWTH = 8  # the directions are fitted again each time the index grows this many times over
+_SKETCH_SAMPLE = 1024  # rows the directions are fitted on
+_SKETCH_MIN_THRESHOLD = 0.5  # below it the bound prunes little: a full scan
+_SKETCH_SLACK = 1e-4  # float32 rounding in the bound: a row that could reach the threshold is always scored
+_SKETCH_MAX_SHARE = 8  # more than 1/8 of the rows left to score: a full scan reads less
+
+
+class Sketch:
+    """Rows projected onto a few principal directions, and the length of what each projection leaves out: an upper
+    bound on every row's similarity to a query, read from a tenth of the bytes."""
+
+    def __init__(self, basis: np.ndarray, capacity: int) -> None:
+        self.basis = basis  # (SKETCH_DIMENSIONS, dimension), orthonormal rows
+        self.rows = np.zeros((capacity, basis.shape[0]), dtype=np.float32)
+        self.rest = np.zeros(capacity, dtype=np.float32)
+
+    @classmethod
+    def fit(cls, matrix: np.ndarray, capacity: int) -> Sketch:
+        """Fit the directions on a sample of `matrix`'s rows and sketch every row (a few milliseconds)."""
+        rng = np.random.default_rng(0)
+        sample = matrix if len(matrix) <= _SKETCH_SAMPLE else matrix[rng.choice(len(matrix), _SKETCH_SAMPLE, False)]
+        sketch = cls(_principal_directions(sample, rng), capacity)
+        sketch.put_many(0, matrix)
+        return sketch
+
+    def put_many(self, start: int, vectors: np.ndarray) -> None:
+        projected = vectors @ self.basis.T
+        self.rows[start : start + len(vectors)] = projected
+        rest = np.einsum("ij,ij->i", vectors, vectors) - np.einsum("ij,ij->i", projected, projected)
+        self.rest[start : start + len(vectors)] = np.sqrt(np.maximum(rest, 0.0))
+
+    def move(self, source: int, target: int) -> None:
+        self.rows[target] = self.rows[source]
+        self.rest[target] = self.rest[source]
+
+    def grow(self, capacity: int) -> None:
+        rows = np.zeros((capacity, self.rows.shape[1]), dtype=np.float32)
+        rows[: len(self.rows)] = self.rows
+        rest = np.zeros(capacity, dtype=np.float32)
+        rest[: len(self.rest)] = self.rest
+        self.rows, self.rest = rows, rest
+
+    def candidates(self, query: Vector, count: int, threshold: float) -> np.ndarray:
+        """The rows (of the first `count`) whose similarity to `query` may reach `threshold`."""
+        projected = self.basis @ query
+        query_rest = float(np.sqrt(max(float(query @ query) - float(projected @ projected), 0.0)))
+        bound = self.rows[:count] @ projected
+        bound += query_rest * self.rest[:count]
+        return np.flatnonzero(bound >= threshold - _SKETCH_SLACK)
+
+
+def _principal_directions(sample: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The top SKETCH_DIMENSIONS right singular vectors of `sample` (uncentred: similarities are dot products), by a
+    randomised range finder with one power iteration (5 ms for 1,024 x 384; an exact eigh takes 13)."""
+    probe = rng.standard_normal((sample.shape[1], SKETCH_DIMENSIONS + 16)).astype(np.float32)
+    span, _ = np.linalg.qr(sample @ probe)
+    span, _ = np.linalg.qr(sample @ (sample.T @ span))
+    _, _, directions = np.linalg.svd(span.T @ sample, full_matrices=False)
+    return np.ascontiguousarray(directions[:SKETCH_DIMENSIONS], dtype=np.float32)
+
+
 class FlatIndex:
     """Brute-force inner-product index: rows of an L2-normalised float32 matrix, keyed by string.
 
@@ -65,6 +137,9 @@ class FlatIndex:
         self._matrix = np.zeros((max(1, initial_capacity), dimension), dtype=np.float32)
         self._keys: list[str] = []
         self._rows: dict[str, int] = {}
+        self._sketch: Sketch | None = None
+        self._sketched_at = 0  # the entry count the sketch's directions were fitted at
+        self._sketches = dimension >= 3 * SKETCH_DIMENSIONS  # a small dimension gains nothing
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -74,8 +149,9 @@ class FlatIndex:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the vector matrix (allocated capacity, not just the used rows)."""
-        return int(self._matrix.nbytes)
+        """Bytes held by the vector matrix and its sketch (allocated capacity, not just the used rows)."""
+        sketch = 0 if self._sketch is None else self._sketch.rows.nbytes + self._sketch.rest.nbytes
+        return int(self._matrix.nbytes) + sketch
 
     def keys(self) -> list[str]:
         """The keys in the index, in row order."""
@@ -92,9 +168,17 @@ class FlatIndex:
                 grown = np.zeros((row * 2, self.dimension), dtype=np.float32)
                 grown[:row] = self._matrix
                 self._matrix = grown
+                if self._sketch is not None:
+                    self._sketch.grow(row * 2)
             self._keys.append(key)
             self._rows[key] = row
         self._matrix[row] = vector
+        count = len(self._keys)
+        if self._sketch is not None and count < _SKETCH_REFIT_GROWTH * self._sketched_at:
+            self._sketch.put_many(row, self._matrix[row : row + 1])
+        elif self._sketches and count >= SKETCH_MIN_ENTRIES and count >= _SKETCH_REFIT_GROWTH * self._sketched_at:
+            self._sketch = Sketch.fit(self._matrix[:count], self._matrix.shape[0])
+            self._sketched_at = count
 
     def remove(self, key: str) -> bool:
         """Remove `key`; True if it was there."""
@@ -105,6 +189,8 @@ class FlatIndex:
         if row != last:
             moved_key = self._keys[last]
             self._matrix[row] = self._matrix[last]
+            if self._sketch is not None:
+                self._sketch.move(last, row)
             self._keys[row] = moved_key
             self._rows[moved_key] = row
         self._keys.pop()
@@ -114,6 +200,8 @@ class FlatIndex:
         """Remove every vector (the allocated matrix is kept)."""
         self._keys.clear()
         self._rows.clear()
+        self._sketch = None
+        self._sketched_at = 0
 
     def search(self, query: Vector, k: int = 1, threshold: float = -1.0) -> list[tuple[str, float]]:
         """Return up to `k` (key, similarity) pairs with similarity >= threshold, best first."""
@@ -122,6 +210,20 @@ class FlatIndex:
             return []
         if query.shape != (self.dimension,):
             raise InvalidInputError(f"query has shape {query.shape}, index dimension is {self.dimension}")
+        rows: np.ndarray | None = None
+        if self._sketch is not None and threshold >= _SKETCH_MIN_THRESHOLD:
+            with single_threaded_blas():
+                rows = self._sketch.candidates(query, count, threshold)
+            if len(rows) > count // _SKETCH_MAX_SHARE:
+                rows = None
+        if rows is not None:
+            exact = self._matrix[rows] @ query
+            keep = exact >= threshold
+            rows, exact = rows[keep], exact[keep]
+            if len(rows) > k:
+                nearest = np.argpartition(-exact, k - 1)[:k]
+                rows, exact = rows[nearest], exact[nearest]
+            return [(self._keys[int(rows[i])], float(exact[i])) for i in np.argsort(-exact, kind="stable")]
         with single_threaded_blas():
             scores = self._matrix[:count] @ query
         if k == 1:
