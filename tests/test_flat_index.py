@@ -216,7 +216,7 @@ def test_a_sketched_index_returns_what_a_full_scan_returns_through_edits_and_ref
         if number in (1500, 4000, 10999):  # sketched since 1,024 entries, fitted again at 8,192
             assert index._sketch is not None
             keys = list(model)
-            for trial in range(60):
+            for _ in range(60):
                 base = model[keys[rng.integers(0, len(keys))]]
                 query = base + rng.choice([0.01, 0.05, 0.3]) * rng.standard_normal(384).astype(np.float32)
                 query = (query / np.linalg.norm(query)).astype(np.float32)
