@@ -260,3 +260,21 @@ def test_small_or_low_dimensional_indexes_are_not_sketched() -> None:
     assert small._sketch is None and narrow._sketch is None
     small.clear()
     assert small._sketch is None and len(small) == 0
+
+
+def test_a_sketch_that_cannot_narrow_rests_and_the_answers_stay_exact() -> None:
+    rng = np.random.default_rng(8)
+    rows = unit_rows(rng, 2000, 384)  # random rows: no principal directions, every bound reaches 0.5
+    index = FlatIndex(384)
+    for number, vector in enumerate(rows):
+        index.add(f"k{number}", vector)
+    assert index._sketch is not None
+    for trial in range(10):
+        query = unit_rows(rng, 1, 384)[0]
+        query = (rows[trial] + 0.5 * query).astype(np.float32)  # near a stored row: a match to find
+        query /= np.linalg.norm(query)
+        found = index.search(query, 3, 0.5)
+        expected = brute_force({f"k{n}": v for n, v in enumerate(rows)}, query, 3, 0.5)
+        assert [key for key, _ in found] == [key for key, _ in expected] == [f"k{trial}"]
+        assert [score for _, score in found] == pytest.approx([score for _, score in expected], abs=TOLERANCE)
+        assert index._paused == (0 if trial < 7 else 64 - (trial - 7))  # resting after 8 futile reads

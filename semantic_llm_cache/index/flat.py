@@ -67,6 +67,8 @@ _SKETCH_SAMPLE = 1024  # rows the directions are fitted on
 _SKETCH_MIN_THRESHOLD = 0.5  # below it the bound prunes little: a full scan
 _SKETCH_SLACK = 1e-4  # float32 rounding in the bound: a row that could reach the threshold is always scored
 _SKETCH_MAX_SHARE = 8  # more than 1/8 of the rows left to score: a full scan reads less
+_SKETCH_FUTILE_RUN = 8  # searches in a row that the sketch could not narrow (e.g. random vectors, or a low
+_SKETCH_PAUSE = 64  # threshold) before it is left unread for this many searches, then tried again
 
 
 class Sketch:
@@ -140,6 +142,8 @@ class FlatIndex:
         self._sketch: Sketch | None = None
         self._sketched_at = 0  # the entry count the sketch's directions were fitted at
         self._sketches = dimension >= 3 * SKETCH_DIMENSIONS  # a small dimension gains nothing
+        self._futile = 0  # searches in a row the sketch did not narrow
+        self._paused = 0  # searches left before the sketch is read again
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -203,6 +207,24 @@ class FlatIndex:
         self._sketch = None
         self._sketched_at = 0
 
+    def _sketched_candidates(self, query: Vector, count: int, threshold: float) -> np.ndarray | None:
+        """The rows that may reach `threshold`, from the sketch; None when a full scan reads less (no sketch, a
+        low threshold, too many rows left, or a run of such searches: then the sketch rests a while)."""
+        if self._sketch is None or threshold < _SKETCH_MIN_THRESHOLD:
+            return None
+        if self._paused:
+            self._paused -= 1
+            return None
+        with single_threaded_blas():
+            rows = self._sketch.candidates(query, count, threshold)
+        if len(rows) <= count // _SKETCH_MAX_SHARE:
+            self._futile = 0
+            return rows
+        self._futile += 1
+        if self._futile >= _SKETCH_FUTILE_RUN:
+            self._futile, self._paused = 0, _SKETCH_PAUSE
+        return None
+
     def search(self, query: Vector, k: int = 1, threshold: float = -1.0) -> list[tuple[str, float]]:
         """Return up to `k` (key, similarity) pairs with similarity >= threshold, best first."""
         count = len(self._keys)
@@ -210,12 +232,7 @@ class FlatIndex:
             return []
         if query.shape != (self.dimension,):
             raise InvalidInputError(f"query has shape {query.shape}, index dimension is {self.dimension}")
-        rows: np.ndarray | None = None
-        if self._sketch is not None and threshold >= _SKETCH_MIN_THRESHOLD:
-            with single_threaded_blas():
-                rows = self._sketch.candidates(query, count, threshold)
-            if len(rows) > count // _SKETCH_MAX_SHARE:
-                rows = None
+        rows = self._sketched_candidates(query, count, threshold)
         if rows is not None:
             exact = self._matrix[rows] @ query
             keep = exact >= threshold
