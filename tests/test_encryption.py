@@ -15,7 +15,9 @@ from tests.fakes import BagOfWordsEmbedder
 
 PROMPT = "What is the account number of Jane Roe?"
 ANSWER = "Jane Roe's account is 4412-ZETA-0099."
-SECRET_WORDS = ("Jane", "Roe", "ZETA", "account number", "customer-notes")
+# Phrases of the prompt, the answer and the metadata that plaintext would hold. Each has a space, an apostrophe or is
+# long: the base64 ciphertext (fresh each run) could hold a short word like "Roe" by chance (about 1 run in 1,000).
+SECRET_WORDS = ("Jane Roe", "Roe's", "4412-ZETA-0099", "account number", "customer-notes")
 
 
 def new_key() -> str:
