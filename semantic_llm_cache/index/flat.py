@@ -64,6 +64,7 @@ SKETCH_DIMENSIONS = 32
 SKETCH_MIN_ENTRIES = 1024  # below it a full scan is as fast (the matrix fits in the processor's caches)
 _SKETCH_REFIT_GROWTH = 8  # the directions are fitted again each time the index grows this many times over
 _SKETCH_SAMPLE = 1024  # rows the directions are fitted on
+_SKETCH_MIN_DIMENSION = 3 * SKETCH_DIMENSIONS  # a smaller dimension gains nothing
 _SKETCH_MIN_THRESHOLD = 0.5  # below it the bound prunes little: a full scan
 _SKETCH_SLACK = 1e-4  # float32 rounding in the bound: a row that could reach the threshold is always scored
 _SKETCH_MAX_SHARE = 8  # more than 1/8 of the rows left to score: a full scan reads less
@@ -100,11 +101,7 @@ class Sketch:
         self.rest[target] = self.rest[source]
 
     def grow(self, capacity: int) -> None:
-        rows = np.zeros((capacity, self.rows.shape[1]), dtype=np.float32)
-        rows[: len(self.rows)] = self.rows
-        rest = np.zeros(capacity, dtype=np.float32)
-        rest[: len(self.rest)] = self.rest
-        self.rows, self.rest = rows, rest
+        self.rows, self.rest = _grown(self.rows, capacity), _grown(self.rest, capacity)
 
     def candidates(self, query: Vector, count: int, threshold: float) -> np.ndarray:
         """The rows (of the first `count`) whose similarity to `query` may reach `threshold`."""
@@ -113,6 +110,13 @@ class Sketch:
         bound = self.rows[:count] @ projected
         bound += query_rest * self.rest[:count]
         return np.flatnonzero(bound >= threshold - _SKETCH_SLACK)
+
+
+def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
+    """`array` with room for `capacity` rows (the new ones zero)."""
+    grown = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
 
 
 def _principal_directions(sample: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -141,7 +145,6 @@ class FlatIndex:
         self._rows: dict[str, int] = {}
         self._sketch: Sketch | None = None
         self._sketched_at = 0  # the entry count the sketch's directions were fitted at
-        self._sketches = dimension >= 3 * SKETCH_DIMENSIONS  # a small dimension gains nothing
         self._futile = 0  # searches in a row the sketch did not narrow
         self._paused = 0  # searches left before the sketch is read again
 
@@ -169,9 +172,7 @@ class FlatIndex:
         if row is None:
             row = len(self._keys)
             if row == self._matrix.shape[0]:
-                grown = np.zeros((row * 2, self.dimension), dtype=np.float32)
-                grown[:row] = self._matrix
-                self._matrix = grown
+                self._matrix = _grown(self._matrix, row * 2)
                 if self._sketch is not None:
                     self._sketch.grow(row * 2)
             self._keys.append(key)
@@ -180,7 +181,11 @@ class FlatIndex:
         count = len(self._keys)
         if self._sketch is not None and count < _SKETCH_REFIT_GROWTH * self._sketched_at:
             self._sketch.put_many(row, self._matrix[row : row + 1])
-        elif self._sketches and count >= SKETCH_MIN_ENTRIES and count >= _SKETCH_REFIT_GROWTH * self._sketched_at:
+        elif (
+            self.dimension >= _SKETCH_MIN_DIMENSION
+            and count >= SKETCH_MIN_ENTRIES
+            and count >= _SKETCH_REFIT_GROWTH * self._sketched_at
+        ):
             self._sketch = Sketch.fit(self._matrix[:count], self._matrix.shape[0])
             self._sketched_at = count
 
@@ -235,20 +240,22 @@ class FlatIndex:
         rows = self._sketched_candidates(query, count, threshold)
         if rows is not None:
             exact = self._matrix[rows] @ query
-            keep = exact >= threshold
-            rows, exact = rows[keep], exact[keep]
-            if len(rows) > k:
-                nearest = np.argpartition(-exact, k - 1)[:k]
-                rows, exact = rows[nearest], exact[nearest]
-            return [(self._keys[int(rows[i])], float(exact[i])) for i in np.argsort(-exact, kind="stable")]
+            return self._best(exact, k, threshold, rows)
         with single_threaded_blas():
             scores = self._matrix[:count] @ query
         if k == 1:
             best = int(np.argmax(scores))
-            top = [best] if scores[best] >= threshold else []
-        else:
-            rows = np.flatnonzero(scores >= threshold)  # a cache's threshold leaves few: order only those
-            if len(rows) > k:
-                rows = rows[np.argpartition(-scores[rows], k - 1)[:k]]
-            top = list(rows[np.argsort(-scores[rows], kind="stable")])
-        return [(self._keys[row], float(scores[row])) for row in top]
+            return [(self._keys[best], float(scores[best]))] if scores[best] >= threshold else []
+        return self._best(scores, k, threshold)
+
+    def _best(
+        self, scores: np.ndarray, k: int, threshold: float, rows: np.ndarray | None = None
+    ) -> list[tuple[str, float]]:
+        """The `k` best rows at or above `threshold`, best first (ties in row order): `scores` of every row, or of
+        `rows` only."""
+        keep = np.flatnonzero(scores >= threshold)  # a cache's threshold leaves few: order only those
+        if len(keep) > k:
+            keep = keep[np.argpartition(-scores[keep], k - 1)[:k]]
+        keep = keep[np.argsort(-scores[keep], kind="stable")]
+        picked = keep if rows is None else rows[keep]
+        return [(self._keys[int(row)], float(score)) for row, score in zip(picked, scores[keep], strict=True)]
