@@ -256,6 +256,47 @@ def test_stays_flat_up_to_the_threshold_and_moves_past_it() -> None:
         assert finds_itself(index, vector, key)
 
 
+def low_rank_vectors(count: int, dimension: int, rank: int, seed: int = 0) -> np.ndarray:
+    """Vectors near a `rank`-dimensional subspace, as sentence embeddings are: a flat index's sketch narrows them."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((dimension, rank)))[0].T
+    return unit_rows(rng.standard_normal((count, rank)) @ basis + 0.02 * rng.standard_normal((count, dimension)))
+
+
+def test_a_flat_index_its_sketch_narrows_stays_flat_past_the_threshold_up_to_a_multiple() -> None:
+    minimum = 1100  # past the sketch's own minimum size
+    vectors = low_rank_vectors(auto_module.SKETCHED_FLAT_FACTOR * minimum + 1, 384, rank=8, seed=24)
+    index = AutoIndex(384, hnsw_min_entries=minimum, background=False)
+    for row, vector in enumerate(vectors[:-1]):
+        index.add(f"k{row}", vector)
+        if row % 50 == 0:  # a serving cache: lookups between the writes
+            assert index.search(vector, 4, threshold=0.9)[0][0] == f"k{row}"
+    assert index.kind == "flat" and index._flat is not None and index._flat.sketch_narrows
+    index.add("last", vectors[-1])
+    assert index.kind == "hnsw"
+    assert index.search(vectors[-1], 1, threshold=0.9)[0][0] == "last"
+
+
+def test_a_flat_index_its_sketch_cannot_narrow_moves_at_the_threshold_after_a_few_searches() -> None:
+    vectors = random_vectors(3000, 384, seed=25)  # no low-rank structure: many rows stay candidates
+    queries = random_vectors(16, 384, seed=26)
+    index = AutoIndex(384, hnsw_min_entries=1100, background=False)
+    filled(index, vectors)
+    assert index.kind == "flat"  # no search yet: nothing says the sketch cannot narrow
+    for query in queries:
+        assert index.search(query, 1, threshold=0.94) == []
+        if index.kind == "hnsw":
+            break
+    assert index.kind == "hnsw"
+    assert finds_itself(index, vectors[7], "k7")
+    flat = FlatIndex(384)
+    filled(flat, vectors)
+    assert flat.sketch_narrows  # not searched yet
+    for query in queries:
+        flat.search(query, 1, threshold=0.94)
+    assert not flat.sketch_narrows
+
+
 def test_move_in_the_background_keeps_every_write_made_during_it(blocked_builder: threading.Event) -> None:
     vectors = clustered_vectors(3000, 32, clusters=30, seed=21)
     index = AutoIndex(32, hnsw_min_entries=500)

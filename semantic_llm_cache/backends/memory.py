@@ -23,7 +23,8 @@ class MemoryBackend(StorageBackend):
     shared by several event loops (e.g. a sync wrapper's loop thread and the application's loop).
 
     hnsw_min_entries: a partition holding more vectors than this moves from the exact flat index to an HNSW
-        graph, built in the background (needs the `hnsw` extra); None keeps every partition exact.
+        graph, built in the background (needs the `hnsw` extra), or past 3x that while its exact searches stay
+        narrow (AutoIndex); None keeps every partition exact.
     """
 
     def __init__(

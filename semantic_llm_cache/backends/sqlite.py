@@ -83,7 +83,8 @@ class SQLiteBackend(StorageBackend):
     purge_interval: expired rows are deleted at most this often (they are never returned in between).
     index_factory: builds a partition's vector index from its dimension (default: from `hnsw_min_entries`).
     hnsw_min_entries: a partition holding more vectors than this moves from the exact flat index to an HNSW
-        graph, built in the background (needs the `hnsw` extra); None keeps every partition exact.
+        graph, built in the background (needs the `hnsw` extra), or past 3x that while its exact searches stay
+        narrow (AutoIndex); None keeps every partition exact.
     """
 
     def __init__(

@@ -70,6 +70,8 @@ _SKETCH_SLACK = 1e-4  # float32 rounding in the bound: a row that could reach th
 _SKETCH_MAX_SHARE = 8  # more than 1/8 of the rows left to score: a full scan reads less
 _SKETCH_FUTILE_RUN = 8  # searches in a row that the sketch could not narrow (e.g. random vectors, or a low
 _SKETCH_PAUSE = 64  # threshold) before it is left unread for this many searches, then tried again
+_NARROW_SHARE = 1 / 32  # sketch_narrows: searches score at most this share of the rows exactly, on average over
+_SHARE_MEMORY = 16  # about this many recent searches (an exponential moving average)
 
 
 class Sketch:
@@ -147,6 +149,7 @@ class FlatIndex:
         self._sketched_at = 0  # the entry count the sketch's directions were fitted at
         self._futile = 0  # searches in a row the sketch did not narrow
         self._paused = 0  # searches left before the sketch is read again
+        self._scored_share = 0.0  # of late, the share of rows a search scored exactly (sketch_narrows)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -211,6 +214,7 @@ class FlatIndex:
         self._rows.clear()
         self._sketch = None
         self._sketched_at = 0
+        self._scored_share = 0.0
 
     def _sketched_candidates(self, query: Vector, count: int, threshold: float) -> np.ndarray | None:
         """The rows that may reach `threshold`, from the sketch; None when a full scan reads less (no sketch, a
@@ -230,6 +234,12 @@ class FlatIndex:
             self._futile, self._paused = 0, _SKETCH_PAUSE
         return None
 
+    @property
+    def sketch_narrows(self) -> bool:
+        """Whether searches score few rows: there is a sketch, and of late they scored at most 1/32 of the rows
+        exactly (no search yet counts as narrow)."""
+        return self._sketch is not None and self._scored_share <= _NARROW_SHARE
+
     def search(self, query: Vector, k: int = 1, threshold: float = -1.0) -> list[tuple[str, float]]:
         """Return up to `k` (key, similarity) pairs with similarity >= threshold, best first."""
         count = len(self._keys)
@@ -238,6 +248,8 @@ class FlatIndex:
         if query.shape != (self.dimension,):
             raise InvalidInputError(f"query has shape {query.shape}, index dimension is {self.dimension}")
         rows = self._sketched_candidates(query, count, threshold)
+        if self._sketch is not None:  # a moving average of the share of rows scored exactly
+            self._scored_share += ((1.0 if rows is None else len(rows) / count) - self._scored_share) / _SHARE_MEMORY
         if rows is not None:
             exact = self._matrix[rows] @ query
             return self._best(exact, k, threshold, rows)

@@ -101,7 +101,8 @@ class RedisBackend(StorageBackend):
         latency for recall: on 100k random 384-d vectors, 20 finds the true neighbour 58% of the time (0.3 ms),
         100 95% (0.7 ms), 200 99% (1.1 ms); real embeddings, being clustered, do better.
     hnsw_min_entries: in client mode, a local partition index larger than this moves from exact flat search
-        to an HNSW graph (built in the background; needs the `hnsw` extra); None keeps it flat. (Formerly
+        to an HNSW graph (built in the background; needs the `hnsw` extra), or past 3x that while its exact
+        searches stay narrow (AutoIndex); None keeps it flat. (Formerly
         `local_hnsw_threshold`, still accepted for one release.)
 
     The URL's query string may also carry ``prefix``, ``index`` and ``cluster`` (keyword arguments win); the rest
