@@ -40,9 +40,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_HNSW_MIN_ENTRIES = 20_000
 #: A flat index whose sketch narrows its searches (FlatIndex.sketch_narrows: they score a few rows, not all) stays
 #: flat up to this many times `hnsw_min_entries`. On the Quora questions' vectors (bundled model) a sketched flat
-#: search cost 0.14 ms at 20,000 entries and 0.24 at 35,000, against 0.36 and 0.41 for the HNSW graph (p50, k=4,
-#: threshold 0.94): exact, and ahead until about 60,000. Vectors the sketch cannot narrow (no low-rank structure)
-#: move at `hnsw_min_entries`, after the run of searches that shows it.
+#: search cost 0.135 ms at 20,000 entries and 0.223 at 35,000, against 0.324 and 0.411 for the HNSW graph (p50, k=4,
+#: threshold 0.94; benchmarks/sketched_flat.py): exact, and ahead until about 60,000 (extrapolated). Vectors the
+#: sketch cannot narrow (no low-rank structure) move at `hnsw_min_entries`, after the searches that show it.
 SKETCHED_FLAT_FACTOR = 3
 
 _INLINE_CATCH_UP = 32  # writes made during a build that the owner replays inline (~1 ms each); more: background

@@ -1,0 +1,104 @@
+"""A partition's index past `hnsw_min_entries`: the sketched flat index against the HNSW graph, on real vectors.
+
+    .venv/bin/python benchmarks/sketched_flat.py                    # 10,000 / 20,000 / 35,000 entries
+    .venv/bin/python benchmarks/sketched_flat.py --sizes 20000 --queries 500
+
+Vectors: every distinct question of qqp_dev (the bundled model's vectors, cached by peers.py in
+~/.cache/semantic-llm-cache), shuffled; the first N are stored, 1,000 held-out questions are the queries. Both
+indexes get the same entries; their `search(query, k=4, threshold=0.94)` (a lookup's call) is timed round-robin
+(one BLAS thread). Printed per size: p50 / p99 of each, the share of rows the flat search scored exactly, whether
+`FlatIndex.sketch_narrows` holds (AutoIndex then keeps the partition flat up to SKETCHED_FLAT_FACTOR x
+`hnsw_min_entries`), and how many queries' best match above the threshold the graph missed.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from semantic_llm_cache.index.flat import FlatIndex  # noqa: E402
+from semantic_llm_cache.index.hnsw import HNSWIndex  # noqa: E402
+
+THRESHOLD = 0.94
+K = 4
+
+
+def quora_vectors() -> np.ndarray:
+    """Every distinct question's vector, shuffled (fixed seed)."""
+    from peers import DEFAULT_DATA, build_workload
+
+    data, embedder = asyncio.run(build_workload(DEFAULT_DATA, None))
+    embedder.close()
+    matrix = np.stack(list(data.table.vectors.values())).astype(np.float32)
+    return matrix[np.random.default_rng(5).permutation(len(matrix))]
+
+
+def percentile(samples: list[float], share: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))] * 1000
+
+
+def measure(stored: np.ndarray, queries: np.ndarray) -> str:
+    keys = [f"k{row}" for row in range(len(stored))]
+    flat = FlatIndex(stored.shape[1])
+    for key, vector in zip(keys, stored, strict=True):
+        flat.add(key, vector)
+    graph = HNSWIndex(stored.shape[1], initial_capacity=len(stored))
+    graph.add_many(keys, stored)
+    flat_times: list[float] = []
+    graph_times: list[float] = []
+    scored: list[float] = []
+    missed = 0
+    for query in queries:
+        started = time.perf_counter()
+        exact = flat.search(query, K, THRESHOLD)
+        flat_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        approximate = graph.search(query, K, THRESHOLD)
+        graph_times.append(time.perf_counter() - started)
+        if flat._sketch is not None:
+            scored.append(len(flat._sketch.candidates(query, len(flat), THRESHOLD)) / len(flat))
+        if exact and (not approximate or approximate[0][0] != exact[0][0]):
+            missed += 1
+    share = f"{np.mean(scored):.4f}" if scored else "-"
+    return (
+        f"| {len(stored):,} | {percentile(flat_times, 0.5):.3f} / {percentile(flat_times, 0.99):.3f} | "
+        f"{percentile(graph_times, 0.5):.3f} / {percentile(graph_times, 0.99):.3f} | {share} | "
+        f"{flat.sketch_narrows} | {missed} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10000,20000,35000", help="comma-separated entry counts")
+    parser.add_argument("--queries", type=int, default=1000)
+    arguments = parser.parse_args()
+    sizes = [int(size) for size in arguments.sizes.split(",")]
+    vectors = quora_vectors()
+    if max(sizes) + arguments.queries > len(vectors):
+        parser.error(f"only {len(vectors):,} distinct questions: sizes + queries must not exceed that")
+    queries = vectors[len(vectors) - arguments.queries :]
+    print(f"k={K}, threshold {THRESHOLD}, {arguments.queries:,} held-out questions; ms, p50 / p99")
+    print("| entries | sketched flat | HNSW (M 16, ef_search 256) | share scored exactly | sketch_narrows "
+          "| best match the graph missed |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for size in sizes:
+        print(measure(vectors[:size], queries), flush=True)
+
+
+if __name__ == "__main__":
+    main()
