@@ -6,8 +6,9 @@
 Random 384-d unit vectors near 50 centres (embedding excluded: a table embedder). Timed round-robin in blocks of
 50, one call at a time: `SemanticCache.store` (index="search"), `RedisBackend.set` alone, a bare redis-py HSET of
 a vector into a prefix under an HNSW index (M 16, EF_CONSTRUCTION 64, ours), under a FLAT index (RedisVL's), under
-none, and RedisVL `SemanticCache.astore`. Then each HNSW setting's server time per insert (INFO commandstats,
-2,000 HSETs after the entries are in), the part of a store no client code can remove.
+none, and RedisVL `SemanticCache.astore`. Then the server's time per insert into a FLAT and an HNSW index of each
+of `--insert-sizes` entries (INFO commandstats, 2,000 HSETs after those are in): the part of a store no client
+code can remove.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ async def server_insert_us(url: str, count: int, kind: str, params: dict[str, in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--entries", type=int, default=3000, help="stores per row")
+    parser.add_argument("--insert-sizes", default="3000,50000", help="index sizes for the server's time per insert")
     arguments = parser.parse_args()
     server = start_search_server(Path(tempfile.mkdtemp(prefix="redis-store-")))
     try:
@@ -147,10 +149,11 @@ def main() -> None:
         print("\nserver time per insert (us), into an index of N entries")
         print("| index | N | us |")
         print("|---|---|---|")
-        for kind, params in (("FLAT", {}), ("HNSW", {"M": 16, "EF_CONSTRUCTION": 64})):
-            label = kind if not params else f"{kind} M {params['M']} EF_CONSTRUCTION {params['EF_CONSTRUCTION']}"
-            usec = asyncio.run(server_insert_us(server.url, arguments.entries, kind, params))
-            print(f"| {label} | {arguments.entries:,} | {usec:.0f} |", flush=True)
+        for size in (int(size) for size in arguments.insert_sizes.split(",")):
+            for kind, params in (("FLAT", {}), ("HNSW", {"M": 16, "EF_CONSTRUCTION": 64})):
+                label = kind if not params else f"{kind} M {params['M']} EF_CONSTRUCTION {params['EF_CONSTRUCTION']}"
+                usec = asyncio.run(server_insert_us(server.url, size, kind, params))
+                print(f"| {label} | {size:,} | {usec:.0f} |", flush=True)
     finally:
         server.stop()
 
