@@ -8,7 +8,8 @@ Vectors: every distinct question of qqp_dev (the bundled model's vectors, cached
 indexes get the same entries; their `search(query, k=4, threshold=0.94)` (a lookup's call) is timed round-robin
 (one BLAS thread). Printed per size: p50 / p99 of each, the share of rows the flat search scored exactly, whether
 `FlatIndex.sketch_narrows` holds (AutoIndex then keeps the partition flat up to SKETCHED_FLAT_FACTOR x
-`hnsw_min_entries`), and how many queries' best match above the threshold the graph missed.
+`hnsw_min_entries`), and how many queries' best match above the threshold the graph missed; then the six slowest
+adds while the largest flat index was filled (what a write can stall its caller, the event loop, for).
 """
 
 from __future__ import annotations
@@ -52,11 +53,15 @@ def percentile(samples: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))] * 1000
 
 
-def measure(stored: np.ndarray, queries: np.ndarray) -> str:
+def measure(stored: np.ndarray, queries: np.ndarray, slowest: list[tuple[float, int]]) -> str:
     keys = [f"k{row}" for row in range(len(stored))]
     flat = FlatIndex(stored.shape[1])
-    for key, vector in zip(keys, stored, strict=True):
+    adds: list[tuple[float, int]] = []
+    for row, (key, vector) in enumerate(zip(keys, stored, strict=True)):
+        started = time.perf_counter()
         flat.add(key, vector)
+        adds.append((time.perf_counter() - started, row))
+    slowest.extend(sorted(adds, reverse=True)[:6])
     graph = HNSWIndex(stored.shape[1], initial_capacity=len(stored))
     graph.add_many(keys, stored)
     flat_times: list[float] = []
@@ -96,8 +101,13 @@ def main() -> None:
     print("| entries | sketched flat | HNSW (M 16, ef_search 256) | share scored exactly | sketch_narrows "
           "| best match the graph missed |")  # fmt: skip
     print("|---|---|---|---|---|---|")
+    slowest: list[tuple[float, int]] = []
     for size in sizes:
-        print(measure(vectors[:size], queries), flush=True)
+        slowest.clear()
+        print(measure(vectors[:size], queries, slowest), flush=True)
+    ordered = sorted(slowest, key=lambda item: item[1])
+    shown = ", ".join(f"row {row:,}: {seconds * 1000:.1f}" for seconds, row in ordered)
+    print(f"\nslowest adds filling the flat index of {sizes[-1]:,} (ms; the sketch is fitted at 1,024, 8,192): {shown}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from semantic_llm_cache import InvalidInputError
-from semantic_llm_cache.index.flat import FlatIndex
+from semantic_llm_cache.index import flat as flat_module
+from semantic_llm_cache.index.flat import FlatIndex, RowBlocks
 
 TOLERANCE = 1e-5
 
@@ -212,7 +213,7 @@ def test_a_sketched_index_returns_what_a_full_scan_returns_through_edits_and_ref
             moved = f"k{rng.integers(0, number + 1)}"
             if moved in model:
                 index.add(moved, vectors[rng.integers(0, len(vectors))])
-                model[moved] = index._matrix[index._rows[moved]]
+                model[moved] = index._matrix[index._rows[moved]].copy()
         if number in (1500, 4000, 10999):  # sketched since 1,024 entries, fitted again at 8,192
             assert index._sketch is not None
             keys = list(model)
@@ -246,6 +247,7 @@ def test_the_sketch_bounds_every_row_from_above_and_prunes_most() -> None:
         projected = sketch.basis @ query
         rest = np.sqrt(max(0.0, 1 - float(projected @ projected)))
         bound = sketch.rows[: len(rows)] @ projected + rest * sketch.rest[: len(rows)]
+        np.testing.assert_allclose(sketch.bounds(query, len(rows)), bound, atol=1e-5)
         assert np.all(bound >= exact - 1e-5)  # never below: no row that could match is skipped
         assert len(sketch.candidates(query, len(rows), 0.94)) < len(rows) // 8  # and most rows are never read
 
@@ -278,3 +280,51 @@ def test_a_sketch_that_cannot_narrow_rests_and_the_answers_stay_exact() -> None:
         assert [key for key, _ in found] == [key for key, _ in expected] == [f"k{trial}"]
         assert [score for _, score in found] == pytest.approx([score for _, score in expected], abs=TOLERANCE)
         assert index._paused == (0 if trial < 7 else 64 - (trial - 7))  # resting after 8 futile reads
+
+
+def test_rows_in_blocks_of_a_few_give_the_same_answers_and_growth_copies_no_full_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(flat_module, "BLOCK_BYTES", 61 * 384 * 4)  # blocks of 61 rows (2,048 in use)
+    rng = np.random.default_rng(8)
+    vectors = clustered_rows(rng, 2600)
+    index, model = FlatIndex(384, initial_capacity=3), {}
+    first_full_block = None
+    for number, vector in enumerate(vectors):
+        key = f"k{rng.integers(0, 2200)}"  # some adds rewrite a key
+        index.add(key, vector)
+        model[key] = vector
+        if number % 5 == 2:  # removals move the last row, often from another block, into the hole
+            doomed = f"k{rng.integers(0, 2200)}"
+            assert index.remove(doomed) == (model.pop(doomed, None) is not None)
+        if first_full_block is None and len(index._matrix.blocks[0]) == 61:
+            first_full_block = index._matrix.blocks[0]
+        if number in (40, 700, 1800, 2599):  # one block, several, then sketched (past 1,024 rows)
+            for query_row in rng.integers(0, len(vectors), 25):
+                query = vectors[query_row] + 0.05 * rng.standard_normal(384).astype(np.float32)
+                query = (query / np.linalg.norm(query)).astype(np.float32)
+                threshold = float(rng.choice([-1.0, 0.8, 0.94]))
+                k = int(rng.choice([1, 4]))
+                found = index.search(query, k, threshold)
+                expected = brute_force(model, query, k, threshold)
+                assert [score for _, score in found] == pytest.approx([s for _, s in expected], abs=TOLERANCE)
+    assert index._sketch is not None and len(index._sketch.rows) >= len(index) and len(index._matrix.blocks) > 20
+    assert index._matrix.blocks[0] is first_full_block  # a full block is never copied again
+    assert sorted(index.keys()) == sorted(model)
+    for key, vector in model.items():
+        assert np.array_equal(index._matrix[index._rows[key]], vector)
+
+
+def test_row_blocks_put_take_and_head_across_boundaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flat_module, "BLOCK_BYTES", 4 * 2 * 4)  # 4 rows of 2
+    blocks = RowBlocks((2,), 1)
+    values = np.arange(26, dtype=np.float32).reshape(13, 2)
+    blocks.reserve(13)
+    assert blocks.capacity >= 13 and [len(block) for block in blocks.blocks][:3] == [4, 4, 4]
+    blocks.put(0, values[:3])
+    blocks.put(3, values[3:])
+    np.testing.assert_array_equal(blocks.head(13), values)
+    rows = np.array([0, 3, 4, 9, 12])
+    np.testing.assert_array_equal(blocks.take(rows), values[rows])
+    assert [start for start, _ in blocks.parts(10, 2)] == [2, 4, 8]
+    np.testing.assert_array_equal(blocks[11], values[11])
