@@ -277,24 +277,31 @@ def test_a_flat_index_its_sketch_narrows_stays_flat_past_the_threshold_up_to_a_m
     assert index.search(vectors[-1], 1, threshold=0.9)[0][0] == "last"
 
 
-def test_a_flat_index_its_sketch_cannot_narrow_moves_at_the_threshold_after_a_few_searches() -> None:
+def test_a_flat_index_its_sketch_cannot_narrow_moves_at_the_threshold() -> None:
     vectors = random_vectors(3000, 384, seed=25)  # no low-rank structure: many rows stay candidates
-    queries = random_vectors(16, 384, seed=26)
     index = AutoIndex(384, hnsw_min_entries=1100, background=False)
-    filled(index, vectors)
-    assert index.kind == "flat"  # no search yet: nothing says the sketch cannot narrow
-    for query in queries:
-        assert index.search(query, 1, threshold=0.94) == []
-        if index.kind == "hnsw":
-            break
+    filled(index, vectors[:1100])
+    assert index.kind == "flat"
+    index.add("k1100", vectors[1100])  # past the threshold: the probe of its own rows says the sketch cannot narrow
     assert index.kind == "hnsw"
     assert finds_itself(index, vectors[7], "k7")
-    flat = FlatIndex(384)
-    filled(flat, vectors)
-    assert flat.sketch_narrows  # not searched yet
-    for query in queries:
-        flat.search(query, 1, threshold=0.94)
-    assert not flat.sketch_narrows
+
+
+def test_narrowness_is_probed_before_any_search_and_then_follows_the_searches() -> None:
+    structured, unstructured = FlatIndex(384), FlatIndex(384)
+    filled(structured, low_rank_vectors(3000, 384, rank=8, seed=27))
+    filled(unstructured, random_vectors(3000, 384, seed=28))
+    assert structured.sketch_narrows and unstructured.sketch_narrows  # neither probed nor searched yet
+    structured.probe_narrowness()
+    unstructured.probe_narrowness()
+    assert structured.sketch_narrows and not unstructured.sketch_narrows
+    searched = FlatIndex(384)
+    filled(searched, random_vectors(3000, 384, seed=28))
+    for query in random_vectors(16, 384, seed=26):
+        searched.search(query, 1, threshold=0.94)
+    assert not searched.sketch_narrows
+    searched.probe_narrowness()  # searches have spoken: the probe changes nothing
+    assert not searched.sketch_narrows
 
 
 def test_move_in_the_background_keeps_every_write_made_during_it(blocked_builder: threading.Event) -> None:

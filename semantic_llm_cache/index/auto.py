@@ -42,7 +42,8 @@ DEFAULT_HNSW_MIN_ENTRIES = 20_000
 #: flat up to this many times `hnsw_min_entries`. On the Quora questions' vectors (bundled model) a sketched flat
 #: search cost 0.138 ms at 20,000 entries and 0.234 at 35,000, against 0.336 and 0.397 for the HNSW graph (p50, k=4,
 #: threshold 0.94; benchmarks/sketched_flat.py): exact, and ahead until about 60,000 (extrapolated). Vectors the
-#: sketch cannot narrow (no low-rank structure) move at `hnsw_min_entries`, after the searches that show it.
+#: sketch cannot narrow (no low-rank structure) move at `hnsw_min_entries` (FlatIndex.probe_narrowness judges it
+#: before any search), or later, once searches show it.
 SKETCHED_FLAT_FACTOR = 3
 
 _INLINE_CATCH_UP = 32  # writes made during a build that the owner replays inline (~1 ms each); more: background
@@ -274,7 +275,10 @@ class AutoIndex:
         count = len(flat)
         if count <= self._migrate_above:
             return False
-        return not flat.sketch_narrows or count > SKETCHED_FLAT_FACTOR * self._migrate_above
+        if count > SKETCHED_FLAT_FACTOR * self._migrate_above:
+            return True
+        flat.probe_narrowness()  # decided while the entries come in (a load, a rebuild), not at the first lookups
+        return not flat.sketch_narrows
 
     def clear(self) -> None:
         """Remove every vector and go back to a flat index (an unfinished build is abandoned)."""
