@@ -326,5 +326,30 @@ def test_row_blocks_put_take_and_head_across_boundaries(monkeypatch: pytest.Monk
     np.testing.assert_array_equal(blocks.head(13), values)
     rows = np.array([0, 3, 4, 9, 12])
     np.testing.assert_array_equal(blocks.take(rows), values[rows])
+    many = np.random.default_rng(9).integers(0, 13, 80)  # past the one-by-one path, unsorted, repeated
+    np.testing.assert_array_equal(blocks.take(many), values[many])
+    np.testing.assert_array_equal(blocks.take(np.sort(many)), values[np.sort(many)])
+    assert not np.shares_memory(blocks.head(3, copy=True), blocks.blocks[0])
     assert [start for start, _ in blocks.parts(10, 2)] == [2, 4, 8]
     np.testing.assert_array_equal(blocks[11], values[11])
+
+
+def normalized(matrix: np.ndarray) -> np.ndarray:
+    return (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_the_sketch_bound_holds_for_vectors_with_a_tiny_rest() -> None:
+    """Rows almost inside a 32-dimensional subspace (a rest ~3e-4 long, which sqrt(|x|^2 - |px|^2) in float32
+    loses), queried from far outside it along each row's own rest: the bound must still reach the true score."""
+    rng = np.random.default_rng(30)
+    space = np.linalg.qr(rng.standard_normal((384, 384)))[0]
+    inside = normalized(rng.standard_normal((2000, 32)) @ space[:, :32].T)
+    outside = normalized(rng.standard_normal((2000, 352)) @ space[:, 32:].T)
+    rows = normalized(inside + 3e-4 * outside)
+    index = FlatIndex(384)
+    for number, vector in enumerate(rows):
+        index.add(f"k{number}", vector)
+    for row in range(0, 2000, 7):
+        query = normalized((0.6 * inside[row] + 0.8 * outside[row])[np.newaxis])[0]
+        threshold = float(rows[row] @ query) - 1e-6
+        assert f"k{row}" in {key for key, _ in index.search(query, 5, threshold)}, row

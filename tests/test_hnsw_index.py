@@ -296,12 +296,37 @@ def test_narrowness_is_probed_before_any_search_and_then_follows_the_searches() 
     unstructured.probe_narrowness()
     assert structured.sketch_narrows and not unstructured.sketch_narrows
     searched = FlatIndex(384)
-    filled(searched, random_vectors(3000, 384, seed=28))
-    for query in random_vectors(16, 384, seed=26):
-        searched.search(query, 1, threshold=0.94)
+    vectors = low_rank_vectors(3000, 384, rank=8, seed=27)
+    filled(searched, vectors)
+    searched.search(vectors[5], 4, threshold=0.3)  # one full scan (a low threshold) does not flip it
+    assert searched.sketch_narrows
+    for vector in vectors[:4]:  # a few in a row do
+        searched.search(vector, 4, threshold=0.3)
     assert not searched.sketch_narrows
-    searched.probe_narrowness()  # searches have spoken: the probe changes nothing
+    searched.probe_narrowness()  # the searches have spoken: a probe (which would say narrow) changes nothing
     assert not searched.sketch_narrows
+    for vector in vectors[:40]:  # and narrow searches bring it back
+        searched.search(vector, 4, threshold=0.94)
+    assert searched.sketch_narrows
+    empty = FlatIndex(384)
+    filled(empty, vectors[:1100])
+    for row in range(1100):
+        empty.remove(f"k{row}")
+    empty.probe_narrowness()  # no rows left to probe with: nothing to judge
+    assert empty.search(vectors[0], 1) == []
+
+
+def test_searches_the_sketch_cannot_narrow_move_a_flat_partition_past_the_threshold() -> None:
+    vectors = low_rank_vectors(1500, 384, rank=8, seed=29)
+    index = AutoIndex(384, hnsw_min_entries=1100, background=False)
+    filled(index, vectors)
+    assert index.kind == "flat"  # narrow: stays flat past the threshold
+    for vector in vectors[:8]:  # low-threshold searches read every row
+        index.search(vector, 4, threshold=0.3)
+        if index.kind == "hnsw":
+            break
+    assert index.kind == "hnsw"
+    assert finds_itself(index, vectors[9], "k9")
 
 
 def test_move_in_the_background_keeps_every_write_made_during_it(blocked_builder: threading.Event) -> None:

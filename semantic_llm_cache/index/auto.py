@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_HNSW_MIN_ENTRIES = 20_000
 #: A flat index whose sketch narrows its searches (FlatIndex.sketch_narrows: they score a few rows, not all) stays
 #: flat up to this many times `hnsw_min_entries`. On the Quora questions' vectors (bundled model) a sketched flat
-#: search cost 0.138 ms at 20,000 entries and 0.234 at 35,000, against 0.336 and 0.397 for the HNSW graph (p50, k=4,
+#: search cost 0.140 ms at 20,000 entries and 0.229 at 35,000, against 0.318 and 0.361 for the HNSW graph (p50, k=4,
 #: threshold 0.94; benchmarks/sketched_flat.py): exact, and ahead until about 60,000 (extrapolated). Vectors the
 #: sketch cannot narrow (no low-rank structure) move at `hnsw_min_entries` (FlatIndex.probe_narrowness judges it
 #: before any search), or later, once searches show it.
@@ -57,14 +57,10 @@ class _FlatIndex(FlatIndex):
 
     def snapshot(self) -> tuple[list[str], np.ndarray]:
         count = len(self._keys)
-        return list(self._keys), self._matrix.head(count).copy()
+        return list(self._keys), self._matrix.head(count, copy=True)
 
     def vectors(self, keys: Sequence[str]) -> np.ndarray:
-        rows = np.array([self._rows[key] for key in keys], dtype=np.int64)
-        order = np.argsort(rows)
-        taken = np.empty((len(rows), self.dimension), dtype=np.float32)
-        taken[order] = self._matrix.take(rows[order])
-        return taken
+        return self._matrix.take(np.array([self._rows[key] for key in keys], dtype=np.int64))
 
 
 def _check_min_entries(hnsw_min_entries: object) -> int:

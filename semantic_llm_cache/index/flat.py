@@ -70,8 +70,9 @@ _SKETCH_SLACK = 1e-4  # float32 rounding in the bound: a row that could reach th
 _SKETCH_MAX_SHARE = 8  # more than 1/8 of the rows left to score: a full scan reads less
 _SKETCH_FUTILE_RUN = 8  # searches in a row that the sketch could not narrow (e.g. random vectors, or a low
 _SKETCH_PAUSE = 64  # threshold) before it is left unread for this many searches, then tried again
-_NARROW_SHARE = 1 / 32  # sketch_narrows: searches score at most this share of the rows exactly, on average over
-_SHARE_MEMORY = 16  # about this many recent searches (an exponential moving average)
+_NARROW_SHARE = 1 / 16  # sketch_narrows: searches score at most this share of the rows exactly, on average over
+_SHARE_MEMORY = 32  # about this many recent searches (an exponential moving average: one full scan adds 1/32, so
+# one odd search never flips it; three full scans in a row do)
 _PROBES = 8  # stored rows probe_narrowness queries the sketch with
 _PROBE_THRESHOLD = 0.9  # at this threshold (the sketch narrows less the lower it is)
 
@@ -127,12 +128,12 @@ class RowBlocks:
                 found.append((low, block[low - first : high - first]))
         return found
 
-    def head(self, count: int) -> np.ndarray:
-        """Rows [0, count) as one array (a view when they are in one block, else a copy)."""
-        parts = [view for _, view in self.parts(count)]
-        if not parts:
-            return self.blocks[0][:0]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    def head(self, count: int, *, copy: bool = False) -> np.ndarray:
+        """Rows [0, count) as one array: a view when they are in one block (unless `copy`), else a copy."""
+        parts = [view for _, view in self.parts(count)] or [self.blocks[0][:0]]
+        if len(parts) > 1:
+            return np.concatenate(parts)
+        return parts[0].copy() if copy else parts[0]
 
     def put(self, start: int, values: np.ndarray) -> None:
         """Write consecutive rows from `start` (room must be reserved)."""
@@ -140,7 +141,7 @@ class RowBlocks:
             view[...] = values[first - start : first - start + len(view)]
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        """The given rows, in order, sorted ascending (np.flatnonzero's order)."""
+        """The given rows (any order), as one array."""
         if len(self.blocks) == 1:
             return self.blocks[0][rows]  # type: ignore[no-any-return]
         size = self.block_rows
@@ -149,9 +150,12 @@ class RowBlocks:
             for position, row in enumerate(rows.tolist()):
                 taken[position] = self.blocks[row // size][row % size]
             return taken
-        cuts = np.searchsorted(rows, np.arange(1, len(self.blocks)) * size)
-        shares = zip(self.blocks, np.split(rows, cuts), strict=True)
-        return np.concatenate([block[share - number * size] for number, (block, share) in enumerate(shares)])
+        numbers, offsets = np.divmod(rows, size)
+        taken = np.empty((len(rows), *self.tail), dtype=np.float32)
+        for number in np.unique(numbers).tolist():
+            chosen = numbers == number
+            taken[chosen] = self.blocks[number][offsets[chosen]]
+        return taken
 
 
 class Sketch:
@@ -160,7 +164,7 @@ class Sketch:
 
     def __init__(self, basis: np.ndarray, capacity: int) -> None:
         self.basis = basis  # (SKETCH_DIMENSIONS, dimension), orthonormal rows
-        # 132 bytes a row, grown by doubling: the copy stays small (4 MB at 32,768 rows)
+        # 132 bytes a row, grown by doubling (at least): the copy stays small (4 MB at 32,768 rows)
         self.rows = np.zeros((capacity, basis.shape[0]), dtype=np.float32)  # each row's projection
         self.rest = np.zeros(capacity, dtype=np.float32)  # the length of what it leaves out
 
@@ -176,9 +180,9 @@ class Sketch:
 
     def put_many(self, start: int, vectors: np.ndarray) -> None:
         projected = vectors @ self.basis.T
-        rest = np.einsum("ij,ij->i", vectors, vectors) - np.einsum("ij,ij->i", projected, projected)
+        rest = _norms(vectors - projected @ self.basis)  # not sqrt(|x|^2 - |px|^2): that loses a small rest
         self.rows[start : start + len(vectors)] = projected
-        self.rest[start : start + len(vectors)] = np.sqrt(np.maximum(rest, 0.0))
+        self.rest[start : start + len(vectors)] = rest
 
     def move(self, source: int, target: int) -> None:
         self.rows[target] = self.rows[source]
@@ -186,6 +190,7 @@ class Sketch:
 
     def reserve(self, capacity: int) -> None:
         if capacity > len(self.rows):
+            capacity = max(capacity, 2 * len(self.rows))
             self.rows, self.rest = _grown(self.rows, capacity), _grown(self.rest, capacity)
 
     @property
@@ -195,7 +200,7 @@ class Sketch:
     def bounds(self, query: Vector, count: int) -> np.ndarray:
         """Each of the first `count` rows' upper bound on its similarity to `query`."""
         projected = self.basis @ query
-        query_rest = float(np.sqrt(max(float(query @ query) - float(projected @ projected), 0.0)))
+        query_rest = float(np.linalg.norm(query - projected @ self.basis))
         bound = self.rows[:count] @ projected
         bound += query_rest * self.rest[:count]
         return bound
@@ -203,6 +208,11 @@ class Sketch:
     def candidates(self, query: Vector, count: int, threshold: float) -> np.ndarray:
         """The rows (of the first `count`) whose similarity to `query` may reach `threshold`."""
         return np.flatnonzero(self.bounds(query, count) >= threshold - _SKETCH_SLACK)
+
+
+def _norms(rows: np.ndarray) -> np.ndarray:
+    """Each row's Euclidean length."""
+    return np.sqrt(np.einsum("ij,ij->i", rows, rows))  # type: ignore[no-any-return]
 
 
 def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
@@ -308,6 +318,7 @@ class FlatIndex:
         self._sketched_at = 0
         self._scored_share = 0.0
         self._probed = False
+        self._futile = self._paused = 0
 
     def _sketched_candidates(self, query: Vector, count: int, threshold: float) -> np.ndarray | None:
         """The rows that may reach `threshold`, from the sketch; None when a full scan reads less (no sketch, a
@@ -329,7 +340,7 @@ class FlatIndex:
 
     @property
     def sketch_narrows(self) -> bool:
-        """Whether searches score few rows: there is a sketch, and of late they scored at most 1/32 of the rows
+        """Whether searches score few rows: there is a sketch, and of late they scored at most 1/16 of the rows
         exactly (before any search: as probe_narrowness estimated, or narrow if it has not run)."""
         return self._sketch is not None and self._scored_share <= _NARROW_SHARE
 
@@ -338,10 +349,10 @@ class FlatIndex:
         the stored rows as queries, at a cache's usual threshold (under a millisecond at 20,000 rows). Stored
         prompts stand in for the queries to come: where they sit near a low-rank subspace (sentence
         embeddings) the bound leaves a handful of rows, where they do not (random vectors) a large share."""
-        if self._sketch is None or self._probed:
+        count = len(self._keys)
+        if self._sketch is None or self._probed or count == 0:
             return
         self._probed = True
-        count = len(self._keys)
         shares = [len(self._sketch.candidates(self._matrix[int(row)], count, _PROBE_THRESHOLD)) / count
                   for row in np.linspace(0, count - 1, _PROBES)]  # fmt: skip
         self._scored_share = float(np.mean(shares))
