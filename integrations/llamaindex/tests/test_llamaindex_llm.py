@@ -25,6 +25,7 @@ from llama_index.core.instrumentation import root_dispatcher  # type: ignore[att
 from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
 from llama_index.core.llms import LLM, MockLLM
 from llama_index.core.llms.mock import MockFunctionCallingLLM
+from llama_index.core.memory import ChatMemoryBuffer
 from llama_index.core.prompts import PromptTemplate
 from llama_index.llms.semantic_cache import CACHE_INFO_KEY, SemanticCacheEvent, SemanticCacheLLM
 from llama_index.llms.semantic_cache._keys import Request, completion_request
@@ -707,7 +708,9 @@ async def test_settings_llm_serves_query_engines(cache: SemanticCache, inner: Co
 
 
 async def test_chat_engine_is_served_from_the_cache(llm: SemanticCacheLLM, inner: CountingLLM) -> None:
-    engine = SimpleChatEngine.from_defaults(llm=llm, system_prompt="Answer briefly.")
+    # ChatMemoryBuffer: the default Memory keeps the history in an in-memory aiosqlite database that the sync
+    # chat() opens on a loop of its own and never closes (its worker thread raised later, under another test).
+    engine = SimpleChatEngine.from_defaults(llm=llm, system_prompt="Answer briefly.", memory_cls=ChatMemoryBuffer)
     first = engine.chat(QUESTION)
     engine.reset()
     second = engine.chat(PARAPHRASE)
