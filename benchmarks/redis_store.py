@@ -32,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._tables import markdown_table, percentiles_us  # noqa: E402
 from benchmarks.core import TableEmbedder  # noqa: E402
 from semantic_llm_cache import SemanticCache  # noqa: E402
 from semantic_llm_cache.backends.redis import RedisBackend  # noqa: E402
@@ -139,21 +140,20 @@ def main() -> None:
     server = start_search_server(Path(tempfile.mkdtemp(prefix="redis-store-")))
     try:
         times = asyncio.run(timed_stores(server.url, arguments.entries))
-        print(f"{arguments.entries:,} stores each, ms")
-        print("| call | p50 | mean | p99 |")
-        print("|---|---|---|---|")
+        rows = []
         for name, samples in times.items():
-            ordered = sorted(samples)
-            print(f"| {name} | {ordered[len(ordered) // 2] * 1000:.3f} | {np.mean(ordered) * 1000:.3f} | "
-                  f"{ordered[int(len(ordered) * 0.99)] * 1000:.3f} |")  # fmt: skip
-        print("\nserver time per insert (us), into an index of N entries")
-        print("| index | N | us |")
-        print("|---|---|---|")
+            p50, p99 = percentiles_us(samples)
+            rows.append([name, f"{p50 / 1000:.3f}", f"{np.mean(samples) * 1000:.3f}", f"{p99 / 1000:.3f}"])
+        print(f"{arguments.entries:,} stores each, ms")
+        print(markdown_table(["call", "p50", "mean", "p99"], rows))
+        inserts = []
         for size in (int(size) for size in arguments.insert_sizes.split(",")):
             for kind, params in (("FLAT", {}), ("HNSW", {"M": 16, "EF_CONSTRUCTION": 64})):
                 label = kind if not params else f"{kind} M {params['M']} EF_CONSTRUCTION {params['EF_CONSTRUCTION']}"
                 usec = asyncio.run(server_insert_us(server.url, size, kind, params))
-                print(f"| {label} | {size:,} | {usec:.0f} |", flush=True)
+                inserts.append([label, f"{size:,}", f"{usec:.0f}"])
+        print("\nserver time per insert (us), into an index of N entries")
+        print(markdown_table(["index", "N", "us"], inserts))
     finally:
         server.stop()
 

@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _tables import markdown_table, percentiles_us  # noqa: E402
+
 from semantic_llm_cache.index.flat import FlatIndex  # noqa: E402
 from semantic_llm_cache.index.hnsw import HNSWIndex  # noqa: E402
 
@@ -48,12 +50,12 @@ def quora_vectors() -> np.ndarray:
     return matrix[np.random.default_rng(5).permutation(len(matrix))]
 
 
-def percentile(samples: list[float], share: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * share))] * 1000
+def milliseconds(samples: list[float]) -> str:
+    p50, p99 = percentiles_us(samples)
+    return f"{p50 / 1000:.3f} / {p99 / 1000:.3f}"
 
 
-def measure(stored: np.ndarray, queries: np.ndarray, slowest: list[tuple[float, int]]) -> str:
+def measure(stored: np.ndarray, queries: np.ndarray, slowest: list[tuple[float, int]]) -> list[object]:
     keys = [f"k{row}" for row in range(len(stored))]
     flat = FlatIndex(stored.shape[1])
     adds: list[tuple[float, int]] = []
@@ -80,11 +82,7 @@ def measure(stored: np.ndarray, queries: np.ndarray, slowest: list[tuple[float, 
         if exact and (not approximate or approximate[0][0] != exact[0][0]):
             missed += 1
     share = f"{np.mean(scored):.4f}" if scored else "-"
-    return (
-        f"| {len(stored):,} | {percentile(flat_times, 0.5):.3f} / {percentile(flat_times, 0.99):.3f} | "
-        f"{percentile(graph_times, 0.5):.3f} / {percentile(graph_times, 0.99):.3f} | {share} | "
-        f"{flat.sketch_narrows} | {missed} |"
-    )
+    return [f"{len(stored):,}", milliseconds(flat_times), milliseconds(graph_times), share, flat.sketch_narrows, missed]
 
 
 def main() -> None:
@@ -98,13 +96,14 @@ def main() -> None:
         parser.error(f"only {len(vectors):,} distinct questions: sizes + queries must not exceed that")
     queries = vectors[len(vectors) - arguments.queries :]
     print(f"k={K}, threshold {THRESHOLD}, {arguments.queries:,} held-out questions; ms, p50 / p99")
-    print("| entries | sketched flat | HNSW (M 16, ef_search 256) | share scored exactly | sketch_narrows "
-          "| best match the graph missed |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
     slowest: list[tuple[float, int]] = []
+    rows = []
     for size in sizes:
         slowest.clear()
-        print(measure(vectors[:size], queries, slowest), flush=True)
+        rows.append(measure(vectors[:size], queries, slowest))
+    headers = ["entries", "sketched flat", "HNSW (M 16, ef_search 256)", "share scored exactly", "sketch_narrows",
+               "best match the graph missed"]  # fmt: skip
+    print(markdown_table(headers, rows))
     ordered = sorted(slowest, key=lambda item: item[1])
     shown = ", ".join(f"row {row:,}: {seconds * 1000:.1f}" for seconds, row in ordered)
     print(f"\nslowest adds filling the flat index of {sizes[-1]:,} (ms; the sketch is fitted at 1,024, 8,192): {shown}")

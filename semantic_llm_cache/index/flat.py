@@ -180,7 +180,7 @@ class Sketch:
 
     def put_many(self, start: int, vectors: np.ndarray) -> None:
         projected = vectors @ self.basis.T
-        rest = _norms(vectors - projected @ self.basis)  # not sqrt(|x|^2 - |px|^2): that loses a small rest
+        rest = np.linalg.norm(vectors - projected @ self.basis, axis=1)  # not sqrt(|x|^2 - |px|^2): loses a small rest
         self.rows[start : start + len(vectors)] = projected
         self.rest[start : start + len(vectors)] = rest
 
@@ -208,11 +208,6 @@ class Sketch:
     def candidates(self, query: Vector, count: int, threshold: float) -> np.ndarray:
         """The rows (of the first `count`) whose similarity to `query` may reach `threshold`."""
         return np.flatnonzero(self.bounds(query, count) >= threshold - _SKETCH_SLACK)
-
-
-def _norms(rows: np.ndarray) -> np.ndarray:
-    """Each row's Euclidean length."""
-    return np.sqrt(np.einsum("ij,ij->i", rows, rows))  # type: ignore[no-any-return]
 
 
 def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
